@@ -1,0 +1,137 @@
+//! Wiring: database (created and migrated), partitions, the click consumer
+//! and the gRPC server.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use shortfleet_common::{
+    config::{ConfigError, ConfigSource},
+    grpc, ops,
+    ops::Health,
+    postgres,
+    service::Service,
+};
+use shortfleet_proto::v1::analytics_server::AnalyticsServer;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::Routes;
+
+use crate::{
+    config::Config, consumer::ClickConsumer, migrations::MIGRATIONS, partitions,
+    service::AnalyticsService,
+};
+
+pub struct App {
+    config: Config,
+    grpc_listener: TcpListener,
+    ops_listener: TcpListener,
+    pool: Pool,
+    health: Health,
+}
+
+impl App {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+}
+
+impl Service for App {
+    type Config = Config;
+    const NAME: &'static str = "analytics-svc";
+
+    fn config(source: &ConfigSource) -> Result<Config, ConfigError> {
+        Config::from_source(source)
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        let health = Health::new();
+        health.register("postgres", true);
+        // Not critical: stats are served while clicks wait in RabbitMQ.
+        health.register("rabbitmq", false);
+        let pool = postgres::open(
+            &config.database_url,
+            config.db_pool_size,
+            config.db_timeout,
+            MIGRATIONS,
+        )
+        .await
+        .context("opening the analytics database")?;
+        partitions::prepare(&pool)
+            .await
+            .context("preparing click partitions")?;
+        health.set("postgres", true);
+        let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
+        let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
+        Ok(Self {
+            config,
+            grpc_listener,
+            ops_listener,
+            pool,
+            health,
+        })
+    }
+
+    async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
+        let tracker = TaskTracker::new();
+        let background = CancellationToken::new();
+        let c = &self.config;
+        tracker.spawn(ops::serve(
+            self.ops_listener,
+            self.health.clone(),
+            background.clone(),
+        ));
+        tracker.spawn(postgres::track(
+            self.pool.clone(),
+            self.health.clone(),
+            "postgres",
+            background.clone(),
+        ));
+        tracker.spawn(partitions::maintain(
+            self.pool.clone(),
+            c.retention_days,
+            background.clone(),
+        ));
+        // The consumer stops with the shutdown signal: a batch in hand is
+        // either committed and acked, or left unacked for redelivery.
+        tracker.spawn(
+            ClickConsumer {
+                pool: self.pool.clone(),
+                amqp_url: c.amqp_url.clone(),
+                exchange: c.clicks_exchange.clone(),
+                queue: c.clicks_queue.clone(),
+                prefetch: c.prefetch,
+                batch_max: c.batch_max,
+                batch_max_wait: c.batch_max_wait,
+                visitor_secret: c.visitor_secret.expose().to_owned(),
+                db_timeout: c.db_timeout,
+                health: self.health.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        let grace = c.shutdown_grace;
+        let served = grpc::serve(
+            Self::NAME,
+            self.grpc_listener,
+            Routes::new(AnalyticsServer::new(AnalyticsService {
+                pool: self.pool.clone(),
+                db_timeout: c.db_timeout,
+            })),
+            self.health.clone(),
+            shutdown,
+            grace,
+        )
+        .await;
+        grpc::stop_background(tracker, background, grace).await;
+        served
+    }
+}

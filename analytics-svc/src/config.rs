@@ -1,0 +1,112 @@
+//! analytics-svc's configuration; every key is documented in
+//! `docs/configuration.md`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use shortfleet_common::config::{ConfigError, ConfigSource};
+
+/// A value that must never reach a log line; `Debug` prints a placeholder.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub database_url: String,
+    pub db_pool_size: usize,
+    pub db_timeout: Duration,
+    pub amqp_url: String,
+    pub clicks_exchange: String,
+    pub clicks_queue: String,
+    /// Unacknowledged deliveries in flight (basic.qos).
+    pub prefetch: u16,
+    /// Clicks written per transaction, and how long a batch may wait to fill.
+    pub batch_max: usize,
+    pub batch_max_wait: Duration,
+    /// Raw click partitions older than this are dropped (rollups stay).
+    pub retention_days: u32,
+    /// Secret mixed into the daily salt of visitor hashes.
+    pub visitor_secret: Secret,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let mut r = source.reader();
+        let config = Self {
+            grpc_addr: r.get("SHORTFLEET_GRPC_ADDR", ([127, 0, 0, 1], 50054).into()),
+            ops_addr: r.get("SHORTFLEET_OPS_ADDR", ([127, 0, 0, 1], 9104).into()),
+            database_url: r.string(
+                "SHORTFLEET_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/analytics",
+            ),
+            db_pool_size: r.get("SHORTFLEET_DB_POOL_SIZE", 16),
+            db_timeout: r.millis("SHORTFLEET_DB_TIMEOUT_MS", 3000),
+            amqp_url: r.string(
+                "SHORTFLEET_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            clicks_exchange: r.string("SHORTFLEET_CLICKS_EXCHANGE", "clicks"),
+            clicks_queue: r.string("SHORTFLEET_CLICKS_QUEUE", "clicks.analytics"),
+            // Several batches' worth, so the next batch is already here
+            // while one commits; equal to BATCH_MAX the consumer would idle
+            // through every commit.
+            prefetch: r.get("SHORTFLEET_PREFETCH", 2000),
+            batch_max: r.get("SHORTFLEET_BATCH_MAX", 500),
+            batch_max_wait: r.millis("SHORTFLEET_BATCH_MAX_WAIT_MS", 50),
+            retention_days: r.get("SHORTFLEET_RETENTION_DAYS", 400),
+            visitor_secret: Secret(
+                r.string("SHORTFLEET_VISITOR_SECRET", "shortfleet-dev-visitor-secret"),
+            ),
+            shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+        };
+        if config.batch_max == 0 || config.prefetch == 0 {
+            r.invalid(
+                "SHORTFLEET_BATCH_MAX",
+                "batch size and prefetch must be positive",
+            );
+        }
+        if config.retention_days < 2 {
+            r.invalid("SHORTFLEET_RETENTION_DAYS", "must be at least 2");
+        }
+        r.finish(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_redaction() {
+        let source = ConfigSource::from_pairs([("SHORTFLEET_VISITOR_SECRET", "hunter2")]);
+        let config = Config::from_source(&source).unwrap();
+        assert_eq!(config.grpc_addr.port(), 50054);
+        assert_eq!(config.batch_max, 500);
+        assert_eq!(config.visitor_secret.expose(), "hunter2");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn every_invalid_key_is_reported() {
+        let source = ConfigSource::from_pairs([
+            ("SHORTFLEET_GRPC_ADDR", "nope"),
+            ("SHORTFLEET_PREFETCH", "-1"),
+        ]);
+        let err = Config::from_source(&source).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+    }
+}

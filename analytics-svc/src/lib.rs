@@ -1,0 +1,22 @@
+//! analytics-svc consumes clicks from RabbitMQ, stores them (raw, by day,
+//! and rolled up per link per hour) in its own PostgreSQL database
+//! `analytics`, and serves stats over gRPC.
+//!
+//! # Layout
+//! - [`app`]: wiring and drain. [`service`]: the `Analytics` gRPC service.
+//! - [`consumer`]: manual-ack batch consumption, poison handling, retries.
+//! - [`store`]: idempotent batch writes, rollups and stats queries.
+//! - [`agent`]: user agent and referrer classification, bot detection.
+//! - [`partitions`]: daily partitions ahead, retention behind.
+
+pub mod agent;
+pub mod app;
+pub mod config;
+pub mod consumer;
+pub mod migrations;
+pub mod partitions;
+pub mod service;
+pub mod store;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,463 @@
+//! The analytics database: batched, idempotent writes of clicks and their
+//! rollups, and the queries behind the stats endpoints.
+//!
+//! A batch is one transaction: raw clicks are inserted with ON CONFLICT DO
+//! NOTHING and only the rows actually inserted feed the rollups, so a
+//! redelivered click never counts twice.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
+
+use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
+use deadpool_postgres::Pool;
+use sha2::{Digest, Sha256};
+use shortfleet_common::time::from_proto;
+use shortfleet_proto::v1::ClickEvent;
+
+use crate::agent::{classify, referrer_host};
+
+/// A click ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Click {
+    pub event_id: String,
+    pub code: String,
+    pub owner: String,
+    pub occurred_at: DateTime<Utc>,
+    pub is_bot: bool,
+    pub referrer_host: String,
+    pub browser: String,
+    pub os: String,
+    pub device: String,
+    pub country: String,
+    pub visitor: Vec<u8>,
+}
+
+/// PostgreSQL text cannot hold NUL; anything else is kept as sent.
+fn clean(s: &str, max: usize) -> String {
+    s.chars().filter(|c| *c != '\0').take(max).collect()
+}
+
+/// Enriches an event; `None` for one that can never be stored (a poison
+/// message: no id, no code, no valid time).
+pub fn enrich(event: &ClickEvent, visitor_secret: &str) -> Option<Click> {
+    if event.event_id.is_empty() || event.code.is_empty() {
+        return None;
+    }
+    // PostgreSQL keeps microseconds: truncate now so a redelivery and the
+    // stored row compare equal.
+    let occurred_at = event.occurred_at.as_ref().and_then(from_proto)?;
+    let occurred_at = occurred_at
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or(occurred_at);
+    let agent = classify(&event.user_agent);
+    let day = occurred_at.date_naive();
+    // The salt changes every UTC day, so visitors cannot be followed across
+    // days and the raw IP is never stored.
+    let visitor = Sha256::new()
+        .chain_update(visitor_secret.as_bytes())
+        .chain_update(day.to_string().as_bytes())
+        .chain_update([0])
+        .chain_update(event.client_ip.as_bytes())
+        .chain_update([0])
+        .chain_update(event.user_agent.as_bytes())
+        .finalize()
+        .to_vec();
+    let country = event.country.trim().to_ascii_uppercase();
+    Some(Click {
+        event_id: clean(&event.event_id, 64),
+        code: clean(&event.code, 64),
+        owner: clean(&event.owner, 128),
+        occurred_at,
+        is_bot: agent.bot || event.head_request,
+        referrer_host: clean(&referrer_host(&event.referrer), 255),
+        browser: agent.browser.to_owned(),
+        os: agent.os.to_owned(),
+        device: if event.head_request {
+            "bot".to_owned()
+        } else {
+            agent.device.to_owned()
+        },
+        country: if country.len() == 2 && country.bytes().all(|b| b.is_ascii_alphabetic()) {
+            country
+        } else {
+            String::new()
+        },
+        visitor,
+    })
+}
+
+/// Rollup increments for a set of newly stored clicks.
+#[derive(Debug, Default, PartialEq)]
+pub struct Rollups {
+    /// (code, hour) → (owner, clicks, bots)
+    pub hourly: BTreeMap<(String, DateTime<Utc>), (String, i64, i64)>,
+    /// (code, day, dimension, value) → human clicks
+    pub dimensions: BTreeMap<(String, NaiveDate, &'static str, String), i64>,
+    /// (code, day, visitor) of humans
+    pub visitors: HashSet<(String, NaiveDate, Vec<u8>)>,
+}
+
+pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups {
+    let mut r = Rollups::default();
+    for c in clicks {
+        let hour = c
+            .occurred_at
+            .duration_trunc(TimeDelta::hours(1))
+            .unwrap_or(c.occurred_at);
+        let entry = r
+            .hourly
+            .entry((c.code.clone(), hour))
+            .or_insert_with(|| (c.owner.clone(), 0, 0));
+        if c.is_bot {
+            entry.2 += 1;
+            continue;
+        }
+        entry.1 += 1;
+        let day = c.occurred_at.date_naive();
+        for (dimension, value) in [
+            ("referrer", &c.referrer_host),
+            ("browser", &c.browser),
+            ("os", &c.os),
+            ("device", &c.device),
+            ("country", &c.country),
+        ] {
+            if !value.is_empty() {
+                *r.dimensions
+                    .entry((c.code.clone(), day, dimension, value.clone()))
+                    .or_default() += 1;
+            }
+        }
+        r.visitors.insert((c.code.clone(), day, c.visitor.clone()));
+    }
+    r
+}
+
+/// Stores a batch in one transaction within `timeout`; returns how many
+/// clicks were new. A timeout is `Unavailable`: if the commit did land,
+/// the retry finds every click already stored and adds nothing.
+pub async fn write_batch(
+    pool: &Pool,
+    clicks: &[Click],
+    timeout: Duration,
+) -> Result<usize, WriteError> {
+    tokio::time::timeout(timeout, write_batch_now(pool, clicks))
+        .await
+        .map_err(|_| {
+            WriteError::Unavailable(anyhow::anyhow!(
+                "storing {} clicks took longer than {timeout:?}",
+                clicks.len()
+            ))
+        })?
+}
+
+async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<usize, WriteError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let col = |f: fn(&Click) -> String| clicks.iter().map(f).collect::<Vec<_>>();
+    let times: Vec<DateTime<Utc>> = clicks.iter().map(|c| c.occurred_at).collect();
+    let bots: Vec<bool> = clicks.iter().map(|c| c.is_bot).collect();
+    let visitors: Vec<Vec<u8>> = clicks.iter().map(|c| c.visitor.clone()).collect();
+    let inserted = tx
+        .query(
+            "INSERT INTO clicks (occurred_at, event_id, code, owner, is_bot, referrer_host, browser, os, device, country, visitor)
+             SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bool[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+             ON CONFLICT DO NOTHING
+             RETURNING event_id",
+            &[
+                &times,
+                &col(|c| c.event_id.clone()),
+                &col(|c| c.code.clone()),
+                &col(|c| c.owner.clone()),
+                &bots,
+                &col(|c| c.referrer_host.clone()),
+                &col(|c| c.browser.clone()),
+                &col(|c| c.os.clone()),
+                &col(|c| c.device.clone()),
+                &col(|c| c.country.clone()),
+                &visitors,
+            ],
+        )
+        .await?;
+    let new: HashSet<String> = inserted.iter().map(|r| r.get::<_, String>(0)).collect();
+    // A click repeated inside one batch is inserted once; count it once.
+    let mut seen = HashSet::new();
+    let fresh = clicks
+        .iter()
+        .filter(|c| new.contains(&c.event_id) && seen.insert(c.event_id.clone()));
+    let r = rollups(fresh);
+    write_rollups(&tx, &r).await?;
+    tx.commit().await?;
+    Ok(new.len())
+}
+
+async fn write_rollups(
+    tx: &deadpool_postgres::Transaction<'_>,
+    r: &Rollups,
+) -> Result<(), tokio_postgres::Error> {
+    if !r.hourly.is_empty() {
+        let (mut codes, mut hours, mut owners, mut clicks, mut bots) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for ((code, hour), (owner, c, b)) in &r.hourly {
+            codes.push(code.clone());
+            hours.push(*hour);
+            owners.push(owner.clone());
+            clicks.push(*c);
+            bots.push(*b);
+        }
+        tx.execute(
+            "INSERT INTO rollup_hourly (code, hour, owner, clicks, bots)
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[])
+             ON CONFLICT (code, hour) DO UPDATE
+             SET clicks = rollup_hourly.clicks + EXCLUDED.clicks, bots = rollup_hourly.bots + EXCLUDED.bots",
+            &[&codes, &hours, &owners, &clicks, &bots],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO rollup_daily (code, day, owner, clicks, bots)
+             SELECT code, (hour AT TIME ZONE 'UTC')::date, min(owner), sum(clicks)::int8, sum(bots)::int8
+             FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[])
+                  AS t(code, hour, owner, clicks, bots)
+             GROUP BY 1, 2
+             ON CONFLICT (code, day) DO UPDATE
+             SET clicks = rollup_daily.clicks + EXCLUDED.clicks, bots = rollup_daily.bots + EXCLUDED.bots",
+            &[&codes, &hours, &owners, &clicks, &bots],
+        )
+        .await?;
+    }
+    if !r.dimensions.is_empty() {
+        let (mut codes, mut days, mut dims, mut values, mut clicks) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for ((code, day, dim, value), n) in &r.dimensions {
+            codes.push(code.clone());
+            days.push(*day);
+            dims.push((*dim).to_owned());
+            values.push(value.clone());
+            clicks.push(*n);
+        }
+        tx.execute(
+            "INSERT INTO rollup_dimensions (code, day, dimension, value, clicks)
+             SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::int8[])
+             ON CONFLICT (code, day, dimension, value) DO UPDATE
+             SET clicks = rollup_dimensions.clicks + EXCLUDED.clicks",
+            &[&codes, &days, &dims, &values, &clicks],
+        )
+        .await?;
+    }
+    if !r.visitors.is_empty() {
+        let (mut codes, mut days, mut visitors) = (vec![], vec![], vec![]);
+        for (code, day, visitor) in &r.visitors {
+            codes.push(code.clone());
+            days.push(*day);
+            visitors.push(visitor.clone());
+        }
+        tx.execute(
+            "INSERT INTO visitors_daily (code, day, visitor)
+             SELECT * FROM unnest($1::text[], $2::date[], $3::bytea[]) ON CONFLICT DO NOTHING",
+            &[&codes, &days, &visitors],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Unreachable, timed out, or a transient failure: retry the same batch.
+    #[error("database unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// The data itself was refused (SQLSTATE classes 22 and 23): retrying
+    /// the same batch cannot help.
+    #[error("a click was refused: {0}")]
+    Refused(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for WriteError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.code().map(|c| &c.code()[..2]) {
+            Some("22" | "23") => Self::Refused(e),
+            _ => Self::Unavailable(e.into()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for WriteError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Unavailable(e.into())
+    }
+}
+
+/// Hourly rollup rows of one link in `[from, to)`.
+/// Daily rollup rows of one link for whole UTC days `[first, last]`, as
+/// midnight timestamps.
+pub async fn daily(
+    pool: &Pool,
+    code: &str,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> anyhow::Result<Vec<(DateTime<Utc>, i64, i64)>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT day, clicks, bots FROM rollup_daily WHERE code = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
+            &[&code, &first, &last],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let day: NaiveDate = r.get(0);
+            (
+                day.and_time(chrono::NaiveTime::MIN).and_utc(),
+                r.get(1),
+                r.get(2),
+            )
+        })
+        .collect())
+}
+
+pub async fn hourly(
+    pool: &Pool,
+    code: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> anyhow::Result<Vec<(DateTime<Utc>, i64, i64)>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT hour, clicks, bots FROM rollup_hourly WHERE code = $1 AND hour >= $2 AND hour < $3 ORDER BY hour",
+            &[&code, &from, &to],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Human visitors (distinct per day) and dimension counts over days.
+pub async fn audience(
+    pool: &Pool,
+    code: &str,
+    first_day: NaiveDate,
+    last_day: NaiveDate,
+) -> anyhow::Result<(i64, HashMap<String, Vec<(String, i64)>>)> {
+    let client = pool.get().await?;
+    let visitors: i64 = client
+        .query_one(
+            "SELECT count(*) FROM visitors_daily WHERE code = $1 AND day BETWEEN $2 AND $3",
+            &[&code, &first_day, &last_day],
+        )
+        .await?
+        .get(0);
+    let rows = client
+        .query(
+            "SELECT dimension, value, sum(clicks)::int8 FROM rollup_dimensions
+             WHERE code = $1 AND day BETWEEN $2 AND $3
+             GROUP BY dimension, value ORDER BY 3 DESC, 2",
+            &[&code, &first_day, &last_day],
+        )
+        .await?;
+    let mut dims: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    for r in rows {
+        dims.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+    }
+    Ok((visitors, dims))
+}
+
+/// An owner's codes by human clicks in `[from, to)`.
+pub async fn top_links(
+    pool: &Pool,
+    owner: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: i64,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT code, sum(clicks)::int8 AS n FROM rollup_hourly
+             WHERE owner = $1 AND hour >= $2 AND hour < $3
+             GROUP BY code HAVING sum(clicks) > 0 ORDER BY n DESC, code LIMIT $4",
+            &[&owner, &from, &to, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use shortfleet_common::time::to_proto;
+
+    fn event(id: &str, ua: &str, at: DateTime<Utc>) -> ClickEvent {
+        ClickEvent {
+            event_id: id.into(),
+            code: "abc1234".into(),
+            owner: "alice".into(),
+            occurred_at: Some(to_proto(at)),
+            user_agent: ua.into(),
+            client_ip: "192.0.2.1".into(),
+            referrer: "https://t.co/x".into(),
+            ..Default::default()
+        }
+    }
+
+    const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+
+    #[test]
+    fn poison_events_are_refused() {
+        let t = Utc::now();
+        assert!(enrich(&event("", FIREFOX, t), "s").is_none());
+        let mut no_time = event("e", FIREFOX, t);
+        no_time.occurred_at = None;
+        assert!(enrich(&no_time, "s").is_none());
+    }
+
+    #[test]
+    fn visitor_hashes_rotate_daily_and_hide_the_ip() {
+        let d1 = Utc.with_ymd_and_hms(2026, 1, 1, 23, 0, 0).unwrap();
+        let d2 = Utc.with_ymd_and_hms(2026, 1, 2, 1, 0, 0).unwrap();
+        let a = enrich(&event("a", FIREFOX, d1), "s").unwrap();
+        let b = enrich(&event("b", FIREFOX, d1), "s").unwrap();
+        let c = enrich(&event("c", FIREFOX, d2), "s").unwrap();
+        assert_eq!(a.visitor, b.visitor);
+        assert_ne!(a.visitor, c.visitor);
+        assert!(!a.visitor.windows(9).any(|w| w == b"192.0.2.1"));
+    }
+
+    #[test]
+    fn rollups_split_bots_and_humans_by_hour() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 10, 15, 0).unwrap();
+        let clicks: Vec<Click> = [
+            event("1", FIREFOX, t),
+            event("2", FIREFOX, t + TimeDelta::minutes(50)),
+            event("3", "Googlebot/2.1", t),
+        ]
+        .iter()
+        .map(|e| enrich(e, "s").unwrap())
+        .collect();
+        let r = rollups(&clicks);
+        let ten = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();
+        let eleven = Utc.with_ymd_and_hms(2026, 1, 1, 11, 0, 0).unwrap();
+        assert_eq!(r.hourly[&("abc1234".into(), ten)], ("alice".into(), 1, 1));
+        assert_eq!(
+            r.hourly[&("abc1234".into(), eleven)],
+            ("alice".into(), 1, 0)
+        );
+        assert_eq!(r.visitors.len(), 1);
+        let day = t.date_naive();
+        assert_eq!(
+            r.dimensions[&("abc1234".into(), day, "browser", "Firefox".into())],
+            2
+        );
+        assert_eq!(
+            r.dimensions[&("abc1234".into(), day, "referrer", "t.co".into())],
+            2
+        );
+    }
+}

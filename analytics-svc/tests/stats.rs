@@ -1,0 +1,346 @@
+//! analytics-svc against real RabbitMQ and PostgreSQL: redelivered clicks
+//! count once, bots and HEAD requests go apart, hour and day series across a
+//! day boundary, unique visitors once per day, poison messages reach the
+//! dead-letter queue, and a consumer stopped mid-stream loses nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use prost::Message;
+use shortfleet_common::{amqp, config::ConfigSource, service::Service, time::to_proto};
+use shortfleet_proto::v1::{
+    ClickEvent, GetLinkStatsRequest, Interval, LinkStats, TopLinksRequest,
+    analytics_client::AnalyticsClient,
+};
+use tokio_util::sync::CancellationToken;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+
+struct Fixture {
+    id: String,
+    exchange: String,
+    queue: String,
+    _conn: Connection,
+    channel: Channel,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (exchange, queue) = (
+            format!("test.clicks.{id}"),
+            format!("test.clicks.{id}.analytics"),
+        );
+        let conn = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        amqp::declare_click_topology(&conn, &exchange, &queue, Duration::from_secs(5))
+            .await
+            .unwrap();
+        Self {
+            id,
+            exchange,
+            queue,
+            _conn: conn,
+            channel,
+        }
+    }
+
+    async fn start(
+        &self,
+    ) -> (
+        AnalyticsClient<tonic::transport::Channel>,
+        CancellationToken,
+    ) {
+        let config = analytics_svc::Config::from_source(&ConfigSource::from_pairs([
+            ("SHORTFLEET_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+            ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
+            (
+                "SHORTFLEET_DATABASE_URL",
+                format!("{POSTGRES}/sf_test_{}", self.id),
+            ),
+            ("SHORTFLEET_CLICKS_EXCHANGE", self.exchange.clone()),
+            ("SHORTFLEET_CLICKS_QUEUE", self.queue.clone()),
+            ("SHORTFLEET_BATCH_MAX", "50".to_owned()),
+        ]))
+        .unwrap();
+        let app = analytics_svc::App::build(config).await.unwrap();
+        let addr = app.grpc_addr();
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until(stop.clone()));
+        (
+            AnalyticsClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap(),
+            stop,
+        )
+    }
+
+    async fn publish_raw(&self, body: &[u8], id: &str) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                amqp::CLICK_ROUTING_KEY.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_message_id(id.into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    async fn publish(&self, event: &ClickEvent) {
+        self.publish_raw(&event.encode_to_vec(), &event.event_id)
+            .await;
+    }
+
+    async fn messages_in(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0)
+    }
+
+    async fn cleanup(self, stop: CancellationToken) {
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for q in [self.queue.clone(), format!("{}.dlq", self.queue)] {
+            let _ = self
+                .channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [self.exchange.clone(), format!("{}.dlx", self.exchange)] {
+            let _ = self
+                .channel
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        if let Ok((client, conn)) =
+            tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"sf_test_{}\" WITH (FORCE)",
+                    self.id
+                ))
+                .await;
+        }
+    }
+}
+
+fn click(id: &str, code: &str, at: DateTime<Utc>, ua: &str, ip: &str) -> ClickEvent {
+    ClickEvent {
+        event_id: id.into(),
+        code: code.into(),
+        owner: "alice".into(),
+        occurred_at: Some(to_proto(at)),
+        user_agent: ua.into(),
+        client_ip: ip.into(),
+        referrer: "https://news.example.org/post".into(),
+        country: "de".into(),
+        ..Default::default()
+    }
+}
+
+async fn stats(
+    client: &mut AnalyticsClient<tonic::transport::Channel>,
+    code: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    interval: Interval,
+) -> LinkStats {
+    client
+        .get_link_stats(GetLinkStatsRequest {
+            code: code.into(),
+            from: Some(to_proto(from)),
+            to: Some(to_proto(to)),
+            interval: interval as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls until `total + bots` reaches `want` (or 15 s).
+async fn settled(
+    client: &mut AnalyticsClient<tonic::transport::Channel>,
+    code: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    want: u64,
+) -> LinkStats {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = stats(client, code, from, to, Interval::Hour).await;
+        if s.total + s.bots >= want || tokio::time::Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn counts_once_splits_bots_and_buckets_across_a_day_boundary() {
+    let f = Fixture::new().await;
+    let (mut client, stop) = f.start().await;
+    let late = Utc.with_ymd_and_hms(2026, 3, 1, 23, 30, 0).unwrap();
+    let early = Utc.with_ymd_and_hms(2026, 3, 2, 0, 30, 0).unwrap();
+    let events = [
+        click("e1", "code1", late, FIREFOX, "192.0.2.1"),
+        click("e2", "code1", late, FIREFOX, "192.0.2.1"), // same visitor, same day
+        click("e3", "code1", early, FIREFOX, "192.0.2.1"), // same person, next day
+        click("e4", "code1", early, FIREFOX, "192.0.2.2"),
+        click(
+            "e5",
+            "code1",
+            early,
+            "Googlebot/2.1 (+http://www.google.com/bot.html)",
+            "192.0.2.3",
+        ),
+    ];
+    for e in &events {
+        f.publish(e).await;
+    }
+    let mut head = click("e6", "code1", early, FIREFOX, "192.0.2.4");
+    head.head_request = true;
+    f.publish(&head).await;
+    // Redeliveries of events already counted.
+    f.publish(&events[0]).await;
+    f.publish(&events[3]).await;
+
+    let from = Utc.with_ymd_and_hms(2026, 3, 1, 22, 0, 0).unwrap();
+    let to = Utc.with_ymd_and_hms(2026, 3, 2, 2, 0, 0).unwrap();
+    let s = settled(&mut client, "code1", from, to, 6).await;
+    assert_eq!((s.total, s.bots), (4, 2), "humans and bots");
+    // A person is a unique visitor once per day: 1 on the 1st, 2 on the 2nd.
+    assert_eq!(s.unique_visitors, 3);
+    let hourly: Vec<u64> = s.series.iter().map(|p| p.clicks).collect();
+    assert_eq!(hourly, vec![0, 2, 2, 0], "22h, 23h, 00h, 01h");
+    let daily = stats(&mut client, "code1", from, to, Interval::Day).await;
+    let days: Vec<u64> = daily.series.iter().map(|p| p.clicks).collect();
+    assert_eq!(days, vec![2, 2]);
+    // Whole UTC days come from the daily rollup: same numbers.
+    let day1 = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+    let day3 = Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap();
+    let whole = stats(&mut client, "code1", day1, day3, Interval::Day).await;
+    let whole_days: Vec<u64> = whole.series.iter().map(|p| p.clicks).collect();
+    assert_eq!((whole_days, whole.total, whole.bots), (vec![2, 2], 4, 2));
+    assert_eq!(s.referrers[0].name, "news.example.org");
+    assert_eq!(s.browsers[0].name, "Firefox");
+    assert_eq!(s.countries[0].name, "DE");
+    assert_eq!(s.countries[0].clicks, 4);
+
+    let top = client
+        .top_links(TopLinksRequest {
+            owner: "alice".into(),
+            from: Some(to_proto(from)),
+            to: Some(to_proto(to)),
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(top.links.len(), 1);
+    assert_eq!(
+        (top.links[0].name.as_str(), top.links[0].clicks),
+        ("code1", 4)
+    );
+    f.cleanup(stop).await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_without_blocking_the_queue() {
+    let f = Fixture::new().await;
+    let (mut client, stop) = f.start().await;
+    f.publish_raw(b"\xff\xfe definitely not protobuf", "poison-1")
+        .await;
+    let mut no_id = click("", "code2", Utc::now(), FIREFOX, "192.0.2.1");
+    no_id.event_id.clear();
+    f.publish(&no_id).await;
+    let now = Utc::now();
+    f.publish(&click("good", "code2", now, FIREFOX, "192.0.2.1"))
+        .await;
+    let s = settled(
+        &mut client,
+        "code2",
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+        1,
+    )
+    .await;
+    assert_eq!(s.total, 1, "the good click behind the poison was counted");
+    let dlq = format!("{}.dlq", f.queue);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.messages_in(&dlq).await < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.messages_in(&dlq).await, 2);
+    f.cleanup(stop).await;
+}
+
+#[tokio::test]
+async fn a_consumer_stopped_mid_stream_loses_and_duplicates_nothing() {
+    let f = Fixture::new().await;
+    let now = Utc::now();
+    for i in 0..600 {
+        f.publish(&click(&format!("m{i}"), "code3", now, FIREFOX, "192.0.2.9"))
+            .await;
+    }
+    let (mut client, stop) = f.start().await;
+    let (from, to) = (
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+    );
+    // Stop it as soon as some, but not all, clicks are stored.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = stats(&mut client, "code3", from, to, Interval::Hour).await;
+        if s.total > 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut client, stop) = f.start().await;
+    let s = settled(&mut client, "code3", from, to, 600).await;
+    assert_eq!(s.total, 600);
+    // Nothing more trickles in later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stats(&mut client, "code3", from, to, Interval::Hour)
+            .await
+            .total,
+        600
+    );
+    f.cleanup(stop).await;
+}

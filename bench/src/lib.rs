@@ -1,0 +1,8 @@
+//! The benchmark harness's library: a small HTTP/1.1 load generator
+//! ([`load`]), the statistics it reports ([`stats`]) and process probes
+//! ([`probe`]). The `shortfleet-bench` binary orchestrates a run; `baseline`
+//! is the bare hyper 301 server every figure is compared with.
+
+pub mod load;
+pub mod probe;
+pub mod stats;

@@ -1,0 +1,458 @@
+//! `shortfleet-bench`: one run that measures the fleet against a bare hyper
+//! 301 server on the same machine, interleaving baseline and fleet rounds so
+//! drift hits both, and reports medians and ratios (table + JSON).
+//!
+//! Started by `bench/run`, which builds the release binaries and makes sure
+//! PostgreSQL, Redis and RabbitMQ run. Every load step has a fixed duration
+//! and targets loopback only.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use http::{Method, Request, header};
+use http_body_util::Full;
+use serde_json::{Value, json};
+use shortfleet_bench::{
+    load::{self, Mode, RequestFactory},
+    probe::{ProcessUse, process_use},
+    stats::{Summary, median_of, ratio, round2},
+};
+use shortfleet_e2e::{Fleet, FleetOptions, SERVICES};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(about = "Measure the Shortfleet fleet against a bare hyper baseline")]
+struct Args {
+    /// Short rounds (about 2–3 minutes in all).
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// Longer rounds and more of them.
+    #[arg(long)]
+    full: bool,
+    /// Where to write the JSON result.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    out: String,
+    /// Fixed rate of the latency step, requests per second.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+}
+
+struct Profile {
+    rounds: usize,
+    step: Duration,
+    links: usize,
+}
+
+const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) shortfleet-bench";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let profile = if args.full {
+        Profile {
+            rounds: 3,
+            step: Duration::from_secs(10),
+            links: 1000,
+        }
+    } else {
+        Profile {
+            rounds: 2,
+            step: Duration::from_secs(4),
+            links: 200,
+        }
+    };
+    let fleet = Fleet::start(FleetOptions {
+        all_env: vec![("SHORTFLEET_LOG".into(), "warn".into())],
+        gateway_env: vec![
+            // The limiter is measured, not the bottleneck.
+            ("SHORTFLEET_ANONYMOUS_LIMIT".into(), "1000000000/1".into()),
+            ("SHORTFLEET_CLICK_BUFFER".into(), "1000000".into()),
+        ],
+    })
+    .await
+    .context("starting the fleet")?;
+    let result = measure(&fleet, &profile, &args).await;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            for svc in SERVICES {
+                eprintln!("--- {svc} ---\n{}", fleet.log_tail(svc, 10));
+            }
+            fleet.shutdown().await?;
+            return Err(e);
+        }
+    };
+    fleet.shutdown().await?;
+    if let Some(dir) = std::path::Path::new(&args.out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    println!("\nwrote {}", args.out);
+    Ok(())
+}
+
+async fn start_baseline(fleet: &Fleet) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let mut child = tokio::process::Command::new(fleet.bin("baseline"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the baseline (cargo build --release --bins)")?;
+    let stdout = child.stdout.take().context("baseline stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await??
+        .context("baseline printed no address")?;
+    Ok((child, line.parse()?))
+}
+
+fn gateway_addr(fleet: &Fleet) -> anyhow::Result<SocketAddr> {
+    Ok(fleet.gateway_url.trim_start_matches("http://").parse()?)
+}
+
+/// GET `/{code}` cycling through `codes`.
+fn redirects(codes: Arc<Vec<String>>) -> RequestFactory {
+    Arc::new(move |_, seq| {
+        let code = &codes[(seq as usize) % codes.len()];
+        Request::get(format!("/{code}"))
+            .header(header::HOST, "127.0.0.1")
+            .header(header::USER_AGENT, USER_AGENT)
+            .body(Full::new(Bytes::new()))
+            .expect("static request parts")
+    })
+}
+
+async fn create_links(fleet: &Fleet, key: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let mut codes = Vec::with_capacity(n);
+    for i in 0..n {
+        let link: Value = http
+            .post(format!("{}/api/v1/links", fleet.gateway_url))
+            .bearer_auth(key)
+            .json(&json!({"url": format!("https://example.com/landing/page/{i:05}?utm={}", &fleet.id[..8])}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        codes.push(link["code"].as_str().context("no code")?.to_owned());
+    }
+    Ok(codes)
+}
+
+fn usage(fleet: &Fleet) -> Vec<(&'static str, ProcessUse)> {
+    SERVICES
+        .iter()
+        .filter_map(|svc| Some((*svc, process_use(fleet.pid(svc)?)?)))
+        .collect()
+}
+
+async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Result<Value> {
+    let idle = usage(fleet);
+    let idle_rss: f64 = idle.iter().map(|(_, u)| u.rss_mib).sum();
+    let key = fleet.create_key("bench", "bench")?;
+    let codes = Arc::new(create_links(fleet, &key, profile.links).await?);
+    let (mut baseline, baseline_addr) = start_baseline(fleet).await?;
+    let gateway = gateway_addr(fleet)?;
+    let mut fleet_redirects = 0u64;
+    // Warm every cache level once.
+    let warm = load::run(
+        gateway,
+        Mode::Closed { connections: 8 },
+        Duration::from_secs(1),
+        redirects(codes.clone()),
+    )
+    .await;
+    fleet_redirects += warm.count(302);
+
+    let mut sections = serde_json::Map::new();
+    println!(
+        "{:<34} {:>12} {:>12} {:>7} {:>9} {:>9} {:>9}",
+        "step", "baseline/s", "fleet/s", "ratio", "p50 ms", "p99 ms", "p99.9 ms"
+    );
+    for connections in [64usize, 256] {
+        let (mut base_rounds, mut fleet_rounds) = (Vec::new(), Vec::new());
+        for round in 0..profile.rounds {
+            // Alternate which side goes first so drift hits both.
+            let order: [bool; 2] = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for is_baseline in order {
+                let addr = if is_baseline { baseline_addr } else { gateway };
+                let o = load::run(
+                    addr,
+                    Mode::Closed { connections },
+                    profile.step,
+                    redirects(codes.clone()),
+                )
+                .await;
+                if is_baseline {
+                    base_rounds.push(Summary::of(&o));
+                } else {
+                    fleet_redirects += o.count(302);
+                    anyhow::ensure!(
+                        o.count(302) > 0,
+                        "the fleet answered no redirects: {:?}",
+                        o.statuses
+                    );
+                    fleet_rounds.push(Summary::of(&o));
+                }
+            }
+        }
+        let b = median_of(&base_rounds, |s| s.requests_per_sec);
+        let f = median_of(&fleet_rounds, |s| s.requests_per_sec);
+        println!(
+            "{:<34} {:>12.0} {:>12.0} {:>7.2} {:>9.3} {:>9.3} {:>9.3}",
+            format!("redirects, {connections} conns (closed)"),
+            b,
+            f,
+            ratio(f, b),
+            median_of(&fleet_rounds, |s| s.p50_ms),
+            median_of(&fleet_rounds, |s| s.p99_ms),
+            median_of(&fleet_rounds, |s| s.p999_ms),
+        );
+        sections.insert(
+            format!("redirect_saturation_{connections}c"),
+            json!({
+                "baseline_rps_median": round2(b),
+                "fleet_rps_median": round2(f),
+                "ratio": round2(ratio(f, b)),
+                "baseline_rounds": base_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
+                "fleet_rounds": fleet_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
+            }),
+        );
+    }
+
+    // Let the click pipeline catch up first: its backlog would otherwise
+    // steal the CPU the latency step is measuring (for both sides).
+    count_clicks(fleet, &key, &codes, fleet_redirects).await?;
+
+    // Fixed-rate latency, coordinated omission corrected.
+    let mode = Mode::Open {
+        connections: 64,
+        rate: args.rate,
+    };
+    let base =
+        Summary::of(&load::run(baseline_addr, mode, profile.step, redirects(codes.clone())).await);
+    let fleet_open = load::run(gateway, mode, profile.step, redirects(codes.clone())).await;
+    fleet_redirects += fleet_open.count(302);
+    let fl = Summary::of(&fleet_open);
+    for (name, s) in [("baseline", &base), ("fleet", &fl)] {
+        println!(
+            "{:<34} {:>12} {:>12.0} {:>7} {:>9.3} {:>9.3} {:>9.3}",
+            format!("{name} at {} req/s (open)", args.rate),
+            "",
+            s.requests_per_sec,
+            "",
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms
+        );
+    }
+    sections.insert(
+        "redirect_latency_fixed_rate".into(),
+        json!({"rate": args.rate, "baseline": base.to_json(), "fleet": fl.to_json()}),
+    );
+    let _ = baseline.kill().await;
+
+    // Creates: unique URLs, the bench tier so the limiter is not the bottleneck.
+    let run_id = fleet.id.clone();
+    let auth = format!("Bearer {key}");
+    let creates: RequestFactory = Arc::new(move |conn, seq| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/links")
+            .header(header::HOST, "127.0.0.1")
+            .header(header::AUTHORIZATION, auth.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"url":"https://example.com/c/{run_id}/{conn}/{seq}"}}"#
+            ))))
+            .expect("static request parts")
+    });
+    let created = load::run(
+        gateway,
+        Mode::Closed { connections: 32 },
+        profile.step,
+        creates,
+    )
+    .await;
+    let cs = Summary::of(&created);
+    let created_per_sec = created.count(201) as f64 / created.elapsed.as_secs_f64();
+    println!(
+        "{:<34} {:>12} {:>12.0} {:>7} {:>9.3} {:>9.3} {:>9.3}",
+        "creates, 32 conns (closed)", "", created_per_sec, "", cs.p50_ms, cs.p99_ms, cs.p999_ms
+    );
+    sections.insert("creates".into(), json!({"created_per_sec": round2(created_per_sec), "statuses": created.statuses, "summary": cs.to_json()}));
+
+    // Clicks: every 302 the fleet sent must be counted once in analytics.
+    let (counted, waited) = count_clicks(fleet, &key, &codes, fleet_redirects).await?;
+    println!(
+        "clicks: {fleet_redirects} redirects, {counted} counted in analytics after {:.1} s: lost {}, duplicated {}",
+        waited.as_secs_f64(),
+        fleet_redirects.saturating_sub(counted),
+        counted.saturating_sub(fleet_redirects),
+    );
+    sections.insert(
+        "clicks".into(),
+        json!({
+            "redirects": fleet_redirects,
+            "counted": counted,
+            "lost": fleet_redirects.saturating_sub(counted),
+            "duplicated": counted.saturating_sub(fleet_redirects),
+            "drain_secs": round2(waited.as_secs_f64()),
+        }),
+    );
+
+    // Cache levels and the resolver's own latency, from the services' metrics.
+    let hit_ratio = |hits: f64, misses: f64| {
+        if hits + misses > 0.0 {
+            hits / (hits + misses)
+        } else {
+            0.0
+        }
+    };
+    let gw_hit = fleet
+        .metric(
+            "gateway",
+            "shortfleet_cache_requests_total",
+            &["level=\"gateway\"", "result=\"hit\""],
+        )
+        .await?;
+    let gw_miss = fleet
+        .metric(
+            "gateway",
+            "shortfleet_cache_requests_total",
+            &["level=\"gateway\"", "result=\"miss\""],
+        )
+        .await?;
+    let local_hit = fleet
+        .metric(
+            "read-svc",
+            "shortfleet_cache_requests_total",
+            &["level=\"local\"", "result=\"hit\""],
+        )
+        .await?;
+    let local_miss = fleet
+        .metric(
+            "read-svc",
+            "shortfleet_cache_requests_total",
+            &["level=\"local\"", "result=\"miss\""],
+        )
+        .await?;
+    let read_metrics = reqwest::get(format!("{}/metrics", fleet.ops_urls["read-svc"]))
+        .await?
+        .text()
+        .await?;
+    let resolve_p99_ms = shortfleet_bench::stats::histogram_quantile(
+        &read_metrics,
+        "shortfleet_resolve_duration_seconds",
+        0.99,
+    )
+    .map(|s| s * 1000.0);
+    let resolves = shortfleet_e2e::sum_metric(
+        &read_metrics,
+        "shortfleet_resolve_duration_seconds_count",
+        &[],
+    );
+    println!(
+        "caches: gateway micro-cache hit ratio {:.4} ({} lookups); read-svc local hit ratio {:.4}; {resolves} Resolve calls, p99 {}",
+        hit_ratio(gw_hit, gw_miss),
+        gw_hit + gw_miss,
+        hit_ratio(local_hit, local_miss),
+        resolve_p99_ms.map_or("n/a".to_owned(), |ms| format!("{ms:.3} ms")),
+    );
+    sections.insert(
+        "caches".into(),
+        json!({
+            "gateway_hit_ratio": hit_ratio(gw_hit, gw_miss),
+            "gateway_lookups": gw_hit + gw_miss,
+            "read_svc_local_hit_ratio": hit_ratio(local_hit, local_miss),
+            "resolve_calls": resolves,
+            "resolve_p99_ms": resolve_p99_ms,
+        }),
+    );
+
+    let busy = usage(fleet);
+    println!(
+        "\n{:<14} {:>10} {:>12} {:>9}",
+        "service", "idle MiB", "peak MiB", "CPU s"
+    );
+    let mut resources = serde_json::Map::new();
+    for (svc, u) in &busy {
+        let idle_mib = idle
+            .iter()
+            .find(|(s, _)| s == svc)
+            .map_or(0.0, |(_, u)| u.rss_mib);
+        println!(
+            "{svc:<14} {idle_mib:>10.1} {:>12.1} {:>9.1}",
+            u.peak_rss_mib, u.cpu_secs
+        );
+        resources.insert((*svc).into(), json!({"idle_rss_mib": round2(idle_mib), "peak_rss_mib": round2(u.peak_rss_mib), "cpu_secs": round2(u.cpu_secs)}));
+    }
+    println!("{:<14} {idle_rss:>10.1}", "all, idle");
+    sections.insert("resources".into(), Value::Object(resources));
+    sections.insert("idle_rss_mib_total".into(), json!(round2(idle_rss)));
+    sections.insert(
+        "machine".into(),
+        json!({
+            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "date": chrono::Utc::now().to_rfc3339(),
+            "profile": if args.full { "full" } else { "quick" },
+        }),
+    );
+    Ok(Value::Object(sections))
+}
+
+/// Polls analytics until the counted clicks reach `expected` (or stop
+/// growing for 10 s); returns the count and how long it took.
+async fn count_clicks(
+    fleet: &Fleet,
+    key: &str,
+    codes: &[String],
+    expected: u64,
+) -> anyhow::Result<(u64, Duration)> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let from = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut last = (0u64, Instant::now());
+    loop {
+        let mut total = 0u64;
+        for code in codes {
+            let stats: Value = http
+                .get(format!("{}/api/v1/links/{code}/stats", fleet.gateway_url))
+                .query(&[
+                    ("from", from.as_str()),
+                    ("to", to.as_str()),
+                    ("interval", "hour"),
+                ])
+                .bearer_auth(key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            total += stats["total"].as_u64().unwrap_or(0) + stats["bots"].as_u64().unwrap_or(0);
+        }
+        if total >= expected {
+            return Ok((total, started.elapsed()));
+        }
+        if total > last.0 {
+            last = (total, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10)
+            || started.elapsed() > Duration::from_secs(120)
+        {
+            return Ok((total, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

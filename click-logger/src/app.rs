@@ -1,0 +1,113 @@
+//! Wiring: the spool, the RabbitMQ link, and the gRPC server.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use shortfleet_common::{
+    config::{ConfigError, ConfigSource},
+    grpc, ops,
+    ops::Health,
+    service::Service,
+};
+use shortfleet_proto::v1::click_logger_server::ClickLoggerServer;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::Routes;
+
+use crate::{config::Config, publisher::Publisher, service::ClickLoggerService, spool::Spool};
+
+const MAX_MESSAGE: usize = 32 << 20;
+
+pub struct App {
+    config: Config,
+    grpc_listener: TcpListener,
+    ops_listener: TcpListener,
+    publisher: Arc<Publisher>,
+    spool: Arc<Spool>,
+    health: Health,
+}
+
+impl App {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+}
+
+impl Service for App {
+    type Config = Config;
+    const NAME: &'static str = "click-logger";
+
+    fn config(source: &ConfigSource) -> Result<Config, ConfigError> {
+        Config::from_source(source)
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        let health = Health::new();
+        // Not critical: the spool takes clicks while RabbitMQ is away.
+        health.register("rabbitmq", false);
+        let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)
+            .await
+            .with_context(|| format!("opening the spool in {}", config.spool_dir.display()))?;
+        let publisher = Publisher::new(
+            config.amqp_url.clone(),
+            config.clicks_exchange.clone(),
+            config.clicks_queue.clone(),
+            config.amqp_timeout,
+            health.clone(),
+        );
+        let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
+        let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
+        Ok(Self {
+            config,
+            grpc_listener,
+            ops_listener,
+            publisher: Arc::new(publisher),
+            spool: Arc::new(spool),
+            health,
+        })
+    }
+
+    async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
+        let tracker = TaskTracker::new();
+        let background = CancellationToken::new();
+        tracker.spawn(ops::serve(
+            self.ops_listener,
+            self.health.clone(),
+            background.clone(),
+        ));
+        tracker.spawn(
+            self.publisher
+                .clone()
+                .run(self.spool.clone(), background.clone()),
+        );
+        let service = ClickLoggerService {
+            publisher: self.publisher.clone(),
+            spool: self.spool.clone(),
+            draining: shutdown.clone(),
+        };
+        let grace = self.config.shutdown_grace;
+        // A full batch (MAX_BATCH clicks with long user agents) is larger
+        // than tonic's 4 MiB default. Every acknowledged click is already
+        // confirmed or on disk when the server has drained.
+        let served = grpc::serve(
+            Self::NAME,
+            self.grpc_listener,
+            Routes::new(ClickLoggerServer::new(service).max_decoding_message_size(MAX_MESSAGE)),
+            self.health.clone(),
+            shutdown,
+            grace,
+        )
+        .await;
+        grpc::stop_background(tracker, background, grace).await;
+        served
+    }
+}

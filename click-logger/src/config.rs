@@ -1,0 +1,42 @@
+//! click-logger's configuration; every key is documented in
+//! `docs/configuration.md`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use shortfleet_common::config::{ConfigError, ConfigSource};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub amqp_url: String,
+    pub clicks_exchange: String,
+    pub clicks_queue: String,
+    /// Where clicks wait while RabbitMQ is unreachable; must survive restarts.
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    /// Bounds connecting and each wait for publisher confirms.
+    pub amqp_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let mut r = source.reader();
+        let config = Self {
+            grpc_addr: r.get("SHORTFLEET_GRPC_ADDR", ([127, 0, 0, 1], 50053).into()),
+            ops_addr: r.get("SHORTFLEET_OPS_ADDR", ([127, 0, 0, 1], 9103).into()),
+            amqp_url: r.string(
+                "SHORTFLEET_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            clicks_exchange: r.string("SHORTFLEET_CLICKS_EXCHANGE", "clicks"),
+            clicks_queue: r.string("SHORTFLEET_CLICKS_QUEUE", "clicks.analytics"),
+            spool_dir: PathBuf::from(r.string("SHORTFLEET_SPOOL_DIR", ".local/spool/click-logger")),
+            spool_max_bytes: r.get("SHORTFLEET_SPOOL_MAX_BYTES", 1 << 30),
+            amqp_timeout: r.millis("SHORTFLEET_AMQP_TIMEOUT_MS", 5000),
+            shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+        };
+        r.finish(config)
+    }
+}

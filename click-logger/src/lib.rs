@@ -1,0 +1,17 @@
+//! click-logger takes click batches from the gateways and publishes them to
+//! RabbitMQ with publisher confirms; while the broker is unreachable it
+//! spools them to disk and replays them, in order, when it is back.
+//!
+//! # Layout
+//! - [`app`]: wiring and drain. [`service`]: the `ClickLogger` gRPC service.
+//! - [`publisher`]: the RabbitMQ link, reconnection and spool replay.
+//! - [`spool`]: the bounded, fsync'd on-disk spool.
+
+pub mod app;
+pub mod config;
+pub mod publisher;
+pub mod service;
+pub mod spool;
+
+pub use app::App;
+pub use config::Config;

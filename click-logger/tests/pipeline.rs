@@ -1,0 +1,325 @@
+//! click-logger against a real RabbitMQ: confirmed publishing, validation,
+//! an outage (a cut TCP proxy in front of the broker) spooled and replayed
+//! exactly once, and a restart that replays a non-empty spool.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::StreamExt;
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions},
+    types::FieldTable,
+};
+use prost::Message;
+use shortfleet_common::{amqp, config::ConfigSource, service::Service};
+use shortfleet_e2e::proxy::FaultProxy;
+use shortfleet_proto::v1::{ClickBatch, ClickEvent, click_logger_client::ClickLoggerClient};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+struct Names {
+    exchange: String,
+    queue: String,
+    spool: std::path::PathBuf,
+}
+
+impl Names {
+    fn fresh() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            exchange: format!("test.clicks.{id}"),
+            queue: format!("test.clicks.{id}.analytics"),
+            spool: std::env::temp_dir().join(format!("sf-click-spool-{id}")),
+        }
+    }
+
+    async fn cleanup(&self, channel: &Channel) {
+        for q in [self.queue.clone(), format!("{}.dlq", self.queue)] {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [self.exchange.clone(), format!("{}.dlx", self.exchange)] {
+            let _ = channel
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.spool);
+    }
+}
+
+async fn start(names: &Names, amqp_url: &str) -> (String, CancellationToken) {
+    let config = click_logger::Config::from_source(&ConfigSource::from_pairs([
+        ("SHORTFLEET_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+        ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
+        ("SHORTFLEET_AMQP_URL", amqp_url.to_owned()),
+        ("SHORTFLEET_AMQP_TIMEOUT_MS", "1000".to_owned()),
+        ("SHORTFLEET_CLICKS_EXCHANGE", names.exchange.clone()),
+        ("SHORTFLEET_CLICKS_QUEUE", names.queue.clone()),
+        ("SHORTFLEET_SPOOL_DIR", names.spool.display().to_string()),
+    ]))
+    .unwrap();
+    let app = click_logger::App::build(config).await.unwrap();
+    let url = format!("http://{}", app.grpc_addr());
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until(stop.clone()));
+    (url, stop)
+}
+
+async fn broker_channel(names: &Names) -> (Connection, Channel) {
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    amqp::declare_click_topology(&conn, &names.exchange, &names.queue, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    (conn, channel)
+}
+
+fn batch(prefix: &str, n: usize) -> ClickBatch {
+    ClickBatch {
+        events: (0..n)
+            .map(|i| ClickEvent {
+                event_id: format!("{prefix}-{i}"),
+                code: "abc1234".into(),
+                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                ..Default::default()
+            })
+            .collect(),
+        sequence: 0,
+    }
+}
+
+/// Consumes until `want` distinct events arrived (or 15 s); returns how many
+/// times each event id was seen.
+async fn drain(channel: &Channel, queue: &str, want: usize) -> BTreeMap<String, usize> {
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while seen.len() < want {
+        let Ok(Some(delivery)) = tokio::time::timeout_at(deadline, consumer.next()).await else {
+            break;
+        };
+        let delivery = delivery.unwrap();
+        let event = ClickEvent::decode(delivery.data.as_slice()).unwrap();
+        assert_eq!(
+            amqp::traceparent_of(&delivery.properties),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string()),
+            Some(event.event_id.clone())
+        );
+        *seen.entry(event.event_id).or_default() += 1;
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // Anything further would be a duplicate: give it a moment to show up.
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(300), consumer.next()).await
+    {
+        let event = ClickEvent::decode(delivery.data.as_slice()).unwrap();
+        *seen.entry(event.event_id).or_default() += 1;
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    seen
+}
+
+#[tokio::test]
+async fn batches_are_published_with_confirms_and_validated() {
+    let names = Names::fresh();
+    let (_conn, channel) = broker_channel(&names).await;
+    let (url, stop) = start(&names, AMQP).await;
+    let mut client = ClickLoggerClient::connect(url).await.unwrap();
+    let ack = client
+        .log_clicks(batch("a", 50))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.accepted, 50);
+    let seen = drain(&channel, &names.queue, 50).await;
+    assert_eq!(seen.len(), 50);
+    assert!(seen.values().all(|n| *n == 1));
+
+    let mut invalid = batch("b", 2);
+    invalid.events[1].event_id.clear();
+    let err = client.log_clicks(invalid).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    stop.cancel();
+    names.cleanup(&channel).await;
+}
+
+#[tokio::test]
+async fn an_outage_is_spooled_and_replayed_exactly_once() {
+    let names = Names::fresh();
+    let (_conn, channel) = broker_channel(&names).await;
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse().unwrap())
+        .await
+        .unwrap();
+    let (url, stop) = start(&names, &format!("amqp://guest:guest@{}/%2f", proxy.addr)).await;
+    let mut client = ClickLoggerClient::connect(url).await.unwrap();
+    assert_eq!(
+        client
+            .log_clicks(batch("before", 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        20
+    );
+
+    proxy.cut();
+    // Acknowledged while the broker is unreachable: on disk.
+    for i in 0..5 {
+        let ack = client
+            .log_clicks(batch(&format!("during{i}"), 20))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.accepted, 20);
+    }
+    let spooled: u64 = std::fs::read_dir(&names.spool)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(spooled > 0, "nothing was spooled during the outage");
+
+    proxy.restore();
+    assert_eq!(
+        client
+            .log_clicks(batch("after", 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        20
+    );
+    let seen = drain(&channel, &names.queue, 140).await;
+    assert_eq!(seen.len(), 140, "clicks lost");
+    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicated: {dupes:?}");
+    stop.cancel();
+    names.cleanup(&channel).await;
+}
+
+#[tokio::test]
+async fn a_restart_replays_a_non_empty_spool() {
+    let names = Names::fresh();
+    let (_conn, channel) = broker_channel(&names).await;
+    // Nothing listens on port 1: everything goes to the spool.
+    let (url, stop) = start(&names, "amqp://guest:guest@127.0.0.1:1/%2f").await;
+    let mut client = ClickLoggerClient::connect(url).await.unwrap();
+    assert_eq!(
+        client
+            .log_clicks(batch("spooled", 30))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        30
+    );
+    // Acknowledged means on disk: the spool holds exactly those clicks.
+    let mut on_disk = Vec::new();
+    for entry in std::fs::read_dir(&names.spool).unwrap() {
+        let (events, left_over) =
+            click_logger::spool::decode(&std::fs::read(entry.unwrap().path()).unwrap());
+        assert_eq!(left_over, 0);
+        on_disk.extend(events);
+    }
+    assert_eq!(on_disk, batch("spooled", 30).events);
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (_url, stop) = start(&names, AMQP).await;
+    let seen = drain(&channel, &names.queue, 30).await;
+    assert_eq!(seen.len(), 30);
+    assert!(seen.values().all(|n| *n == 1));
+    stop.cancel();
+    names.cleanup(&channel).await;
+}
+
+#[tokio::test]
+async fn a_full_batch_with_long_user_agents_is_published() {
+    let names = Names::fresh();
+    let (_conn, channel) = broker_channel(&names).await;
+    let (url, stop) = start(&names, AMQP).await;
+    let mut client = ClickLoggerClient::connect(url).await.unwrap();
+    let mut full = batch("full", click_logger::service::MAX_BATCH);
+    // ~5 MB in all: past tonic's default 4 MiB message limit.
+    for e in &mut full.events {
+        e.user_agent = "Mozilla/5.0 ".repeat(40);
+    }
+    let ack = client.log_clicks(full).await.unwrap().into_inner();
+    assert_eq!(ack.accepted as usize, click_logger::service::MAX_BATCH);
+    let seen = drain(&channel, &names.queue, click_logger::service::MAX_BATCH).await;
+    assert_eq!(seen.len(), click_logger::service::MAX_BATCH);
+
+    let too_big = batch("big", click_logger::service::MAX_BATCH + 1);
+    let err = client.log_clicks(too_big).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut no_code = batch("nocode", 2);
+    no_code.events[0].code.clear();
+    let err = client.log_clicks(no_code).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    stop.cancel();
+    names.cleanup(&channel).await;
+}
+
+#[tokio::test]
+async fn a_stream_acknowledges_each_batch_in_order_and_flags_invalid_ones() {
+    let names = Names::fresh();
+    let (_conn, channel) = broker_channel(&names).await;
+    let (url, stop) = start(&names, AMQP).await;
+    let mut client = ClickLoggerClient::connect(url).await.unwrap();
+    let mut invalid = batch("bad", 2);
+    invalid.events[0].code.clear();
+    let mut batches = vec![batch("s1", 10), invalid, batch("s2", 10)];
+    for (i, b) in batches.iter_mut().enumerate() {
+        b.sequence = i as u64 + 1;
+    }
+    let mut acks = client
+        .stream_clicks(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        seen.push((
+            ack.sequence,
+            ack.accepted,
+            ack.invalid,
+            ack.error.is_empty(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (1, 10, false, true),
+            (2, 0, true, false),
+            (3, 10, false, true)
+        ]
+    );
+    let delivered = drain(&channel, &names.queue, 20).await;
+    assert_eq!(delivered.len(), 20);
+    assert!(
+        delivered
+            .keys()
+            .all(|id| id.starts_with("s1") || id.starts_with("s2"))
+    );
+    stop.cancel();
+    names.cleanup(&channel).await;
+}

@@ -1,0 +1,390 @@
+//! A harness that runs the whole fleet as real processes: the five release
+//! or debug binaries from this workspace's target directory, each on free
+//! loopback ports, with its own databases, Redis key prefix and RabbitMQ
+//! names so runs never see each other's data.
+//!
+//! Used by the end-to-end tests and the benchmark. It waits on each
+//! service's `/readyz` (a readiness signal, never a fixed sleep) and, when
+//! dropped, kills what it started and drops its databases.
+
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+pub mod proxy;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+pub const SERVICES: [&str; 5] = [
+    "write-svc",
+    "read-svc",
+    "click-logger",
+    "analytics-svc",
+    "gateway",
+];
+
+/// Where infrastructure lives; the defaults match `deploy/local/infra`.
+#[derive(Debug, Clone)]
+pub struct Infra {
+    pub postgres: String,
+    pub redis: String,
+    pub amqp: String,
+}
+
+impl Default for Infra {
+    fn default() -> Self {
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+        Self {
+            postgres: var(
+                "SHORTFLEET_TEST_POSTGRES",
+                "postgres://postgres@127.0.0.1:5432",
+            ),
+            redis: var("SHORTFLEET_TEST_REDIS", "redis://127.0.0.1:6379"),
+            amqp: var(
+                "SHORTFLEET_TEST_AMQP",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+        }
+    }
+}
+
+/// One running fleet.
+pub struct Fleet {
+    pub id: String,
+    pub gateway_url: String,
+    /// `/metrics` etc. of each service by name.
+    pub ops_urls: HashMap<&'static str, String>,
+    /// Environment of each service, for admin commands and restarts.
+    envs: HashMap<&'static str, Vec<(String, String)>>,
+    children: HashMap<&'static str, Child>,
+    bin_dir: PathBuf,
+    pub log_dir: PathBuf,
+    infra: Infra,
+    databases: Vec<String>,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// The directory holding this workspace's binaries: next to the running
+/// test executable (`target/<profile>/deps/..`), or `SHORTFLEET_BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SHORTFLEET_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Options that change how the fleet is configured.
+#[derive(Debug, Clone, Default)]
+pub struct FleetOptions {
+    /// Extra `SHORTFLEET_*` pairs for the gateway (tiers, limits…).
+    pub gateway_env: Vec<(String, String)>,
+    /// Extra pairs for every service (applied before `gateway_env`).
+    pub all_env: Vec<(String, String)>,
+}
+
+impl Fleet {
+    pub async fn start(options: FleetOptions) -> anyhow::Result<Self> {
+        let infra = Infra::default();
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let bin_dir = bin_dir();
+        for svc in SERVICES {
+            if !bin_dir.join(svc).exists() {
+                bail!(
+                    "{} is missing: build the binaries first (`cargo build --workspace --bins`, which deploy/local/test does)",
+                    bin_dir.join(svc).display()
+                );
+            }
+        }
+        let log_dir = bin_dir.join("e2e-logs").join(&id);
+        std::fs::create_dir_all(&log_dir)?;
+        let port = |_: &str| free_port();
+        let grpc: HashMap<&str, u16> = SERVICES.iter().map(|s| (*s, port(s))).collect();
+        let ops: HashMap<&str, u16> = SERVICES.iter().map(|s| (*s, port(s))).collect();
+        let db = |name: &str| format!("sf_e2e_{id}_{name}");
+        let databases = vec![db("links"), db("analytics"), db("gateway")];
+        let public = format!("127.0.0.1:{}", grpc["gateway"]);
+        let grpc_url = |s: &str| format!("http://127.0.0.1:{}", grpc[s]);
+        let common = |svc: &str| -> Vec<(String, String)> {
+            vec![
+                (
+                    "SHORTFLEET_GRPC_ADDR".into(),
+                    format!("127.0.0.1:{}", grpc[svc]),
+                ),
+                (
+                    "SHORTFLEET_OPS_ADDR".into(),
+                    format!("127.0.0.1:{}", ops[svc]),
+                ),
+                ("SHORTFLEET_AMQP_URL".into(), infra.amqp.clone()),
+                ("SHORTFLEET_REDIS_URL".into(), infra.redis.clone()),
+                ("SHORTFLEET_REDIS_PREFIX".into(), format!("sf:e2e:{id}:")),
+                (
+                    "SHORTFLEET_LINK_EVENTS_EXCHANGE".into(),
+                    format!("e2e.{id}.links.events"),
+                ),
+                (
+                    "SHORTFLEET_CLICKS_EXCHANGE".into(),
+                    format!("e2e.{id}.clicks"),
+                ),
+                (
+                    "SHORTFLEET_CLICKS_QUEUE".into(),
+                    format!("e2e.{id}.clicks.analytics"),
+                ),
+                ("SHORTFLEET_WRITE_SVC_URL".into(), grpc_url("write-svc")),
+                ("SHORTFLEET_PUBLIC_HOSTS".into(), public.clone()),
+                ("SHORTFLEET_SHUTDOWN_GRACE_MS".into(), "5000".into()),
+                ("SHORTFLEET_LOG".into(), "info".into()),
+            ]
+        };
+        let mut envs: HashMap<&'static str, Vec<(String, String)>> = HashMap::new();
+        let mut write = common("write-svc");
+        write.push((
+            "SHORTFLEET_DATABASE_URL".into(),
+            format!("{}/{}", infra.postgres, db("links")),
+        ));
+        envs.insert("write-svc", write);
+        envs.insert("read-svc", common("read-svc"));
+        let mut clicks = common("click-logger");
+        clicks.push((
+            "SHORTFLEET_SPOOL_DIR".into(),
+            log_dir.join("spool").display().to_string(),
+        ));
+        envs.insert("click-logger", clicks);
+        let mut analytics = common("analytics-svc");
+        analytics.push((
+            "SHORTFLEET_DATABASE_URL".into(),
+            format!("{}/{}", infra.postgres, db("analytics")),
+        ));
+        envs.insert("analytics-svc", analytics);
+        let mut gateway = common("gateway");
+        gateway.extend([
+            ("SHORTFLEET_HTTP_ADDR".into(), public.clone()),
+            ("SHORTFLEET_PUBLIC_URL".into(), format!("http://{public}")),
+            (
+                "SHORTFLEET_DATABASE_URL".into(),
+                format!("{}/{}", infra.postgres, db("gateway")),
+            ),
+            ("SHORTFLEET_READ_SVC_URL".into(), grpc_url("read-svc")),
+            (
+                "SHORTFLEET_CLICK_LOGGER_URL".into(),
+                grpc_url("click-logger"),
+            ),
+            ("SHORTFLEET_ANALYTICS_URL".into(), grpc_url("analytics-svc")),
+        ]);
+        envs.insert("gateway", gateway);
+        for env in envs.values_mut() {
+            env.extend(options.all_env.iter().cloned());
+        }
+        if let Some(gateway) = envs.get_mut("gateway") {
+            gateway.extend(options.gateway_env);
+        }
+
+        let mut ops_urls: HashMap<&'static str, String> = SERVICES
+            .iter()
+            .map(|s| (*s, format!("http://127.0.0.1:{}", ops[s])))
+            .collect();
+        ops_urls.insert("gateway", format!("http://{public}"));
+        let mut fleet = Self {
+            id,
+            gateway_url: format!("http://{public}"),
+            ops_urls,
+            envs,
+            children: HashMap::new(),
+            bin_dir,
+            log_dir,
+            infra,
+            databases,
+        };
+        for svc in SERVICES {
+            fleet.spawn(svc)?;
+            fleet.wait_ready(svc, Duration::from_secs(60)).await?;
+        }
+        Ok(fleet)
+    }
+
+    /// Starts (or restarts) one service with its environment.
+    pub fn spawn(&mut self, svc: &'static str) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{svc}.log")))?;
+        let child = Command::new(self.bin_dir.join(svc))
+            .envs(self.envs[svc].iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {svc}"))?;
+        self.children.insert(svc, child);
+        Ok(())
+    }
+
+    /// Polls `/readyz` until 200, or fails with the service's log tail.
+    pub async fn wait_ready(&mut self, svc: &'static str, within: Duration) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.ops_urls[svc]);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(child) = self.children.get_mut(svc)
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "{svc} exited with {status} during start-up:\n{}",
+                    self.log_tail(svc, 30)
+                );
+            }
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{svc} not ready within {within:?}:\n{}",
+                    self.log_tail(svc, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub async fn stop(&mut self, svc: &'static str) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.children.remove(svc).context("service not running")?;
+        if let Some(pid) = child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(20), child.wait()).await??)
+    }
+
+    /// Kills a service with SIGKILL (no drain) and waits for it to die.
+    pub async fn kill(&mut self, svc: &'static str) -> anyhow::Result<()> {
+        let mut child = self.children.remove(svc).context("service not running")?;
+        child.kill().await?;
+        Ok(())
+    }
+
+    /// Runs `gateway keys create` against this fleet; returns the secret.
+    pub fn create_key(&self, owner: &str, tier: &str) -> anyhow::Result<String> {
+        let out = std::process::Command::new(self.bin_dir.join("gateway"))
+            .args(["keys", "create", "--owner", owner, "--tier", tier])
+            .envs(self.envs["gateway"].iter().cloned())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "keys create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let stdout = String::from_utf8(out.stdout)?;
+        stdout
+            .lines()
+            .last()
+            .map(str::to_owned)
+            .context("keys create printed nothing")
+    }
+
+    /// Fetches one service's Prometheus text and sums the samples of
+    /// `metric` whose labels contain every `label`.
+    pub async fn metric(&self, svc: &str, metric: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.ops_urls[svc]))
+            .await?
+            .text()
+            .await?;
+        Ok(sum_metric(&text, metric, labels))
+    }
+
+    pub fn log_tail(&self, svc: &str, lines: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.log_dir.join(format!("{svc}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The OS process id of a running service.
+    pub fn pid(&self, svc: &str) -> Option<u32> {
+        self.children.get(svc).and_then(Child::id)
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// Stops everything and drops this fleet's databases.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let running: Vec<&'static str> = self.children.keys().copied().collect();
+        for svc in running {
+            let _ = self.stop(svc).await;
+        }
+        let (client, conn) = tokio_postgres::connect(
+            &format!("{}/postgres", self.infra.postgres),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(conn);
+        for db in &self.databases {
+            let _ = client
+                .execute(
+                    &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+                    &[],
+                )
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Sums the samples of `metric` in Prometheus text whose label set contains
+/// every string in `labels` (e.g. `level="local"`).
+pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name_labels, value) = l.rsplit_once(' ')?;
+            let name = name_labels.split('{').next()?;
+            (name == metric && labels.iter().all(|want| name_labels.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_matching_samples_only() {
+        let text = "# TYPE x counter\nx{level=\"local\",result=\"hit\"} 3\nx{level=\"redis\",result=\"hit\"} 4\nxy 9\nx 1\n";
+        assert_eq!(sum_metric(text, "x", &["level=\"local\""]), 3.0);
+        assert_eq!(sum_metric(text, "x", &["result=\"hit\""]), 7.0);
+        assert_eq!(sum_metric(text, "x", &[]), 8.0);
+    }
+}

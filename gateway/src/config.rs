@@ -1,0 +1,188 @@
+//! The gateway's configuration; every key is documented in
+//! `docs/configuration.md`.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use shortfleet_common::config::{ConfigError, ConfigSource};
+
+use crate::ratelimit::Policy;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    /// Base of every `short_url` and `Location` we hand out.
+    pub public_url: String,
+    /// The gateway's own database: API keys (hashes only).
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub redis_timeout: Duration,
+    pub write_svc_url: String,
+    pub read_svc_url: String,
+    pub click_logger_url: String,
+    pub analytics_url: String,
+    /// Bounds every gRPC call to an upstream.
+    pub upstream_timeout: Duration,
+    /// Rate-limit policies by tier name; "anonymous" limits redirects per IP.
+    pub tiers: BTreeMap<String, Policy>,
+    pub anonymous: Policy,
+    /// Peers whose `X-Forwarded-For` we believe.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// The L7 route table (built-in, or `SHORTFLEET_ROUTES_FILE`).
+    pub routes: crate::routes::RouteTable,
+    /// Header carrying the client's ISO country code, set by a trusted
+    /// proxy or CDN (e.g. `cf-ipcountry`); ignored from anyone else.
+    pub country_header: Option<http::header::HeaderName>,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    /// How often each replica reloads API keys (revocation latency).
+    pub key_refresh: Duration,
+    /// Clicks held while click-logger is slow or down; the rest are dropped.
+    pub click_buffer: usize,
+    pub click_batch_max: usize,
+    pub click_batch_wait: Duration,
+    pub shutdown_grace: Duration,
+    pub amqp_url: String,
+    pub link_events_exchange: String,
+    /// Resolved codes kept in the gateway; 0 disables the micro-cache.
+    pub microcache_capacity: u64,
+    pub microcache_ttl: Duration,
+    pub breaker: crate::resilience::BreakerPolicy,
+    /// Concurrent calls allowed per upstream (bulkhead).
+    pub max_in_flight: usize,
+}
+
+impl Config {
+    pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let mut r = source.reader();
+        let mut tiers = BTreeMap::new();
+        for (tier, default) in [
+            ("free", "100/60"),
+            ("premium", "1000/60"),
+            ("bench", "100000000/1"),
+        ] {
+            let key = format!("SHORTFLEET_TIER_{}", tier.to_ascii_uppercase());
+            let raw = r.string(&key, default);
+            match Policy::parse(tier, &raw) {
+                Ok(p) => {
+                    tiers.insert(tier.to_owned(), p);
+                }
+                Err(e) => r.invalid(&key, e),
+            }
+        }
+        let anonymous_raw = r.string("SHORTFLEET_ANONYMOUS_LIMIT", "600/60");
+        let anonymous = Policy::parse("anonymous", &anonymous_raw).unwrap_or_else(|e| {
+            r.invalid("SHORTFLEET_ANONYMOUS_LIMIT", e);
+            Policy::parse("anonymous", "600/60").expect("default policy parses")
+        });
+        let trusted_raw = r.list("SHORTFLEET_TRUSTED_PROXIES", &[]);
+        let mut trusted_proxies = Vec::new();
+        for ip in trusted_raw {
+            match ip.parse() {
+                Ok(ip) => trusted_proxies.push(ip),
+                Err(e) => r.invalid("SHORTFLEET_TRUSTED_PROXIES", format!("{ip:?}: {e}")),
+            }
+        }
+        let country_header = match r.raw("SHORTFLEET_COUNTRY_HEADER").map(str::to_owned) {
+            None => None,
+            Some(raw) => {
+                match http::header::HeaderName::from_bytes(raw.to_ascii_lowercase().as_bytes()) {
+                    Ok(name) => Some(name),
+                    Err(_) => {
+                        r.invalid(
+                            "SHORTFLEET_COUNTRY_HEADER",
+                            format!("{raw:?} is not a header name"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let routes = match r.raw("SHORTFLEET_ROUTES_FILE").map(str::to_owned) {
+            None => crate::routes::RouteTable::default(),
+            Some(path) => match std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {path}: {e}"))
+                .and_then(|text| crate::routes::RouteTable::parse(&text))
+            {
+                Ok(table) => table,
+                Err(e) => {
+                    r.invalid("SHORTFLEET_ROUTES_FILE", e);
+                    crate::routes::RouteTable::default()
+                }
+            },
+        };
+        let public_url = r.string("SHORTFLEET_PUBLIC_URL", "http://127.0.0.1:8080");
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            r.invalid(
+                "SHORTFLEET_PUBLIC_URL",
+                "must start with http:// or https://",
+            );
+        }
+        let config = Self {
+            http_addr: r.get("SHORTFLEET_HTTP_ADDR", ([127, 0, 0, 1], 8080).into()),
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            database_url: r.string(
+                "SHORTFLEET_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/gateway",
+            ),
+            redis_url: r.string("SHORTFLEET_REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: r.string("SHORTFLEET_REDIS_PREFIX", "sf:"),
+            redis_timeout: r.millis("SHORTFLEET_REDIS_TIMEOUT_MS", 100),
+            write_svc_url: r.string("SHORTFLEET_WRITE_SVC_URL", "http://127.0.0.1:50051"),
+            read_svc_url: r.string("SHORTFLEET_READ_SVC_URL", "http://127.0.0.1:50052"),
+            click_logger_url: r.string("SHORTFLEET_CLICK_LOGGER_URL", "http://127.0.0.1:50053"),
+            analytics_url: r.string("SHORTFLEET_ANALYTICS_URL", "http://127.0.0.1:50054"),
+            upstream_timeout: r.millis("SHORTFLEET_UPSTREAM_TIMEOUT_MS", 2000),
+            tiers,
+            anonymous,
+            trusted_proxies,
+            country_header,
+            routes,
+            max_body_bytes: r.get("SHORTFLEET_MAX_BODY_BYTES", 64 * 1024),
+            header_read_timeout: r.millis("SHORTFLEET_HEADER_READ_TIMEOUT_MS", 10_000),
+            key_refresh: r.millis("SHORTFLEET_KEY_REFRESH_MS", 1000),
+            click_buffer: r.get("SHORTFLEET_CLICK_BUFFER", 100_000),
+            click_batch_max: r.get("SHORTFLEET_CLICK_BATCH_MAX", 500),
+            click_batch_wait: r.millis("SHORTFLEET_CLICK_BATCH_WAIT_MS", 50),
+            shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+            amqp_url: r.string(
+                "SHORTFLEET_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            link_events_exchange: r.string("SHORTFLEET_LINK_EVENTS_EXCHANGE", "links.events"),
+            microcache_capacity: r.get("SHORTFLEET_MICROCACHE_CAPACITY", 100_000),
+            microcache_ttl: r.millis("SHORTFLEET_MICROCACHE_TTL_MS", 5_000),
+            breaker: crate::resilience::BreakerPolicy {
+                failure_threshold: r.get("SHORTFLEET_BREAKER_FAILURES", 5),
+                open_for: r.millis("SHORTFLEET_BREAKER_OPEN_MS", 5_000),
+            },
+            max_in_flight: r.get("SHORTFLEET_UPSTREAM_MAX_IN_FLIGHT", 1024),
+        };
+        if config.breaker.failure_threshold == 0 || config.max_in_flight == 0 {
+            r.invalid(
+                "SHORTFLEET_BREAKER_FAILURES",
+                "breaker threshold and in-flight limit must be positive",
+            );
+        }
+        if config.click_buffer == 0 || config.click_batch_max == 0 {
+            r.invalid(
+                "SHORTFLEET_CLICK_BUFFER",
+                "buffer and batch size must be positive",
+            );
+        }
+        r.finish(config)
+    }
+
+    /// Host (and port) of `public_url`, refused as a link target.
+    pub fn public_host(&self) -> &str {
+        let rest = self
+            .public_url
+            .split_once("://")
+            .map_or(self.public_url.as_str(), |(_, rest)| rest);
+        rest.split('/').next().unwrap_or(rest)
+    }
+}

@@ -1,0 +1,244 @@
+//! The link management endpoints: create, list, get, update, delete.
+//! Ownership is enforced by write-svc (another owner's link is NOT_FOUND).
+
+use http::{HeaderValue, Request, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+use shortfleet_common::time::to_proto;
+use shortfleet_proto::v1::{
+    CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, GetLinkStatsRequest, Interval,
+    ListLinksRequest, UpdateLinkRequest,
+};
+
+use super::{Ctx, view};
+use crate::{
+    input::{Fields, json_object, query, query_param, read_body},
+    keys::Principal,
+    problem::{HttpResponse, Problem},
+};
+
+const CREATE_FIELDS: &[&str] = &[
+    "url",
+    "alias",
+    "expires_at",
+    "redirect_type",
+    "max_clicks",
+    "tags",
+];
+const UPDATE_FIELDS: &[&str] = &[
+    "url",
+    "expires_at",
+    "redirect_type",
+    "max_clicks",
+    "tags",
+    "disabled",
+];
+
+/// Values above u32 are passed as u32::MAX so write-svc names the field.
+fn redirect_type(raw: u64) -> u32 {
+    u32::try_from(raw).unwrap_or(u32::MAX)
+}
+
+pub async fn create(
+    ctx: &Ctx<'_>,
+    principal: &Principal,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
+    let (parts, body) = req.into_parts();
+    let idempotency_key = match parts.headers.get("idempotency-key") {
+        None => String::new(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 255)
+            .ok_or_else(|| {
+                Problem::field(
+                    "Idempotency-Key",
+                    "must be 1 to 255 visible ASCII characters",
+                )
+            })?
+            .to_owned(),
+    };
+    let body = read_body(body, ctx.state.config.max_body_bytes).await?;
+    let mut f = Fields::new(json_object(&parts.headers, &body)?, CREATE_FIELDS);
+    let request = CreateLinkRequest {
+        owner: principal.owner.clone(),
+        url: f.required_string("url").unwrap_or_default(),
+        alias: f.string("alias"),
+        expires_at: f.time("expires_at").map(to_proto),
+        redirect_type: f.u64("redirect_type").map_or(0, redirect_type),
+        max_clicks: f.u64("max_clicks"),
+        tags: f.strings("tags").unwrap_or_default(),
+        idempotency_key,
+    };
+    f.finish()?;
+    let upstreams = &ctx.state.upstreams;
+    // With an Idempotency-Key a retry cannot create a second link.
+    let idempotent = !request.idempotency_key.is_empty();
+    let created = upstreams
+        .writer(idempotent, |mut c| {
+            let r = upstreams.request(request.clone(), ctx.request_id);
+            async move { c.create_link(r).await }
+        })
+        .await?;
+    let link = created.link.unwrap_or_default();
+    let status = if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = view::json_response(
+        status,
+        &view::link(&link, &ctx.state.config.public_url, None),
+    );
+    let location = format!("{}/api/v1/links/{}", ctx.state.config.public_url, link.code);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+pub async fn list(
+    ctx: &Ctx<'_>,
+    principal: &Principal,
+    req: &Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
+    let params = query(req.uri());
+    let limit = match query_param(&params, "limit") {
+        None => 0,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| Problem::field("limit", "must be an integer from 1 to 100"))?,
+    };
+    let request = ListLinksRequest {
+        owner: principal.owner.clone(),
+        limit,
+        cursor: query_param(&params, "cursor")
+            .unwrap_or_default()
+            .to_owned(),
+        tag: query_param(&params, "tag").unwrap_or_default().to_owned(),
+    };
+    let upstreams = &ctx.state.upstreams;
+    let page = upstreams
+        .writer(true, |mut c| {
+            let r = upstreams.request(request.clone(), ctx.request_id);
+            async move { c.list_links(r).await }
+        })
+        .await?;
+    let public_url = &ctx.state.config.public_url;
+    let items: Vec<_> = page
+        .links
+        .iter()
+        .map(|l| view::link(l, public_url, None))
+        .collect();
+    let next = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
+    Ok(view::json_response(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
+    ))
+}
+
+pub async fn get(
+    ctx: &Ctx<'_>,
+    principal: &Principal,
+    code: &str,
+) -> Result<HttpResponse, Problem> {
+    let upstreams = &ctx.state.upstreams;
+    let request = GetLinkRequest {
+        code: code.to_owned(),
+        owner: principal.owner.clone(),
+    };
+    let link = upstreams
+        .writer(true, |mut c| {
+            let r = upstreams.request(request.clone(), ctx.request_id);
+            async move { c.get_link(r).await }
+        })
+        .await?;
+    // Clicks come from analytics; if it is down the link is still served,
+    // with `clicks: null` rather than a wrong number.
+    let stats_request = GetLinkStatsRequest {
+        code: link.code.clone(),
+        from: link.created_at,
+        to: Some(to_proto(chrono::Utc::now())),
+        interval: Interval::Day as i32,
+    };
+    let stats = upstreams
+        .analytics(|mut c| {
+            let r = upstreams.request(stats_request.clone(), ctx.request_id);
+            async move { c.get_link_stats(r).await }
+        })
+        .await;
+    let clicks = stats.ok().map(|s| s.total);
+    Ok(view::json_response(
+        StatusCode::OK,
+        &view::link(&link, &ctx.state.config.public_url, clicks),
+    ))
+}
+
+pub async fn update(
+    ctx: &Ctx<'_>,
+    principal: &Principal,
+    code: &str,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, ctx.state.config.max_body_bytes).await?;
+    let mut f = Fields::new(json_object(&parts.headers, &body)?, UPDATE_FIELDS);
+    let request = UpdateLinkRequest {
+        code: code.to_owned(),
+        owner: principal.owner.clone(),
+        url: f.string("url"),
+        clear_expires_at: f.is_null("expires_at"),
+        expires_at: f.time("expires_at").map(to_proto),
+        redirect_type: f.u64("redirect_type").map(redirect_type),
+        clear_max_clicks: f.is_null("max_clicks"),
+        max_clicks: f.u64("max_clicks"),
+        set_tags: f.has("tags"),
+        tags: f.strings("tags").unwrap_or_default(),
+        disabled: f.bool("disabled"),
+    };
+    if f.is_null("url") || f.is_null("redirect_type") || f.is_null("disabled") {
+        return Err(Problem::field(
+            "body",
+            "url, redirect_type and disabled cannot be null",
+        ));
+    }
+    f.finish()?;
+    let upstreams = &ctx.state.upstreams;
+    // Setting fields to given values is idempotent.
+    let link = upstreams
+        .writer(true, |mut c| {
+            let r = upstreams.request(request.clone(), ctx.request_id);
+            async move { c.update_link(r).await }
+        })
+        .await?;
+    Ok(view::json_response(
+        StatusCode::OK,
+        &view::link(&link, &ctx.state.config.public_url, None),
+    ))
+}
+
+pub async fn delete(
+    ctx: &Ctx<'_>,
+    principal: &Principal,
+    code: &str,
+) -> Result<HttpResponse, Problem> {
+    let upstreams = &ctx.state.upstreams;
+    let request = DeleteLinkRequest {
+        code: code.to_owned(),
+        owner: principal.owner.clone(),
+    };
+    // Not retried: a lost answer to a delete that happened would turn a
+    // retry into a misleading 404.
+    upstreams
+        .writer(false, |mut c| {
+            let r = upstreams.request(request.clone(), ctx.request_id);
+            async move { c.delete_link(r).await }
+        })
+        .await?;
+    let mut response = HttpResponse::new(Default::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}

@@ -1,0 +1,263 @@
+//! Request handling in phases, like a proxy: identify (request id, client)
+//! → route → authenticate and rate-limit → call the upstream → shape the
+//! response → log. Each endpoint's own work lives in a submodule.
+
+mod links;
+mod redirect;
+mod stats;
+mod view;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{HeaderValue, Request, StatusCode, header};
+use hyper::body::Incoming;
+use shortfleet_common::ops;
+use tracing::Instrument;
+
+use crate::{
+    app::State,
+    keys::Principal,
+    problem::{HttpResponse, Problem},
+    ratelimit::Decision,
+    routes::{Endpoint, RouteError},
+};
+
+/// What every handler knows about the request it serves.
+pub struct Ctx<'a> {
+    pub state: &'a State,
+    pub request_id: &'a str,
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The hyper service: never fails, every error is a response.
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<HttpResponse, Infallible> {
+    let started = Instant::now();
+    let request_id = request_id(&req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let ctx = Ctx {
+        state: &state,
+        request_id: &request_id,
+    };
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    shortfleet_common::trace::continue_from_headers(&span, req.headers());
+    let (endpoint, mut response) = async {
+        match state.config.routes.route(&method, &path) {
+            Err(RouteError::NotFound) => (
+                "unknown",
+                Problem::not_found(format!("no route for {path}")).into_response(),
+            ),
+            Err(RouteError::MethodNotAllowed(allowed)) => ("unknown", method_not_allowed(&allowed)),
+            Ok((endpoint, params)) => {
+                let params: Vec<String> = params.into_iter().map(str::to_owned).collect();
+                (
+                    endpoint.name(),
+                    dispatch(&ctx, endpoint, &params, req, peer).await,
+                )
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    span.record("otel.name", format!("{method} {endpoint}"));
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    // Labels are static strings: no allocation per request on the hot path.
+    metrics::histogram!("shortfleet_http_request_duration_seconds", "endpoint" => endpoint, "method" => method_label(&method))
+        .record(elapsed.as_secs_f64());
+    metrics::counter!("shortfleet_http_requests_total", "endpoint" => endpoint, "status" => status_label(status))
+        .increment(1);
+    let _entered = span.enter();
+    tracing::info!(
+        target: "access",
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        status,
+        duration_us = elapsed.as_micros() as u64,
+        endpoint,
+    );
+    Ok(response)
+}
+
+async fn dispatch(
+    ctx: &Ctx<'_>,
+    endpoint: Endpoint,
+    params: &[String],
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> HttpResponse {
+    let param = || params.first().map(String::as_str).unwrap_or_default();
+    match endpoint {
+        Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics => {
+            ops::respond(req.uri().path(), &ctx.state.health)
+                .unwrap_or_else(|| Problem::not_found("no such endpoint").into_response())
+        }
+        Endpoint::Redirect => redirect::redirect(ctx, param(), &req, peer).await,
+        _ => {
+            let principal = match authenticate(ctx, &req).await {
+                Some(p) => p,
+                None => return Problem::unauthorized().into_response(),
+            };
+            let policy = ctx
+                .state
+                .config
+                .tiers
+                .get(&principal.tier)
+                .or_else(|| ctx.state.config.tiers.get("free"))
+                .expect("the free tier always exists");
+            let decision = ctx.state.limiter.check(policy, &principal.key_id).await;
+            let mut response = if decision.allowed {
+                let result = match endpoint {
+                    Endpoint::CreateLink => links::create(ctx, &principal, req).await,
+                    Endpoint::ListLinks => links::list(ctx, &principal, &req).await,
+                    Endpoint::GetLink => links::get(ctx, &principal, param()).await,
+                    Endpoint::UpdateLink => links::update(ctx, &principal, param(), req).await,
+                    Endpoint::DeleteLink => links::delete(ctx, &principal, param()).await,
+                    Endpoint::LinkStats => stats::link_stats(ctx, &principal, param(), &req).await,
+                    Endpoint::TopLinks => stats::top_links(ctx, &principal, &req).await,
+                    _ => Err(Problem::not_found("no such endpoint")),
+                };
+                result.unwrap_or_else(Problem::into_response)
+            } else {
+                too_many_requests(&decision)
+            };
+            rate_limit_headers(&mut response, policy, &decision);
+            response
+        }
+    }
+}
+
+async fn authenticate(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Option<Principal> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, secret) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    ctx.state
+        .key_store
+        .verify(&ctx.state.keys, secret.trim())
+        .await
+}
+
+/// Propagates a sane client-supplied id, or makes one.
+fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(fast_uuid, str::to_owned)
+}
+
+/// A random (v4) UUID from the thread's CSPRNG, seeded once from the OS:
+/// `Uuid::new_v4` asks the kernel on every call, which showed up in the
+/// redirect profile.
+pub fn fast_uuid() -> String {
+    use rand::Rng;
+    uuid::Builder::from_random_bytes(rand::rng().random())
+        .into_uuid()
+        .to_string()
+}
+
+pub fn too_many_requests(decision: &Decision) -> HttpResponse {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many requests",
+        format!(
+            "rate limit exceeded; retry in {} s",
+            decision.retry_after_secs
+        ),
+    )
+    .retry_after(decision.retry_after_secs.max(1))
+    .into_response()
+}
+
+pub fn rate_limit_headers(
+    response: &mut HttpResponse,
+    policy: &crate::ratelimit::Policy,
+    decision: &Decision,
+) {
+    let headers = response.headers_mut();
+    headers.insert("ratelimit-policy", policy.header_value.clone());
+    if let Ok(v) = HeaderValue::from_str(&decision.header(policy)) {
+        headers.insert("ratelimit", v);
+    }
+}
+
+fn method_not_allowed(allowed: &[http::Method]) -> HttpResponse {
+    let list = allowed
+        .iter()
+        .map(http::Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("allowed: {list}"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
+    response
+}
+
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        307 => "307",
+        308 => "308",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s >= 500 => "5xx",
+        s if s >= 400 => "4xx",
+        _ => "other",
+    }
+}

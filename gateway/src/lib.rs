@@ -1,0 +1,32 @@
+//! The public HTTP gateway: authenticates API keys, rate-limits with token
+//! buckets shared through Redis, routes to the fleet over gRPC, and answers
+//! the redirect hot path.
+//!
+//! # Layout
+//! - [`app`]: wiring and drain on shutdown; [`server`]: the HTTP listener.
+//! - [`handlers`]: request phases and the endpoints (links, stats, redirect).
+//! - [`routes`]: the routing table. [`keys`]: API keys. [`ratelimit`]: buckets.
+//! - [`microcache`]: resolved codes cached in the gateway, dropped on link events.
+//! - [`clicks`]: the bounded, batched click hand-off to click-logger.
+//! - [`upstream`]: gRPC channels with deadlines. [`resilience`]: breaker,
+//!   bulkhead and budgeted retries per upstream. [`problem`]: problem+json and
+//!   the gRPC → HTTP status table. [`input`]: bodies, fields, query, client IP.
+//! - [`admin`]: the `keys` admin commands.
+
+pub mod admin;
+pub mod app;
+pub mod clicks;
+pub mod config;
+pub mod handlers;
+pub mod input;
+pub mod keys;
+pub mod microcache;
+pub mod problem;
+pub mod ratelimit;
+pub mod resilience;
+pub mod routes;
+pub mod server;
+pub mod upstream;
+
+pub use app::App;
+pub use config::Config;

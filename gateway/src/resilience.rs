@@ -1,0 +1,312 @@
+//! Per-upstream protection, in the order a call meets it:
+//!
+//! 1. circuit breaker: after `failure_threshold` consecutive server-side
+//!    failures the upstream is skipped for `open_for` (callers get 503 at
+//!    once instead of waiting on timeouts), then one probe is let through
+//!    (half-open); its success closes the breaker, its failure reopens it;
+//! 2. bulkhead: at most `max_in_flight` concurrent calls, so one slow
+//!    upstream cannot take every connection and task of the gateway; excess
+//!    calls are shed with 503;
+//! 3. retries, only for idempotent calls, only on UNAVAILABLE, with
+//!    exponential backoff and full jitter, at most `MAX_RETRIES`, and within a
+//!    retry budget (tower's `TpsBudget`: retries may add at most 20 % on top
+//!    of recent requests) so retries cannot amplify an outage.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tonic::{Code, Status};
+use tower::retry::budget::{Budget, TpsBudget};
+
+const MAX_RETRIES: u32 = 2;
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerPolicy {
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is in flight; everyone else is refused until it reports.
+    HalfOpen,
+}
+
+/// What the breaker says about one call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Admission {
+    Allowed,
+    Probe,
+    Refused { retry_after: Duration },
+}
+
+/// The breaker's state machine; pure, driven by explicit instants.
+#[derive(Debug)]
+pub struct Breaker {
+    policy: BreakerPolicy,
+    state: State,
+}
+
+impl Breaker {
+    pub fn new(policy: BreakerPolicy) -> Self {
+        Self {
+            policy,
+            state: State::Closed {
+                consecutive_failures: 0,
+            },
+        }
+    }
+
+    pub fn admit(&mut self, now: Instant) -> Admission {
+        match self.state {
+            State::Closed { .. } => Admission::Allowed,
+            State::Open { until } if now >= until => {
+                self.state = State::HalfOpen;
+                Admission::Probe
+            }
+            State::Open { until } => Admission::Refused {
+                retry_after: until - now,
+            },
+            State::HalfOpen => Admission::Refused {
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+
+    pub fn record(&mut self, success: bool, now: Instant) {
+        self.state = match (self.state, success) {
+            (_, true) => State::Closed {
+                consecutive_failures: 0,
+            },
+            (
+                State::Closed {
+                    consecutive_failures,
+                },
+                false,
+            ) if consecutive_failures + 1 < self.policy.failure_threshold => State::Closed {
+                consecutive_failures: consecutive_failures + 1,
+            },
+            (_, false) => State::Open {
+                until: now + self.policy.open_for,
+            },
+        };
+    }
+
+    /// 0 closed, 1 open, 2 half-open (the `shortfleet_breaker_state` gauge).
+    pub fn gauge(&self) -> f64 {
+        match self.state {
+            State::Closed { .. } => 0.0,
+            State::Open { .. } => 1.0,
+            State::HalfOpen => 2.0,
+        }
+    }
+}
+
+/// A server-side failure: counts against the breaker and may be retried.
+fn is_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+    )
+}
+
+pub struct Guard {
+    name: &'static str,
+    breaker: Mutex<Breaker>,
+    permits: Arc<Semaphore>,
+    budget: TpsBudget,
+}
+
+impl Guard {
+    pub fn new(name: &'static str, policy: BreakerPolicy, max_in_flight: usize) -> Self {
+        Self {
+            name,
+            breaker: Mutex::new(Breaker::new(policy)),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+        }
+    }
+
+    /// Runs `attempt` under the breaker and bulkhead, retrying idempotent
+    /// calls as described in the module docs.
+    pub async fn call<T, F, Fut>(&self, idempotent: bool, mut attempt: F) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.budget.deposit();
+        let mut retries = 0;
+        loop {
+            let admission = self.lock().admit(Instant::now());
+            if let Admission::Refused { retry_after } = admission {
+                self.publish();
+                return Err(Status::unavailable(format!(
+                    "{} circuit open; retry in {} ms",
+                    self.name,
+                    retry_after.as_millis()
+                )));
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                metrics::counter!("shortfleet_bulkhead_rejections_total", "upstream" => self.name)
+                    .increment(1);
+                if admission == Admission::Probe {
+                    // The probe never ran: let the next caller probe.
+                    self.lock().record(false, Instant::now());
+                }
+                return Err(Status::unavailable(format!("{} is saturated", self.name)));
+            };
+            let result = attempt().await;
+            drop(permit);
+            let failed = result.as_ref().err().is_some_and(|s| is_failure(s.code()));
+            self.lock().record(!failed, Instant::now());
+            self.publish();
+            let retryable = matches!(&result, Err(s) if s.code() == Code::Unavailable);
+            if !(idempotent && retryable && retries < MAX_RETRIES && self.budget.withdraw()) {
+                return result;
+            }
+            retries += 1;
+            metrics::counter!("shortfleet_upstream_retries_total", "upstream" => self.name)
+                .increment(1);
+            let cap = FIRST_BACKOFF * 2u32.pow(retries);
+            let jitter = rand::rng().random_range(0..=cap.as_millis() as u64);
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self) {
+        let state = self.lock().gauge();
+        metrics::gauge!("shortfleet_breaker_state", "upstream" => self.name).set(state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> BreakerPolicy {
+        BreakerPolicy {
+            failure_threshold: 3,
+            open_for: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_closes_after_a_good_probe() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(policy());
+        b.record(false, t0);
+        b.record(false, t0);
+        assert_eq!(b.admit(t0), Admission::Allowed);
+        b.record(false, t0);
+        assert_eq!(
+            b.admit(t0 + Duration::from_secs(1)),
+            Admission::Refused {
+                retry_after: Duration::from_secs(4)
+            }
+        );
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(b.admit(later), Admission::Probe);
+        // Only one probe at a time.
+        assert!(matches!(b.admit(later), Admission::Refused { .. }));
+        b.record(true, later);
+        assert_eq!(b.admit(later), Admission::Allowed);
+        assert_eq!(b.gauge(), 0.0);
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_and_a_success_resets_the_count() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(policy());
+        for _ in 0..3 {
+            b.record(false, t0);
+        }
+        let probe_at = t0 + Duration::from_secs(5);
+        assert_eq!(b.admit(probe_at), Admission::Probe);
+        b.record(false, probe_at);
+        assert!(matches!(b.admit(probe_at), Admission::Refused { .. }));
+        assert_eq!(b.gauge(), 1.0);
+
+        let mut c = Breaker::new(policy());
+        c.record(false, t0);
+        c.record(false, t0);
+        c.record(true, t0);
+        c.record(false, t0);
+        c.record(false, t0);
+        assert_eq!(c.admit(t0), Admission::Allowed);
+    }
+
+    #[tokio::test]
+    async fn retries_only_idempotent_calls_on_unavailable() {
+        let guard = Guard::new("test", policy(), 4);
+        let mut calls = 0;
+        let r: Result<(), Status> = guard
+            .call(true, || {
+                calls += 1;
+                async { Err(Status::unavailable("down")) }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1 + MAX_RETRIES);
+
+        let guard = Guard::new("test", policy(), 4);
+        let mut calls = 0;
+        let _ = guard
+            .call(false, || {
+                calls += 1;
+                async { Err::<(), _>(Status::unavailable("down")) }
+            })
+            .await;
+        assert_eq!(calls, 1);
+
+        let guard = Guard::new("test", policy(), 4);
+        let mut calls = 0;
+        let _ = guard
+            .call(true, || {
+                calls += 1;
+                async { Err::<(), _>(Status::not_found("no")) }
+            })
+            .await;
+        assert_eq!(calls, 1, "client errors are never retried");
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_refuses_without_calling() {
+        let guard = Guard::new("test", policy(), 4);
+        for _ in 0..3 {
+            let _ = guard
+                .call(false, || async {
+                    Err::<(), _>(Status::unavailable("down"))
+                })
+                .await;
+        }
+        let mut called = false;
+        let r = guard
+            .call(false, || {
+                called = true;
+                async { Ok::<(), Status>(()) }
+            })
+            .await;
+        assert_eq!(r.unwrap_err().code(), Code::Unavailable);
+        assert!(!called);
+    }
+}

@@ -1,0 +1,504 @@
+//! The gateway against real Redis, PostgreSQL and a real write-svc, all on
+//! ephemeral ports: shared rate limits across replicas, the degraded limiter,
+//! key revocation reaching another replica, and error shapes.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use shortfleet_common::{config::ConfigSource, service::Service};
+use tokio_util::sync::CancellationToken;
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+struct Fixture {
+    id: String,
+    databases: Vec<String>,
+    write_url: String,
+    stops: Vec<CancellationToken>,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let links_db = format!("sf_test_{id}_links");
+        let config = write_svc::Config::from_source(&ConfigSource::from_pairs([
+            ("SHORTFLEET_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+            ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
+            ("SHORTFLEET_DATABASE_URL", format!("{POSTGRES}/{links_db}")),
+            (
+                "SHORTFLEET_LINK_EVENTS_EXCHANGE",
+                format!("test.links.{id}"),
+            ),
+        ]))
+        .unwrap();
+        let writer = write_svc::App::build(config).await.unwrap();
+        let write_url = format!("http://{}", writer.grpc_addr());
+        let stop = CancellationToken::new();
+        tokio::spawn(writer.run_until(stop.clone()));
+        Self {
+            databases: vec![links_db, format!("sf_test_{id}_gateway")],
+            id,
+            write_url,
+            stops: vec![stop],
+        }
+    }
+
+    fn gateway_config(&self, redis_url: &str) -> gateway::Config {
+        gateway::Config::from_source(&ConfigSource::from_pairs([
+            ("SHORTFLEET_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            (
+                "SHORTFLEET_DATABASE_URL",
+                format!("{POSTGRES}/{}", self.databases[1]),
+            ),
+            ("SHORTFLEET_REDIS_URL", redis_url.to_owned()),
+            ("SHORTFLEET_REDIS_PREFIX", format!("sf:test:{}:", self.id)),
+            ("SHORTFLEET_WRITE_SVC_URL", self.write_url.clone()),
+            ("SHORTFLEET_TIER_PREMIUM", "10/60".to_owned()),
+            ("SHORTFLEET_MAX_BODY_BYTES", "1024".to_owned()),
+            // Nothing listens on port 1: these upstreams are down.
+            ("SHORTFLEET_READ_SVC_URL", "http://127.0.0.1:1".to_owned()),
+            (
+                "SHORTFLEET_CLICK_LOGGER_URL",
+                "http://127.0.0.1:1".to_owned(),
+            ),
+            ("SHORTFLEET_ANALYTICS_URL", "http://127.0.0.1:1".to_owned()),
+        ]))
+        .unwrap()
+    }
+
+    /// Starts a gateway replica; returns its base URL.
+    async fn gateway(&mut self, redis_url: &str) -> String {
+        let app = gateway::App::build(self.gateway_config(redis_url))
+            .await
+            .unwrap();
+        let url = format!("http://{}", app.http_addr());
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until(stop.clone()));
+        self.stops.push(stop);
+        url
+    }
+
+    async fn key_store(&self) -> gateway::keys::KeyStore {
+        gateway::app::key_store(&self.gateway_config("redis://127.0.0.1:6379"))
+            .await
+            .unwrap()
+    }
+
+    async fn cleanup(self) {
+        for stop in &self.stops {
+            stop.cancel();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok((client, conn)) = tokio_postgres_connect(&format!("{POSTGRES}/postgres")).await {
+            tokio::spawn(conn);
+            for db in &self.databases {
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn tokio_postgres_connect(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    tokio_postgres::Error,
+> {
+    tokio_postgres::connect(url, tokio_postgres::NoTls).await
+}
+
+async fn list(http: &reqwest::Client, base: &str, key: &str) -> reqwest::Response {
+    http.get(format!("{base}/api/v1/links"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_budget() {
+    let mut f = Fixture::start().await;
+    let a = f.gateway("redis://127.0.0.1:6379").await;
+    let b = f.gateway("redis://127.0.0.1:6379").await;
+    let key = f
+        .key_store()
+        .await
+        .create("alice", "premium", None)
+        .await
+        .unwrap()
+        .secret;
+    let http = reqwest::Client::new();
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..20 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        let r = list(&http, base, &key).await;
+        assert_eq!(r.headers()["ratelimit-policy"], "\"premium\";q=10;w=60");
+        match r.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(
+                    r.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                        >= 1
+                );
+                limited += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // 10 per 60 s refills one token per 6 s: the run is far shorter.
+    assert_eq!((ok, limited), (10, 10));
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_keeps_limiting_per_replica_without_5xx() {
+    let mut f = Fixture::start().await;
+    let base = f.gateway("redis://127.0.0.1:1").await;
+    let key = f
+        .key_store()
+        .await
+        .create("alice", "premium", None)
+        .await
+        .unwrap()
+        .secret;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let statuses: Vec<StatusCode> = {
+        let mut v = Vec::new();
+        for _ in 0..12 {
+            v.push(list(&http, &base, &key).await.status());
+        }
+        v
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "degraded limiter must not stall"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        10
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        2
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("shortfleet_ratelimit_degraded 1"),
+        "{metrics}"
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_by_another_replica_within_seconds() {
+    let mut f = Fixture::start().await;
+    let a = f.gateway("redis://127.0.0.1:6379").await;
+    let b = f.gateway("redis://127.0.0.1:6379").await;
+    let store = f.key_store().await;
+    let issued = store.create("alice", "free", None).await.unwrap();
+    let http = reqwest::Client::new();
+    assert_eq!(
+        list(&http, &a, &issued.secret).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        list(&http, &b, &issued.secret).await.status(),
+        StatusCode::OK
+    );
+    assert!(store.revoke(&issued.id).await.unwrap());
+    let revoked = Instant::now();
+    loop {
+        let status = list(&http, &b, &issued.secret).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "still {status} after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_get_precise_problem_responses() {
+    let mut f = Fixture::start().await;
+    let base = f.gateway("redis://127.0.0.1:6379").await;
+    let key = f
+        .key_store()
+        .await
+        .create("alice", "free", None)
+        .await
+        .unwrap()
+        .secret;
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        http.post(format!("{base}/api/v1/links"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases = [
+        (post("{not json".into()).await.unwrap(), 400),
+        (post("[1,2]".into()).await.unwrap(), 400),
+        (
+            post(json!({"url": "x".repeat(2000)}).to_string())
+                .await
+                .unwrap(),
+            413,
+        ),
+        (
+            post(json!({"url": 7, "tags": "a"}).to_string())
+                .await
+                .unwrap(),
+            400,
+        ),
+        (
+            http.get(format!("{base}/no/such/route"))
+                .send()
+                .await
+                .unwrap(),
+            404,
+        ),
+        (
+            http.put(format!("{base}/api/v1/links"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap(),
+            405,
+        ),
+        (
+            http.get(format!("{base}/api/v1/links?limit=0"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap(),
+            400,
+        ),
+        (
+            http.get(format!("{base}/api/v1/links/abc"))
+                .header("authorization", "Basic x")
+                .send()
+                .await
+                .unwrap(),
+            401,
+        ),
+    ];
+    for (response, status) in cases {
+        assert_eq!(response.status().as_u16(), status, "{:?}", response.url());
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert!(response.headers().contains_key("x-request-id"));
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["status"], status);
+    }
+    // A supplied request id is echoed back.
+    let r = http
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-me-123");
+    // read-svc is down: redirects answer 503 with Retry-After, quickly.
+    let started = Instant::now();
+    let r = http.get(format!("{base}/abcdefg")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_while_write_svc_is_down_and_closes_when_it_returns() {
+    let mut f = Fixture::start().await;
+    let mut config = f.gateway_config("redis://127.0.0.1:6379");
+    config.breaker.open_for = Duration::from_millis(500);
+    let app = gateway::App::build(config).await.unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until(stop.clone()));
+    f.stops.push(stop);
+    let key = f
+        .key_store()
+        .await
+        .create("alice", "premium", None)
+        .await
+        .unwrap()
+        .secret;
+    let http = reqwest::Client::new();
+    let write_addr = f.write_url.trim_start_matches("http://").to_owned();
+
+    // Kill write-svc; wait until its port refuses connections.
+    f.stops[0].cancel();
+    while tokio::net::TcpStream::connect(&write_addr).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A connection opened before the stop may serve a last request or two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list(&http, &base, &key).await.status() != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            Instant::now() < deadline,
+            "write-svc still answers after its stop"
+        );
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let r = list(&http, &base, &key).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        statuses.push(r.status());
+    }
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("shortfleet_breaker_state{upstream=\"write-svc\"} 1"),
+        "breaker not open: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("breaker"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // While open, refusals are immediate.
+    let started = Instant::now();
+    assert_eq!(
+        list(&http, &base, &key).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(started.elapsed() < Duration::from_millis(200));
+
+    // Bring write-svc back on the same address: the breaker closes by itself.
+    let config = write_svc::Config::from_source(&ConfigSource::from_pairs([
+        ("SHORTFLEET_GRPC_ADDR", write_addr.clone()),
+        ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
+        (
+            "SHORTFLEET_DATABASE_URL",
+            format!("{POSTGRES}/{}", f.databases[0]),
+        ),
+        (
+            "SHORTFLEET_LINK_EVENTS_EXCHANGE",
+            format!("test.links.{}", f.id),
+        ),
+    ]))
+    .unwrap();
+    let writer = write_svc::App::build(config).await.unwrap();
+    let back = CancellationToken::new();
+    tokio::spawn(writer.run_until(back.clone()));
+    f.stops.push(back);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if list(&http, &base, &key).await.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "breaker never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::start().await;
+    let app = gateway::App::build(f.gateway_config("redis://127.0.0.1:6379"))
+        .await
+        .unwrap();
+    let addr = app.http_addr();
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(app.run_until(stop.clone()));
+    let key = f
+        .key_store()
+        .await
+        .create("alice", "free", None)
+        .await
+        .unwrap()
+        .secret;
+    // Warm the key snapshot so the in-flight request needs no look-up.
+    assert_eq!(
+        list(&reqwest::Client::new(), &format!("http://{addr}"), &key)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // A create whose headers have arrived but whose body has not: in flight.
+    let body = json!({"url": "https://example.com/drained"}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "POST /api/v1/links HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.cancel();
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting after shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The in-flight request still completes.
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&response[..n]);
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    drop(conn);
+    tokio::time::timeout(Duration::from_secs(15), served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    f.cleanup().await;
+}

@@ -1,0 +1,16 @@
+//! Generated types for `shortener.v1`: the gRPC services every Shortfleet
+//! service implements or calls, and the protobuf events carried on RabbitMQ.
+//!
+//! Nothing here holds logic; it is the contract shared by the fleet.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("shortener.v1");
+
+    /// Encoded `FileDescriptorSet` for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/shortener_descriptor.bin"));
+}
+
+pub use prost;
+pub use prost_types;

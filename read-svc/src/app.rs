@@ -1,0 +1,152 @@
+//! Wiring: Redis client, write-svc channel, caches, the link event consumer
+//! and the gRPC server.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use shortfleet_common::{
+    config::{ConfigError, ConfigSource},
+    grpc,
+    link_events::LinkEventSubscriber,
+    ops,
+    ops::Health,
+    redis,
+    service::Service,
+};
+use shortfleet_proto::v1::{
+    link_resolver_server::LinkResolverServer, link_writer_client::LinkWriterClient,
+};
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::Routes;
+use tonic::transport::Endpoint;
+
+use crate::{
+    config::Config,
+    events,
+    resolver::{Resolver, ResolverParts},
+    service::LinkResolverService,
+};
+
+/// How long start-up waits for the link event subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+pub struct App {
+    config: Config,
+    grpc_listener: TcpListener,
+    ops_listener: TcpListener,
+    resolver: Resolver,
+    health: Health,
+}
+
+impl App {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+}
+
+impl Service for App {
+    type Config = Config;
+    const NAME: &'static str = "read-svc";
+
+    fn config(source: &ConfigSource) -> Result<Config, ConfigError> {
+        Config::from_source(source)
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        // Every dependency is optional for serving: caches cover the others.
+        let health = Health::new();
+        health.register("redis", false);
+        health.register("rabbitmq", false);
+        let redis = redis::connect(&config.redis_url, config.redis_timeout)?;
+        // Lazy: read-svc starts (and serves cached codes) while write-svc is down.
+        let upstream = Endpoint::from_shared(config.write_svc_url.clone())
+            .context("parsing SHORTFLEET_WRITE_SVC_URL")?
+            .connect_timeout(config.upstream_timeout)
+            .timeout(config.upstream_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let resolver = Resolver::new(ResolverParts {
+            redis,
+            prefix: config.redis_prefix.clone(),
+            redis_ttl: config.redis_ttl,
+            local_capacity: config.local_capacity,
+            local_ttl: config.local_ttl,
+            negative_ttl: config.negative_ttl,
+            upstream: LinkWriterClient::new(upstream),
+            upstream_timeout: config.upstream_timeout,
+            health: health.clone(),
+        });
+        let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
+        let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
+        Ok(Self {
+            config,
+            grpc_listener,
+            ops_listener,
+            resolver,
+            health,
+        })
+    }
+
+    async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
+        let tracker = TaskTracker::new();
+        let background = CancellationToken::new();
+        tracker.spawn(ops::serve(
+            self.ops_listener,
+            self.health.clone(),
+            background.clone(),
+        ));
+        tracker.spawn(redis::track(
+            self.resolver.redis().clone(),
+            self.health.clone(),
+            "redis",
+            background.clone(),
+        ));
+        let subscribed = Arc::new(Notify::new());
+        tracker.spawn(
+            LinkEventSubscriber {
+                amqp_url: self.config.amqp_url.clone(),
+                exchange: self.config.link_events_exchange.clone(),
+                consumer_tag: "read-svc",
+                handlers: events::handlers(self.resolver.clone()),
+                health: self.health.clone(),
+                subscribed: subscribed.clone(),
+            }
+            .run(background.clone()),
+        );
+        // Serving before the subscription exists could cache a link whose
+        // next edit this replica never hears of. RabbitMQ down at start-up
+        // must not keep us down, though: wait a bounded time.
+        if tokio::time::timeout(SUBSCRIBE_WAIT, subscribed.notified())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "serving without link events for now; caches may lag edits until their TTL"
+            );
+        }
+        let grace = self.config.shutdown_grace;
+        let served = grpc::serve(
+            Self::NAME,
+            self.grpc_listener,
+            Routes::new(LinkResolverServer::new(LinkResolverService::new(
+                self.resolver,
+            ))),
+            self.health.clone(),
+            shutdown,
+            grace,
+        )
+        .await;
+        grpc::stop_background(tracker, background, grace).await;
+        served
+    }
+}

@@ -1,0 +1,60 @@
+//! The `LinkResolver` gRPC service.
+
+use chrono::Utc;
+use shortfleet_proto::v1::{
+    LinkState, ResolveRequest, ResolveResponse, link_resolver_server::LinkResolver,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    lookup::{Lookup, response},
+    resolver::{ResolveError, Resolver},
+};
+
+pub struct LinkResolverService {
+    resolver: Resolver,
+}
+
+impl LinkResolverService {
+    pub fn new(resolver: Resolver) -> Self {
+        Self { resolver }
+    }
+}
+
+#[tonic::async_trait]
+impl LinkResolver for LinkResolverService {
+    async fn resolve(
+        &self,
+        request: Request<ResolveRequest>,
+    ) -> Result<Response<ResolveResponse>, Status> {
+        let code = &request.get_ref().code;
+        let started = std::time::Instant::now();
+        let result = self.resolve_code(code).await;
+        metrics::histogram!("shortfleet_resolve_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+impl LinkResolverService {
+    async fn resolve_code(&self, code: &str) -> Result<Response<ResolveResponse>, Status> {
+        match self.resolver.resolve(code).await {
+            Ok(Lookup::Found(link)) => {
+                let mut answer = response(&link, Utc::now());
+                if let (Some(max), true) =
+                    (link.max_clicks, answer.state == LinkState::Active as i32)
+                {
+                    match self.resolver.count_click(code, max).await {
+                        Ok(true) => {}
+                        Ok(false) => answer.state = LinkState::Gone as i32,
+                        Err(_) => return Err(Status::unavailable("click counter unavailable")),
+                    }
+                }
+                Ok(Response::new(answer))
+            }
+            Ok(Lookup::Missing) => Err(Status::not_found("unknown code")),
+            Err(ResolveError::Timeout) => Err(Status::deadline_exceeded("link store timed out")),
+            Err(ResolveError::Unavailable) => Err(Status::unavailable("link store unavailable")),
+        }
+    }
+}

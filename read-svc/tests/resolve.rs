@@ -1,0 +1,260 @@
+//! Resolution through the three levels, negative caching, Redis down, and
+//! event-driven refresh across replicas.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Fixture, eventually};
+use shortfleet_proto::v1::{DeleteLinkRequest, LinkState, UpdateLinkRequest};
+use tonic::Code;
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+#[tokio::test]
+async fn resolves_and_keeps_serving_cached_codes_without_write_svc() {
+    let mut f = Fixture::start().await;
+    let replica = f.replica(REDIS).await;
+    let link = f.create("https://example.com/cached").await;
+    let resolved = replica.resolve(&link.code).await.unwrap();
+    assert_eq!(resolved.url, "https://example.com/cached");
+    assert_eq!(resolved.state, LinkState::Active as i32);
+    assert_eq!(resolved.owner, "alice");
+    assert_eq!(
+        replica.resolve("unknown1").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        replica.resolve("../etc").await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // With write-svc gone, cached answers (positive and negative) still hold.
+    f.stop_writer();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        replica.resolve(&link.code).await.unwrap().url,
+        "https://example.com/cached"
+    );
+    assert_eq!(
+        replica.resolve("unknown1").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    // An uncached code now needs write-svc: a clear UNAVAILABLE, not a hang.
+    let err = replica.resolve("neverseen").await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{err:?}"
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_second_replica_is_served_by_the_redis_read_model() {
+    let mut f = Fixture::start().await;
+    let first = f.replica(REDIS).await;
+    let link = f.create("https://example.com/shared").await;
+    first.resolve(&link.code).await.unwrap();
+    let second = f.replica(REDIS).await;
+    f.stop_writer();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second replica never saw the code locally and write-svc is down:
+    // only Redis can answer.
+    assert_eq!(
+        second.resolve(&link.code).await.unwrap().url,
+        "https://example.com/shared"
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn redis_down_degrades_but_resolves_keep_working() {
+    let mut f = Fixture::start().await;
+    // Nothing listens on port 1.
+    let replica = f.replica("redis://127.0.0.1:1").await;
+    let link = f.create("https://example.com/no-redis").await;
+    let started = Instant::now();
+    assert_eq!(
+        replica.resolve(&link.code).await.unwrap().url,
+        "https://example.com/no-redis"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "Redis down must not stall resolves"
+    );
+    let (status, body) = replica.readiness().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"redis\":\"down\""), "{body}");
+    assert!(body.contains("degraded"), "{body}");
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn edits_and_deletes_reach_every_replica_within_a_second() {
+    let mut f = Fixture::start().await;
+    let a = f.replica(REDIS).await;
+    let b = f.replica(REDIS).await;
+    let link = f.create("https://example.com/before").await;
+    // Warm both local caches.
+    assert!(
+        eventually(|| async {
+            a.resolve(&link.code).await.is_ok() && b.resolve(&link.code).await.is_ok()
+        })
+        .await
+    );
+
+    let mut writer = f.writer().await;
+    writer
+        .update_link(UpdateLinkRequest {
+            code: link.code.clone(),
+            owner: "alice".into(),
+            url: Some("https://example.com/after".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let edited = Instant::now();
+    for replica in [&a, &b] {
+        assert!(
+            eventually(|| async {
+                replica
+                    .resolve(&link.code)
+                    .await
+                    .is_ok_and(|r| r.url == "https://example.com/after")
+            })
+            .await
+        );
+    }
+    assert!(
+        edited.elapsed() < Duration::from_secs(1),
+        "edit took {:?}",
+        edited.elapsed()
+    );
+
+    writer
+        .delete_link(DeleteLinkRequest {
+            code: link.code.clone(),
+            owner: "alice".into(),
+        })
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    for replica in [&a, &b] {
+        assert!(
+            eventually(|| async {
+                replica
+                    .resolve(&link.code)
+                    .await
+                    .is_ok_and(|r| r.state == LinkState::Gone as i32)
+            })
+            .await
+        );
+    }
+    assert!(
+        deleted.elapsed() < Duration::from_secs(1),
+        "delete took {:?}",
+        deleted.elapsed()
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clicks_is_exact_under_concurrent_redirects_across_replicas() {
+    let mut f = Fixture::start().await;
+    let a = f.replica(REDIS).await;
+    let b = f.replica(REDIS).await;
+    let link = f
+        .writer()
+        .await
+        .create_link(shortfleet_proto::v1::CreateLinkRequest {
+            owner: "alice".into(),
+            url: "https://example.com/limited".into(),
+            max_clicks: Some(25),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .link
+        .unwrap();
+    // 8 clients, 10 redirects each, split over both replicas.
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let mut resolver = if client % 2 == 0 {
+            a.client().await
+        } else {
+            b.client().await
+        };
+        let code = link.code.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut active = 0;
+            for _ in 0..10 {
+                let r = resolver
+                    .resolve(shortfleet_proto::v1::ResolveRequest { code: code.clone() })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(
+                    r.uncacheable,
+                    "a counted link must not be cached by callers"
+                );
+                if r.state == LinkState::Active as i32 {
+                    active += 1;
+                }
+            }
+            active
+        }));
+    }
+    let mut active = 0;
+    for t in tasks {
+        active += t.await.unwrap();
+    }
+    assert_eq!(active, 25, "exactly max_clicks redirects are allowed");
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopping_mid_flight_degrades_then_recovers() {
+    let proxy = shortfleet_e2e::proxy::FaultProxy::start("127.0.0.1:6379".parse().unwrap())
+        .await
+        .unwrap();
+    let mut f = Fixture::start().await;
+    let replica = f.replica(&format!("redis://{}", proxy.addr)).await;
+    let before = f.create("https://example.com/before-outage").await;
+    assert!(replica.resolve(&before.code).await.is_ok());
+    assert!(
+        eventually(|| async { replica.readiness().await.1.contains("\"redis\":\"up\"") }).await
+    );
+
+    proxy.cut();
+    let during = f.create("https://example.com/during-outage").await;
+    let started = Instant::now();
+    // A code first seen during the outage: Redis is skipped, write-svc answers.
+    assert_eq!(
+        replica.resolve(&during.code).await.unwrap().url,
+        "https://example.com/during-outage"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        replica.resolve(&before.code).await.unwrap().url,
+        "https://example.com/before-outage"
+    );
+    assert!(eventually(|| async { replica.readiness().await.1.contains("degraded") }).await);
+
+    proxy.restore();
+    let after = f.create("https://example.com/after-outage").await;
+    assert!(
+        eventually(|| async {
+            replica.resolve(&after.code).await.is_ok()
+                && replica.readiness().await.1.contains("\"redis\":\"up\"")
+        })
+        .await,
+        "Redis never came back: {}",
+        replica.readiness().await.1
+    );
+    f.cleanup().await;
+}

@@ -1,0 +1,129 @@
+//! Wiring: binds the listeners, prepares the database, starts the relay and
+//! serves gRPC until shutdown.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use shortfleet_common::{
+    config::{ConfigError, ConfigSource},
+    grpc, ops,
+    ops::Health,
+    postgres,
+    service::Service,
+};
+use shortfleet_proto::v1::link_writer_server::LinkWriterServer;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::Routes;
+
+use crate::{
+    config::Config,
+    migrations::MIGRATIONS,
+    outbox::{self, OutboxRelay},
+    service::LinkWriterService,
+    store::Store,
+};
+
+pub struct App {
+    config: Config,
+    grpc_listener: TcpListener,
+    ops_listener: TcpListener,
+    store: Store,
+    health: Health,
+    outbox_wakeup: Arc<tokio::sync::Notify>,
+}
+
+impl App {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+}
+
+impl Service for App {
+    type Config = Config;
+    const NAME: &'static str = "write-svc";
+
+    fn config(source: &ConfigSource) -> Result<Config, ConfigError> {
+        Config::from_source(source)
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        let health = Health::new();
+        health.register("postgres", true);
+        health.register("rabbitmq", false);
+        let pool = postgres::open(
+            &config.database_url,
+            config.db_pool_size,
+            config.db_timeout,
+            MIGRATIONS,
+        )
+        .await
+        .context("opening the links database")?;
+        health.set("postgres", true);
+        let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
+        let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
+        let outbox_wakeup = Arc::new(tokio::sync::Notify::new());
+        let store = Store::new(pool, outbox_wakeup.clone());
+        Ok(Self {
+            config,
+            grpc_listener,
+            ops_listener,
+            store,
+            health,
+            outbox_wakeup,
+        })
+    }
+
+    async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
+        // Background work stops only after the gRPC server drained, so the
+        // relay publishes what the last requests committed.
+        let background = CancellationToken::new();
+        tracker.spawn(ops::serve(
+            self.ops_listener,
+            self.health.clone(),
+            background.clone(),
+        ));
+        tracker.spawn(
+            OutboxRelay {
+                pool: self.store.pool().clone(),
+                amqp_url: self.config.amqp_url.clone(),
+                exchange: self.config.link_events_exchange.clone(),
+                health: self.health.clone(),
+                wakeup: self.outbox_wakeup.clone(),
+                timeout: self.config.db_timeout,
+            }
+            .run(background.clone()),
+        );
+        tracker.spawn(outbox::housekeeping(self.store.clone(), background.clone()));
+        tracker.spawn(postgres::track(
+            self.store.pool().clone(),
+            self.health.clone(),
+            "postgres",
+            background.clone(),
+        ));
+
+        let service = LinkWriterService::new(self.store.clone(), self.config.public_hosts.clone());
+        let grace = self.config.shutdown_grace;
+        let served = grpc::serve(
+            Self::NAME,
+            self.grpc_listener,
+            Routes::new(LinkWriterServer::new(service)),
+            self.health.clone(),
+            shutdown,
+            grace,
+        )
+        .await;
+        grpc::stop_background(tracker, background, grace).await;
+        served
+    }
+}

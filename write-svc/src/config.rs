@@ -1,0 +1,51 @@
+//! write-svc's configuration; every key is documented in
+//! `docs/configuration.md`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use shortfleet_common::config::{ConfigError, ConfigSource};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub database_url: String,
+    pub db_pool_size: usize,
+    /// Bounds every wait on PostgreSQL: pool checkout, connect, recycle.
+    pub db_timeout: Duration,
+    pub amqp_url: String,
+    pub link_events_exchange: String,
+    /// Hosts the shortener answers on; targets may not point at them.
+    pub public_hosts: Vec<String>,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let mut r = source.reader();
+        let config = Self {
+            grpc_addr: r.get("SHORTFLEET_GRPC_ADDR", ([127, 0, 0, 1], 50051).into()),
+            ops_addr: r.get("SHORTFLEET_OPS_ADDR", ([127, 0, 0, 1], 9101).into()),
+            database_url: r.string(
+                "SHORTFLEET_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/links",
+            ),
+            db_pool_size: r.get("SHORTFLEET_DB_POOL_SIZE", 16),
+            db_timeout: r.millis("SHORTFLEET_DB_TIMEOUT_MS", 3000),
+            amqp_url: r.string(
+                "SHORTFLEET_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            link_events_exchange: r.string("SHORTFLEET_LINK_EVENTS_EXCHANGE", "links.events"),
+            public_hosts: r.list(
+                "SHORTFLEET_PUBLIC_HOSTS",
+                &["127.0.0.1:8080", "localhost:8080"],
+            ),
+            shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+        };
+        if config.db_pool_size == 0 {
+            r.invalid("SHORTFLEET_DB_POOL_SIZE", "must be at least 1");
+        }
+        r.finish(config)
+    }
+}

@@ -1,0 +1,100 @@
+//! The `LinkWriter` gRPC service: validation in, store call, status out.
+
+use shortfleet_proto::v1::{
+    CreateLinkRequest, CreateLinkResponse, DeleteLinkRequest, DeleteLinkResponse, GetLinkRequest,
+    Link, ListLinksRequest, ListLinksResponse, UpdateLinkRequest, link_writer_server::LinkWriter,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{cursor::Cursor, error::WriteError, store::Store, validate};
+
+const DEFAULT_PAGE: u32 = 20;
+const MAX_PAGE: u32 = 100;
+
+pub struct LinkWriterService {
+    store: Store,
+    /// The shortener's own public hosts; targets may not point at them.
+    own_hosts: Vec<String>,
+}
+
+impl LinkWriterService {
+    pub fn new(store: Store, own_hosts: Vec<String>) -> Self {
+        Self { store, own_hosts }
+    }
+}
+
+#[tonic::async_trait]
+impl LinkWriter for LinkWriterService {
+    #[tracing::instrument(skip_all, fields(owner = %request.get_ref().owner))]
+    async fn create_link(
+        &self,
+        request: Request<CreateLinkRequest>,
+    ) -> Result<Response<CreateLinkResponse>, Status> {
+        let req = request.into_inner();
+        let new = validate::new_link(&req, &self.own_hosts)?;
+        let idempotency = validate::idempotency_key(&req)?;
+        let response = self.store.create(new, idempotency).await?;
+        if response.created {
+            metrics::counter!("shortfleet_links_created_total").increment(1);
+        }
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    async fn get_link(&self, request: Request<GetLinkRequest>) -> Result<Response<Link>, Status> {
+        let req = request.into_inner();
+        let owner = (!req.owner.is_empty()).then_some(req.owner.as_str());
+        Ok(Response::new(self.store.get(&req.code, owner).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    async fn update_link(
+        &self,
+        request: Request<UpdateLinkRequest>,
+    ) -> Result<Response<Link>, Status> {
+        let req = request.into_inner();
+        let owner = validate::owner(&req.owner)?;
+        let change = validate::change(&req, &self.own_hosts)?;
+        Ok(Response::new(
+            self.store.update(&req.code, &owner, change).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    async fn delete_link(
+        &self,
+        request: Request<DeleteLinkRequest>,
+    ) -> Result<Response<DeleteLinkResponse>, Status> {
+        let req = request.into_inner();
+        let owner = validate::owner(&req.owner)?;
+        self.store.delete(&req.code, &owner).await?;
+        Ok(Response::new(DeleteLinkResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(owner = %request.get_ref().owner))]
+    async fn list_links(
+        &self,
+        request: Request<ListLinksRequest>,
+    ) -> Result<Response<ListLinksResponse>, Status> {
+        let req = request.into_inner();
+        let owner = validate::owner(&req.owner)?;
+        let limit = match req.limit {
+            0 => DEFAULT_PAGE,
+            n @ 1..=MAX_PAGE => n,
+            _ => return Err(WriteError::invalid("limit", "must be between 1 and 100").into()),
+        };
+        let cursor = match req.cursor.as_str() {
+            "" => None,
+            token => Some(
+                Cursor::decode(token)
+                    .ok_or_else(|| WriteError::invalid("cursor", "is not a cursor we issued"))?,
+            ),
+        };
+        let tag = (!req.tag.is_empty()).then_some(req.tag.as_str());
+        let (links, next) = self.store.list(&owner, limit, cursor, tag).await?;
+        Ok(Response::new(ListLinksResponse {
+            links,
+            next_cursor: next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+}

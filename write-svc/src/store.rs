@@ -1,0 +1,433 @@
+//! The links database: every read and write of links, idempotency keys and
+//! the outbox. Each change writes its `LinkEvent` to the outbox in the same
+//! transaction, so an event exists exactly when the change committed.
+//!
+//! When PostgreSQL is down every call fails fast with
+//! [`WriteError::Unavailable`] (pool waits and connects are bounded).
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use shortfleet_common::time::to_proto;
+use shortfleet_proto::v1::{CreateLinkResponse, Link, LinkEvent, LinkEventType};
+use tokio_postgres::{Row, error::SqlState};
+
+use crate::{code::ShortCode, cursor::Cursor, error::WriteError, target::TargetUrl};
+
+/// How many random codes to try before giving up; see `code.rs` for odds.
+const CODE_ATTEMPTS: usize = 5;
+const LINK_COLUMNS: &str = "code, owner, url, created_at, updated_at, expires_at, redirect_type, \
+                            max_clicks, tags, disabled, deleted_at";
+
+/// A validated request to create a link.
+#[derive(Debug, Clone)]
+pub struct NewLink {
+    pub owner: String,
+    pub url: TargetUrl,
+    pub alias: Option<ShortCode>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub redirect_type: i16,
+    pub max_clicks: Option<i64>,
+    pub tags: Vec<String>,
+}
+
+/// A validated change; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct LinkChange {
+    pub url: Option<TargetUrl>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub redirect_type: Option<i16>,
+    pub max_clicks: Option<Option<i64>>,
+    pub tags: Option<Vec<String>>,
+    pub disabled: Option<bool>,
+}
+
+/// The idempotency key of a create and the digest of its request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_sha256: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    /// Wakes the outbox relay right after a commit instead of at its next poll.
+    outbox_wakeup: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Store {
+    pub fn new(pool: Pool, outbox_wakeup: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        Self {
+            pool,
+            outbox_wakeup,
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Creates a link, or returns the existing one (same owner and URL, no
+    /// alias), or replays the original answer of an idempotent retry.
+    pub async fn create(
+        &self,
+        new: NewLink,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CreateLinkResponse, WriteError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if let Some(idem) = &idempotency
+            && let Some(replay) = claim_idempotency_key(&tx, &new.owner, idem).await?
+        {
+            return Ok(replay);
+        }
+        let response = insert_link(&tx, &new).await?;
+        if response.created {
+            let link = response.link.clone().unwrap_or_default();
+            write_event(&tx, LinkEventType::Created, link).await?;
+        }
+        if let Some(idem) = &idempotency {
+            tx.execute(
+                "UPDATE idempotency_keys SET response = $3 WHERE owner = $1 AND key = $2",
+                &[&new.owner, &idem.key, &response.encode_to_vec()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if response.created {
+            self.outbox_wakeup.notify_one();
+        }
+        Ok(response)
+    }
+
+    /// A link by code. With `owner`, another owner's or a deleted link is
+    /// NOT_FOUND; without (internal resolution), tombstones are returned with
+    /// `deleted = true` so callers can answer 410.
+    pub async fn get(&self, code: &str, owner: Option<&str>) -> Result<Link, WriteError> {
+        if !ShortCode::is_plausible(code) {
+            return Err(WriteError::NotFound);
+        }
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {LINK_COLUMNS} FROM links WHERE code = $1"),
+                &[&code],
+            )
+            .await?
+            .ok_or(WriteError::NotFound)?;
+        let link = link_from_row(&row);
+        match owner {
+            Some(owner) if link.owner != owner || link.deleted => Err(WriteError::NotFound),
+            _ => Ok(link),
+        }
+    }
+
+    pub async fn update(
+        &self,
+        code: &str,
+        owner: &str,
+        change: LinkChange,
+    ) -> Result<Link, WriteError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT {LINK_COLUMNS} FROM links
+                     WHERE code = $1 AND owner = $2 AND deleted_at IS NULL FOR UPDATE"
+                ),
+                &[&code, &owner],
+            )
+            .await?
+            .ok_or(WriteError::NotFound)?;
+        let current = link_from_row(&row);
+        let url = change
+            .url
+            .map_or(current.url.clone(), |u| u.as_str().to_owned());
+        let expires_at = change.expires_at.unwrap_or(row.get("expires_at"));
+        let redirect_type = change.redirect_type.unwrap_or(row.get("redirect_type"));
+        let max_clicks = change.max_clicks.unwrap_or(row.get("max_clicks"));
+        let tags = change.tags.unwrap_or(current.tags.clone());
+        let disabled = change.disabled.unwrap_or(current.disabled);
+        let updated = tx
+            .query_one(
+                &format!(
+                    "UPDATE links SET url = $2, url_sha256 = $3, expires_at = $4, redirect_type = $5,
+                         max_clicks = $6, tags = $7, disabled = $8, updated_at = now()
+                     WHERE code = $1 RETURNING {LINK_COLUMNS}"
+                ),
+                &[
+                    &code,
+                    &url,
+                    &sha256(&url),
+                    &expires_at,
+                    &redirect_type,
+                    &max_clicks,
+                    &tags,
+                    &disabled,
+                ],
+            )
+            .await
+            .map_err(|e| match e.code() {
+                Some(c) if *c == SqlState::UNIQUE_VIOLATION => {
+                    WriteError::Conflict("another of your links already points at this url")
+                }
+                _ => e.into(),
+            })?;
+        let link = link_from_row(&updated);
+        write_event(&tx, LinkEventType::Updated, link.clone()).await?;
+        tx.commit().await?;
+        self.outbox_wakeup.notify_one();
+        Ok(link)
+    }
+
+    pub async fn delete(&self, code: &str, owner: &str) -> Result<(), WriteError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE links SET deleted_at = now(), updated_at = now()
+                     WHERE code = $1 AND owner = $2 AND deleted_at IS NULL
+                     RETURNING {LINK_COLUMNS}"
+                ),
+                &[&code, &owner],
+            )
+            .await?
+            .ok_or(WriteError::NotFound)?;
+        write_event(&tx, LinkEventType::Deleted, link_from_row(&row)).await?;
+        tx.commit().await?;
+        self.outbox_wakeup.notify_one();
+        Ok(())
+    }
+
+    /// The owner's live links, newest first, after `cursor`.
+    pub async fn list(
+        &self,
+        owner: &str,
+        limit: u32,
+        cursor: Option<Cursor>,
+        tag: Option<&str>,
+    ) -> Result<(Vec<Link>, Option<Cursor>), WriteError> {
+        let client = self.pool.get().await?;
+        let (after_ts, after_code) = match &cursor {
+            Some(c) => (Some(c.created_at), Some(c.code.as_str())),
+            None => (None, None),
+        };
+        let fetch = i64::from(limit) + 1;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {LINK_COLUMNS} FROM links
+                     WHERE owner = $1 AND deleted_at IS NULL
+                       AND ($2::text IS NULL OR $2 = ANY(tags))
+                       AND ($3::timestamptz IS NULL OR (created_at, code) < ($3, $4::text))
+                     ORDER BY created_at DESC, code DESC
+                     LIMIT $5"
+                ),
+                &[&owner, &tag, &after_ts, &after_code, &fetch],
+            )
+            .await?;
+        let mut links: Vec<(Link, DateTime<Utc>)> = rows
+            .iter()
+            .map(|r| (link_from_row(r), r.get("created_at")))
+            .collect();
+        let next = if links.len() > limit as usize {
+            links.truncate(limit as usize);
+            links.last().map(|(l, ts)| Cursor {
+                created_at: *ts,
+                code: l.code.clone(),
+            })
+        } else {
+            None
+        };
+        Ok((links.into_iter().map(|(l, _)| l).collect(), next))
+    }
+
+    /// Deletes idempotency keys older than 24 h; returns how many.
+    pub async fn expire_idempotency_keys(&self) -> Result<u64, WriteError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
+                &[],
+            )
+            .await?)
+    }
+}
+
+/// Takes the key for this request, or returns the answer it already has.
+/// The insert waits on a concurrent holder of the same key until it commits,
+/// so two racing requests with one key produce one link.
+async fn claim_idempotency_key(
+    tx: &impl GenericClient,
+    owner: &str,
+    idem: &IdempotencyKey,
+) -> Result<Option<CreateLinkResponse>, WriteError> {
+    // An expired key is forgotten first so it can be reused.
+    tx.execute(
+        "DELETE FROM idempotency_keys
+         WHERE owner = $1 AND key = $2 AND created_at < now() - interval '24 hours'",
+        &[&owner, &idem.key],
+    )
+    .await?;
+    let claimed = tx
+        .execute(
+            "INSERT INTO idempotency_keys (owner, key, request_sha256, response)
+             VALUES ($1, $2, $3, '') ON CONFLICT DO NOTHING",
+            &[&owner, &idem.key, &idem.request_sha256],
+        )
+        .await?;
+    if claimed == 1 {
+        return Ok(None);
+    }
+    let row = tx
+        .query_one(
+            "SELECT request_sha256, response FROM idempotency_keys WHERE owner = $1 AND key = $2",
+            &[&owner, &idem.key],
+        )
+        .await?;
+    let stored_hash: Vec<u8> = row.get(0);
+    if stored_hash != idem.request_sha256 {
+        return Err(WriteError::IdempotencyMismatch);
+    }
+    let response: Vec<u8> = row.get(1);
+    let mut replay = CreateLinkResponse::decode(response.as_slice()).map_err(|e| {
+        WriteError::Internal(anyhow::Error::new(e).context("decoding a stored response"))
+    })?;
+    // A replay reports what the original call reported (201 stays 201).
+    replay.link.get_or_insert_with(Link::default);
+    Ok(Some(replay))
+}
+
+async fn insert_link(
+    tx: &impl GenericClient,
+    new: &NewLink,
+) -> Result<CreateLinkResponse, WriteError> {
+    let url_sha = sha256(new.url.as_str());
+    let insert = format!(
+        "INSERT INTO links (code, owner, url, url_sha256, is_alias, expires_at, redirect_type, max_clicks, tags)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT DO NOTHING RETURNING {LINK_COLUMNS}"
+    );
+    if let Some(alias) = &new.alias {
+        let row = tx
+            .query_opt(
+                &insert,
+                &[
+                    &alias.as_str(),
+                    &new.owner,
+                    &new.url.as_str(),
+                    &url_sha,
+                    &true,
+                    &new.expires_at,
+                    &new.redirect_type,
+                    &new.max_clicks,
+                    &new.tags,
+                ],
+            )
+            .await?;
+        return match row {
+            Some(row) => Ok(created(link_from_row(&row), true)),
+            None => Err(WriteError::Conflict("alias is already taken")),
+        };
+    }
+    for _ in 0..CODE_ATTEMPTS {
+        let code = ShortCode::generate();
+        let row = tx
+            .query_opt(
+                &insert,
+                &[
+                    &code.as_str(),
+                    &new.owner,
+                    &new.url.as_str(),
+                    &url_sha,
+                    &false,
+                    &new.expires_at,
+                    &new.redirect_type,
+                    &new.max_clicks,
+                    &new.tags,
+                ],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(created(link_from_row(&row), true));
+        }
+        // Either the owner already shortened this URL, or the code collided.
+        let existing = tx
+            .query_opt(
+                &format!(
+                    "SELECT {LINK_COLUMNS} FROM links
+                     WHERE owner = $1 AND url_sha256 = $2 AND NOT is_alias AND deleted_at IS NULL"
+                ),
+                &[&new.owner, &url_sha],
+            )
+            .await?;
+        if let Some(row) = existing {
+            return Ok(created(link_from_row(&row), false));
+        }
+        metrics::counter!("shortfleet_code_collisions_total").increment(1);
+    }
+    Err(WriteError::Internal(anyhow::anyhow!(
+        "no free code after {CODE_ATTEMPTS} attempts"
+    )))
+}
+
+fn created(link: Link, created: bool) -> CreateLinkResponse {
+    CreateLinkResponse {
+        link: Some(link),
+        created,
+    }
+}
+
+async fn write_event(
+    tx: &impl GenericClient,
+    kind: LinkEventType,
+    link: Link,
+) -> Result<(), WriteError> {
+    let event_id = uuid::Uuid::now_v7();
+    let routing_key = match kind {
+        LinkEventType::Created => "link.created",
+        LinkEventType::Updated => "link.updated",
+        LinkEventType::Deleted => "link.deleted",
+        LinkEventType::Unspecified => "link.unspecified",
+    };
+    let event = LinkEvent {
+        event_id: event_id.to_string(),
+        occurred_at: Some(to_proto(Utc::now())),
+        r#type: kind as i32,
+        link: Some(link),
+    };
+    tx.execute(
+        "INSERT INTO outbox (event_id, routing_key, payload) VALUES ($1, $2, $3)",
+        &[&event_id.to_string(), &routing_key, &event.encode_to_vec()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn sha256(s: &str) -> Vec<u8> {
+    Sha256::digest(s.as_bytes()).to_vec()
+}
+
+fn link_from_row(row: &Row) -> Link {
+    let deleted_at: Option<DateTime<Utc>> = row.get("deleted_at");
+    let max_clicks: Option<i64> = row.get("max_clicks");
+    let redirect_type: i16 = row.get("redirect_type");
+    let expires_at: Option<DateTime<Utc>> = row.get("expires_at");
+    Link {
+        code: row.get("code"),
+        url: row.get("url"),
+        owner: row.get("owner"),
+        created_at: Some(to_proto(row.get("created_at"))),
+        updated_at: Some(to_proto(row.get("updated_at"))),
+        expires_at: expires_at.map(to_proto),
+        redirect_type: u32::try_from(redirect_type).unwrap_or(302),
+        max_clicks: max_clicks.and_then(|m| u64::try_from(m).ok()),
+        tags: row.get("tags"),
+        disabled: row.get("disabled"),
+        deleted: deleted_at.is_some(),
+    }
+}

@@ -1,0 +1,216 @@
+//! Turns wire requests into validated domain values. Every refusal names the
+//! REST field and the reason; nothing invalid gets past this module.
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use shortfleet_common::time::from_proto;
+use shortfleet_proto::v1::{CreateLinkRequest, UpdateLinkRequest};
+
+use crate::{
+    code::ShortCode,
+    error::WriteError,
+    store::{IdempotencyKey, LinkChange, NewLink, sha256},
+    target::TargetUrl,
+};
+
+const MAX_TAGS: usize = 20;
+const MAX_TAG_LEN: usize = 64;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+pub fn new_link(req: &CreateLinkRequest, own_hosts: &[String]) -> Result<NewLink, WriteError> {
+    Ok(NewLink {
+        owner: owner(&req.owner)?,
+        url: TargetUrl::parse(&req.url, own_hosts).map_err(|e| WriteError::invalid("url", e))?,
+        alias: match req.alias.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(ShortCode::alias(a).map_err(|e| WriteError::invalid("alias", e))?),
+        },
+        expires_at: req
+            .expires_at
+            .as_ref()
+            .map(|t| future_time(t, "expires_at"))
+            .transpose()?,
+        redirect_type: redirect_type(req.redirect_type)?,
+        max_clicks: req.max_clicks.map(max_clicks).transpose()?,
+        tags: tags(&req.tags)?,
+    })
+}
+
+/// The key and a digest of everything else in the request: a retry must
+/// carry the same body to be a replay.
+pub fn idempotency_key(req: &CreateLinkRequest) -> Result<Option<IdempotencyKey>, WriteError> {
+    if req.idempotency_key.is_empty() {
+        return Ok(None);
+    }
+    if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || req.idempotency_key.chars().any(char::is_control)
+    {
+        return Err(WriteError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 255 printable characters",
+        ));
+    }
+    let mut body = req.clone();
+    body.idempotency_key.clear();
+    Ok(Some(IdempotencyKey {
+        key: req.idempotency_key.clone(),
+        request_sha256: sha256(&hex::encode(body.encode_to_vec())),
+    }))
+}
+
+pub fn change(req: &UpdateLinkRequest, own_hosts: &[String]) -> Result<LinkChange, WriteError> {
+    Ok(LinkChange {
+        url: req
+            .url
+            .as_deref()
+            .map(|u| TargetUrl::parse(u, own_hosts).map_err(|e| WriteError::invalid("url", e)))
+            .transpose()?,
+        expires_at: if req.clear_expires_at {
+            Some(None)
+        } else {
+            req.expires_at
+                .as_ref()
+                .map(|t| future_time(t, "expires_at").map(Some))
+                .transpose()?
+        },
+        redirect_type: req.redirect_type.map(redirect_type).transpose()?,
+        max_clicks: if req.clear_max_clicks {
+            Some(None)
+        } else {
+            req.max_clicks
+                .map(|m| max_clicks(m).map(Some))
+                .transpose()?
+        },
+        tags: if req.set_tags {
+            Some(tags(&req.tags)?)
+        } else {
+            None
+        },
+        disabled: req.disabled,
+    })
+}
+
+pub fn owner(raw: &str) -> Result<String, WriteError> {
+    if raw.is_empty() || raw.len() > 128 {
+        return Err(WriteError::invalid("owner", "must be 1 to 128 characters"));
+    }
+    Ok(raw.to_owned())
+}
+
+fn future_time(
+    t: &prost_types::Timestamp,
+    field: &'static str,
+) -> Result<DateTime<Utc>, WriteError> {
+    let t = from_proto(t).ok_or_else(|| WriteError::invalid(field, "is not a valid time"))?;
+    if t <= Utc::now() {
+        return Err(WriteError::invalid(field, "must be in the future"));
+    }
+    Ok(t)
+}
+
+fn redirect_type(raw: u32) -> Result<i16, WriteError> {
+    match raw {
+        0 => Ok(302),
+        301 | 302 | 307 | 308 => Ok(raw as i16),
+        _ => Err(WriteError::invalid(
+            "redirect_type",
+            "must be one of 301, 302, 307, 308",
+        )),
+    }
+}
+
+fn max_clicks(raw: u64) -> Result<i64, WriteError> {
+    match i64::try_from(raw) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(WriteError::invalid(
+            "max_clicks",
+            "must be a positive integer below 2^63",
+        )),
+    }
+}
+
+fn tags(raw: &[String]) -> Result<Vec<String>, WriteError> {
+    if raw.len() > MAX_TAGS {
+        return Err(WriteError::invalid("tags", "at most 20 tags"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for tag in raw {
+        let tag = tag.trim();
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(char::is_control) {
+            return Err(WriteError::invalid(
+                "tags",
+                "each tag must be 1 to 64 printable characters",
+            ));
+        }
+        if !out.iter().any(|t| t == tag) {
+            out.push(tag.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(url: &str) -> CreateLinkRequest {
+        CreateLinkRequest {
+            owner: "alice".into(),
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_field_names() {
+        let l = new_link(&req("https://example.com"), &[]).unwrap();
+        assert_eq!(l.redirect_type, 302);
+        let field = |r: &CreateLinkRequest| match new_link(r, &[]) {
+            Err(WriteError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        assert_eq!(field(&req("ftp://x")), "url");
+        let mut r = req("https://example.com");
+        r.redirect_type = 303;
+        assert_eq!(field(&r), "redirect_type");
+        let mut r = req("https://example.com");
+        r.max_clicks = Some(0);
+        assert_eq!(field(&r), "max_clicks");
+        let mut r = req("https://example.com");
+        r.alias = Some("x".into());
+        assert_eq!(field(&r), "alias");
+        let mut r = req("https://example.com");
+        r.expires_at = Some(prost_types::Timestamp {
+            seconds: 1,
+            nanos: 0,
+        });
+        assert_eq!(field(&r), "expires_at");
+        let mut r = req("https://example.com");
+        r.tags = vec![String::new()];
+        assert_eq!(field(&r), "tags");
+        let mut r = req("https://example.com");
+        r.owner.clear();
+        assert_eq!(field(&r), "owner");
+    }
+
+    #[test]
+    fn tags_are_trimmed_and_deduplicated() {
+        let mut r = req("https://example.com");
+        r.tags = vec!["a".into(), " a ".into(), "b".into()];
+        assert_eq!(new_link(&r, &[]).unwrap().tags, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn idempotency_digest_ignores_the_key_but_not_the_body() {
+        let mut a = req("https://example.com/a");
+        a.idempotency_key = "k1".into();
+        let mut b = a.clone();
+        b.idempotency_key = "k2".into();
+        let mut c = a.clone();
+        c.url = "https://example.com/c".into();
+        let digest = |r| idempotency_key(r).unwrap().unwrap().request_sha256;
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&c));
+        assert!(idempotency_key(&req("https://e.com")).unwrap().is_none());
+    }
+}

@@ -1,0 +1,294 @@
+//! UpdateLink, DeleteLink and ListLinks over gRPC: partial updates,
+//! tombstones, ownership, and keyset pagination newest first.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{TestApp, create_request, expect_code, expect_invalid, link_of};
+use shortfleet_proto::v1::{
+    CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, Link, ListLinksRequest, UpdateLinkRequest,
+};
+use tonic::Code;
+
+fn update(code: &str, owner: &str) -> UpdateLinkRequest {
+    UpdateLinkRequest {
+        code: code.into(),
+        owner: owner.into(),
+        ..Default::default()
+    }
+}
+
+fn delete(code: &str, owner: &str) -> DeleteLinkRequest {
+    DeleteLinkRequest {
+        code: code.into(),
+        owner: owner.into(),
+    }
+}
+
+fn get(code: &str, owner: &str) -> GetLinkRequest {
+    GetLinkRequest {
+        code: code.into(),
+        owner: owner.into(),
+    }
+}
+
+fn list(owner: &str, limit: u32, cursor: &str, tag: &str) -> ListLinksRequest {
+    ListLinksRequest {
+        owner: owner.into(),
+        limit,
+        cursor: cursor.into(),
+        tag: tag.into(),
+    }
+}
+
+fn at(t: &Option<prost_types::Timestamp>) -> chrono::DateTime<chrono::Utc> {
+    t.as_ref()
+        .and_then(shortfleet_common::time::from_proto)
+        .expect("a valid timestamp")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_changes_exactly_the_fields_it_names() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let in_an_hour =
+        shortfleet_common::time::to_proto(chrono::Utc::now() + chrono::Duration::hours(1));
+    let original = link_of(
+        &client
+            .create_link(CreateLinkRequest {
+                expires_at: Some(in_an_hour),
+                max_clicks: Some(50),
+                tags: vec!["a".into(), "b".into()],
+                ..create_request("alice", "https://example.com/before")
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(original.expires_at.is_some());
+
+    let updated = client
+        .update_link(UpdateLinkRequest {
+            url: Some("https://example.com/after".into()),
+            redirect_type: Some(308),
+            disabled: Some(true),
+            tags: vec!["c".into()],
+            set_tags: true,
+            clear_expires_at: true,
+            ..update(&original.code, "alice")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let expected = Link {
+        url: "https://example.com/after".into(),
+        redirect_type: 308,
+        disabled: true,
+        tags: vec!["c".into()],
+        expires_at: None,
+        updated_at: updated.updated_at,
+        ..original.clone()
+    };
+    assert_eq!(updated, expected, "max_clicks, owner, created_at untouched");
+    assert!(at(&updated.updated_at) > at(&original.updated_at));
+    let stored = client.get_link(get(&original.code, "alice")).await.unwrap();
+    assert_eq!(stored.into_inner(), updated);
+
+    // Fields a request leaves unset stay as they are.
+    let untouched = client
+        .update_link(update(&original.code, "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(untouched.tags, vec!["c"]);
+    assert_eq!(untouched.max_clicks, Some(50));
+    let cleared = client
+        .update_link(UpdateLinkRequest {
+            clear_max_clicks: true,
+            disabled: Some(false),
+            ..update(&original.code, "alice")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((cleared.max_clicks, cleared.disabled), (None, false));
+
+    // Refusals.
+    let bad_type = UpdateLinkRequest {
+        redirect_type: Some(303),
+        ..update(&original.code, "alice")
+    };
+    expect_invalid(client.update_link(bad_type).await, "redirect_type");
+    let looping = UpdateLinkRequest {
+        url: Some("https://sho.rt/loop".into()),
+        ..update(&original.code, "alice")
+    };
+    expect_invalid(client.update_link(looping).await, "url");
+    expect_invalid(
+        client.update_link(update(&original.code, "")).await,
+        "owner",
+    );
+    let foreign = UpdateLinkRequest {
+        disabled: Some(true),
+        ..update(&original.code, "bob")
+    };
+    expect_code(client.update_link(foreign).await, Code::NotFound);
+    // Pointing at a URL another of the owner's links already has would
+    // break "same owner + same URL → one link".
+    let other = link_of(&app.create("alice", "https://example.com/other").await);
+    let collide = UpdateLinkRequest {
+        url: Some("https://example.com/other".into()),
+        ..update(&original.code, "alice")
+    };
+    expect_code(client.update_link(collide).await, Code::AlreadyExists);
+    let unchanged = client.get_link(get(&other.code, "alice")).await.unwrap();
+    assert_eq!(unchanged.into_inner().url, "https://example.com/other");
+
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_link_stays_as_a_tombstone() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let link = link_of(&app.create("alice", "https://example.com/doomed").await);
+
+    expect_code(
+        client.delete_link(delete(&link.code, "bob")).await,
+        Code::NotFound,
+    );
+    assert!(
+        !client
+            .get_link(get(&link.code, ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted
+    );
+
+    client
+        .delete_link(delete(&link.code, "alice"))
+        .await
+        .unwrap();
+    let tombstone = client
+        .get_link(get(&link.code, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tombstone.deleted, "{tombstone:?}");
+    assert_eq!(tombstone.url, link.url);
+    expect_code(
+        client.get_link(get(&link.code, "alice")).await,
+        Code::NotFound,
+    );
+    expect_code(
+        client.delete_link(delete(&link.code, "alice")).await,
+        Code::NotFound,
+    );
+    let revive = UpdateLinkRequest {
+        disabled: Some(false),
+        ..update(&link.code, "alice")
+    };
+    expect_code(client.update_link(revive).await, Code::NotFound);
+    let listed = client.list_links(list("alice", 0, "", "")).await.unwrap();
+    assert!(listed.into_inner().links.is_empty());
+
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_are_listed_newest_first_in_pages() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let mut created = Vec::new();
+    for i in 0..25 {
+        let tags = if i % 2 == 0 {
+            vec!["even".into()]
+        } else {
+            vec![]
+        };
+        let response = client
+            .create_link(CreateLinkRequest {
+                tags,
+                ..create_request("alice", &format!("https://example.com/page/{i}"))
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        created.push(link_of(&response).code);
+    }
+    app.create("bob", "https://example.com/page/bob").await;
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_links(list("alice", 10, &cursor, ""))
+            .await
+            .unwrap()
+            .into_inner();
+        sizes.push(page.links.len());
+        assert!(page.links.iter().all(|l| l.owner == "alice"));
+        seen.extend(page.links.into_iter().map(|l| l.code));
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        assert!(sizes.len() < 5, "pagination does not end: {sizes:?}");
+        cursor = page.next_cursor;
+    }
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>().len(),
+        seen.len(),
+        "no duplicates"
+    );
+    assert_eq!(seen, newest_first);
+
+    // The default page size is 20.
+    let first = client
+        .list_links(list("alice", 0, "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.links.len(), 20);
+    assert!(!first.next_cursor.is_empty());
+
+    let even = client
+        .list_links(list("alice", 100, "", "even"))
+        .await
+        .unwrap()
+        .into_inner();
+    let even_codes: Vec<String> = even.links.iter().map(|l| l.code.clone()).collect();
+    let expected: Vec<String> = newest_first.iter().step_by(2).cloned().collect();
+    assert_eq!(even_codes.len(), 13);
+    assert_eq!(
+        even_codes, expected,
+        "24, 22, …, 0: the even ones, newest first"
+    );
+    assert!(even.next_cursor.is_empty());
+    let none = client
+        .list_links(list("alice", 0, "", "nope"))
+        .await
+        .unwrap();
+    assert!(none.into_inner().links.is_empty());
+
+    expect_invalid(
+        client
+            .list_links(list("alice", 10, "not-a-cursor", ""))
+            .await,
+        "cursor",
+    );
+    expect_invalid(
+        client.list_links(list("alice", 10, "deadbeef", "")).await,
+        "cursor",
+    );
+    expect_invalid(client.list_links(list("alice", 101, "", "")).await, "limit");
+    expect_invalid(client.list_links(list("", 10, "", "")).await, "owner");
+    let max = client.list_links(list("alice", 100, "", "")).await.unwrap();
+    assert_eq!(max.into_inner().links.len(), 25);
+
+    app.cleanup().await;
+}
