@@ -85,6 +85,9 @@ async fn run(fleet: &mut Fleet) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Reaching `sent` proves nothing was lost; a duplicate (a redelivered
+    // batch counted twice) would land after that, and nothing signals "no
+    // more deliveries", so give redelivery a short window to show one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         total().await?,
