@@ -1,7 +1,7 @@
-//! Wiring: database (created and migrated), partitions, the click consumer
-//! and the gRPC server.
+//! Wiring: database (created and migrated), partitions, the GeoIP file (if
+//! configured), the click consumer and the gRPC server.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
@@ -18,7 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
 
 use crate::{
-    config::Config, consumer::ClickConsumer, migrations::MIGRATIONS, partitions,
+    config::Config, consumer::ClickConsumer, geoip::GeoIp, migrations::MIGRATIONS, partitions,
     service::AnalyticsService,
 };
 
@@ -28,6 +28,7 @@ pub struct App {
     ops_listener: TcpListener,
     pool: Pool,
     health: Health,
+    geoip: Option<Arc<GeoIp>>,
 }
 
 impl App {
@@ -69,6 +70,12 @@ impl Service for App {
             .await
             .context("preparing click partitions")?;
         health.set("postgres", true);
+        let geoip = config
+            .geoip_db
+            .as_deref()
+            .map(GeoIp::open)
+            .transpose()?
+            .map(Arc::new);
         let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
         let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
         Ok(Self {
@@ -77,6 +84,7 @@ impl Service for App {
             ops_listener,
             pool,
             health,
+            geoip,
         })
     }
 
@@ -113,6 +121,7 @@ impl Service for App {
                 batch_max: c.batch_max,
                 batch_max_wait: c.batch_max_wait,
                 visitor_secret: c.visitor_secret.expose().to_owned(),
+                geoip: self.geoip.clone(),
                 db_timeout: c.db_timeout,
                 health: self.health.clone(),
             }

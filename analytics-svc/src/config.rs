@@ -1,7 +1,7 @@
 //! analytics-svc's configuration; every key is documented in
 //! `docs/configuration.md`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shortfleet_common::config::{ConfigError, ConfigSource};
 
@@ -40,6 +40,9 @@ pub struct Config {
     pub retention_days: u32,
     /// Secret mixed into the daily salt of visitor hashes.
     pub visitor_secret: Secret,
+    /// A MaxMind DB file for the country of clicks that arrive without a
+    /// trusted country header; `None` leaves such clicks without one.
+    pub geoip_db: Option<PathBuf>,
     pub shutdown_grace: Duration,
 }
 
@@ -71,6 +74,11 @@ impl Config {
             visitor_secret: Secret(
                 r.string("SHORTFLEET_VISITOR_SECRET", "shortfleet-dev-visitor-secret"),
             ),
+            geoip_db: r
+                .raw("SHORTFLEET_GEOIP_DB")
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
         };
         if config.batch_max == 0 || config.prefetch == 0 {

@@ -44,6 +44,8 @@ pub struct ClickConsumer {
     pub batch_max: usize,
     pub batch_max_wait: Duration,
     pub visitor_secret: String,
+    /// Country lookups for clicks without a trusted country header.
+    pub geoip: Option<std::sync::Arc<crate::geoip::GeoIp>>,
     /// Bounds each batch transaction; a timeout counts as "database down".
     pub db_timeout: Duration,
     pub health: Health,
@@ -138,7 +140,9 @@ impl ClickConsumer {
         for delivery in batch {
             let decoded = ClickEvent::decode(delivery.data.as_slice())
                 .ok()
-                .and_then(|e| store::enrich(&e, &self.visitor_secret).map(|c| (e, c)));
+                .and_then(|e| {
+                    store::enrich(&e, &self.visitor_secret, self.geoip.as_deref()).map(|c| (e, c))
+                });
             match decoded {
                 Some((_, click)) => pending.push(Pending {
                     tag: delivery.delivery_tag,

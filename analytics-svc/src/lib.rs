@@ -7,12 +7,14 @@
 //! - [`consumer`]: manual-ack batch consumption, poison handling, retries.
 //! - [`store`]: idempotent batch writes, rollups and stats queries.
 //! - [`agent`]: user agent and referrer classification, bot detection.
+//! - [`geoip`]: country of a client IP from a MaxMind DB file, if configured.
 //! - [`partitions`]: daily partitions ahead, retention behind.
 
 pub mod agent;
 pub mod app;
 pub mod config;
 pub mod consumer;
+pub mod geoip;
 pub mod migrations;
 pub mod partitions;
 pub mod service;

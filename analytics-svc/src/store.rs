@@ -16,7 +16,10 @@ use sha2::{Digest, Sha256};
 use shortfleet_common::time::from_proto;
 use shortfleet_proto::v1::ClickEvent;
 
-use crate::agent::{classify, referrer_host};
+use crate::{
+    agent::{classify, referrer_host},
+    geoip::GeoIp,
+};
 
 /// A click ready to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,8 +43,9 @@ fn clean(s: &str, max: usize) -> String {
 }
 
 /// Enriches an event; `None` for one that can never be stored (a poison
-/// message: no id, no code, no valid time).
-pub fn enrich(event: &ClickEvent, visitor_secret: &str) -> Option<Click> {
+/// message: no id, no code, no valid time). The country is the one a
+/// trusted proxy told the gateway, else the GeoIP database's, if any.
+pub fn enrich(event: &ClickEvent, visitor_secret: &str, geoip: Option<&GeoIp>) -> Option<Click> {
     if event.event_id.is_empty() || event.code.is_empty() {
         return None;
     }
@@ -64,7 +68,12 @@ pub fn enrich(event: &ClickEvent, visitor_secret: &str) -> Option<Click> {
         .chain_update(event.user_agent.as_bytes())
         .finalize()
         .to_vec();
-    let country = event.country.trim().to_ascii_uppercase();
+    let country = Some(event.country.trim().to_ascii_uppercase())
+        .filter(|c| is_country_code(c))
+        .or_else(|| geoip?.country(&event.client_ip))
+        .map(|c| c.to_ascii_uppercase())
+        .filter(|c| is_country_code(c))
+        .unwrap_or_default();
     Some(Click {
         event_id: clean(&event.event_id, 64),
         code: clean(&event.code, 64),
@@ -79,13 +88,13 @@ pub fn enrich(event: &ClickEvent, visitor_secret: &str) -> Option<Click> {
         } else {
             agent.device.to_owned()
         },
-        country: if country.len() == 2 && country.bytes().all(|b| b.is_ascii_alphabetic()) {
-            country
-        } else {
-            String::new()
-        },
+        country,
         visitor,
     })
+}
+
+fn is_country_code(c: &str) -> bool {
+    c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
 /// Rollup increments for a set of newly stored clicks.
@@ -412,19 +421,19 @@ mod tests {
     #[test]
     fn poison_events_are_refused() {
         let t = Utc::now();
-        assert!(enrich(&event("", FIREFOX, t), "s").is_none());
+        assert!(enrich(&event("", FIREFOX, t), "s", None).is_none());
         let mut no_time = event("e", FIREFOX, t);
         no_time.occurred_at = None;
-        assert!(enrich(&no_time, "s").is_none());
+        assert!(enrich(&no_time, "s", None).is_none());
     }
 
     #[test]
     fn visitor_hashes_rotate_daily_and_hide_the_ip() {
         let d1 = Utc.with_ymd_and_hms(2026, 1, 1, 23, 0, 0).unwrap();
         let d2 = Utc.with_ymd_and_hms(2026, 1, 2, 1, 0, 0).unwrap();
-        let a = enrich(&event("a", FIREFOX, d1), "s").unwrap();
-        let b = enrich(&event("b", FIREFOX, d1), "s").unwrap();
-        let c = enrich(&event("c", FIREFOX, d2), "s").unwrap();
+        let a = enrich(&event("a", FIREFOX, d1), "s", None).unwrap();
+        let b = enrich(&event("b", FIREFOX, d1), "s", None).unwrap();
+        let c = enrich(&event("c", FIREFOX, d2), "s", None).unwrap();
         assert_eq!(a.visitor, b.visitor);
         assert_ne!(a.visitor, c.visitor);
         assert!(!a.visitor.windows(9).any(|w| w == b"192.0.2.1"));
@@ -439,7 +448,7 @@ mod tests {
             event("3", "Googlebot/2.1", t),
         ]
         .iter()
-        .map(|e| enrich(e, "s").unwrap())
+        .map(|e| enrich(e, "s", None).unwrap())
         .collect();
         let r = rollups(&clicks);
         let ten = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();

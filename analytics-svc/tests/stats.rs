@@ -1,7 +1,10 @@
 //! analytics-svc against real RabbitMQ and PostgreSQL: redelivered clicks
 //! count once, bots and HEAD requests go apart, hour and day series across a
 //! day boundary, unique visitors once per day, poison messages reach the
-//! dead-letter queue, and a consumer stopped mid-stream loses nothing.
+//! dead-letter queue, a consumer stopped mid-stream loses nothing, and a
+//! configured GeoIP file supplies the country a trusted header did not.
+
+mod mmdb;
 
 use std::time::Duration;
 
@@ -67,7 +70,17 @@ impl Fixture {
         AnalyticsClient<tonic::transport::Channel>,
         CancellationToken,
     ) {
-        let config = analytics_svc::Config::from_source(&ConfigSource::from_pairs([
+        self.start_with([]).await
+    }
+
+    async fn start_with<const N: usize>(
+        &self,
+        extra: [(&'static str, String); N],
+    ) -> (
+        AnalyticsClient<tonic::transport::Channel>,
+        CancellationToken,
+    ) {
+        let pairs = [
             ("SHORTFLEET_GRPC_ADDR", "127.0.0.1:0".to_owned()),
             ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
             (
@@ -77,7 +90,10 @@ impl Fixture {
             ("SHORTFLEET_CLICKS_EXCHANGE", self.exchange.clone()),
             ("SHORTFLEET_CLICKS_QUEUE", self.queue.clone()),
             ("SHORTFLEET_BATCH_MAX", "50".to_owned()),
-        ]))
+        ];
+        let config = analytics_svc::Config::from_source(&ConfigSource::from_pairs(
+            pairs.into_iter().chain(extra),
+        ))
         .unwrap();
         let app = analytics_svc::App::build(config).await.unwrap();
         let addr = app.grpc_addr();
@@ -342,5 +358,52 @@ async fn a_consumer_stopped_mid_stream_loses_and_duplicates_nothing() {
             .total,
         600
     );
+    f.cleanup(stop).await;
+}
+
+#[tokio::test]
+async fn a_geoip_file_supplies_the_country_a_trusted_header_did_not() {
+    let path = std::env::temp_dir().join(format!(
+        "shortfleet-stats-{}.mmdb",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(
+        &path,
+        mmdb::build(&[mmdb::Network {
+            addr: "203.0.113.0".parse().unwrap(),
+            prefix: 24,
+            record: mmdb::country("NL"),
+        }]),
+    )
+    .unwrap();
+    let f = Fixture::new().await;
+    let (mut client, stop) = f
+        .start_with([("SHORTFLEET_GEOIP_DB", path.display().to_string())])
+        .await;
+    let at = Utc.with_ymd_and_hms(2026, 5, 4, 10, 0, 0).unwrap();
+    let without_header = |id: &str, ip: &str| {
+        let mut c = click(id, "geo", at, FIREFOX, ip);
+        c.country = String::new();
+        c
+    };
+    f.publish(&without_header("g1", "203.0.113.7")).await;
+    f.publish(&without_header("g2", "::ffff:203.0.113.8")).await;
+    // Not in the database: no country rather than a guess.
+    f.publish(&without_header("g3", "192.0.2.50")).await;
+    // The CDN's header wins over the database (it sees the real client).
+    f.publish(&click("g4", "geo", at, FIREFOX, "203.0.113.9"))
+        .await;
+
+    let from = Utc.with_ymd_and_hms(2026, 5, 4, 0, 0, 0).unwrap();
+    let to = Utc.with_ymd_and_hms(2026, 5, 5, 0, 0, 0).unwrap();
+    let s = settled(&mut client, "geo", from, to, 4).await;
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(s.total, 4);
+    let countries: Vec<(&str, u64)> = s
+        .countries
+        .iter()
+        .map(|c| (c.name.as_str(), c.clicks))
+        .collect();
+    assert_eq!(countries, vec![("NL", 2), ("DE", 1)]);
     f.cleanup(stop).await;
 }

@@ -1,0 +1,69 @@
+//! Country of a click's client IP from a MaxMind DB file (GeoLite2 or
+//! GeoIP2 Country/City, or any `.mmdb` whose records carry
+//! `country.iso_code`), used when `SHORTFLEET_GEOIP_DB` names one.
+//!
+//! The file is read into memory once at start-up (a Country database is a
+//! few MB); a new file takes effect at the next restart. Lookups are pure
+//! memory reads, so they run inline in the consumer's batch.
+
+use std::{net::IpAddr, path::Path};
+
+use anyhow::Context;
+use maxminddb::{PathElement, Reader};
+
+pub struct GeoIp {
+    reader: Reader<Vec<u8>>,
+}
+
+impl std::fmt::Debug for GeoIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeoIp")
+            .field("database_type", &self.reader.metadata.database_type)
+            .field("build_epoch", &self.reader.metadata.build_epoch)
+            .finish()
+    }
+}
+
+impl GeoIp {
+    /// Opens and checks the file; an unreadable or malformed file is a
+    /// start-up error, not a silently empty country dimension.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let reader = Reader::open_readfile(path)
+            .with_context(|| format!("reading GeoIP database {}", path.display()))?;
+        tracing::info!(
+            path = %path.display(),
+            database_type = %reader.metadata.database_type,
+            build_epoch = reader.metadata.build_epoch,
+            "GeoIP database loaded"
+        );
+        Ok(Self { reader })
+    }
+
+    /// The ISO 3166-1 alpha-2 code for `ip` (as the gateway wrote it), or
+    /// `None` when the address is not in the database, is not an address,
+    /// or the record has no country. Falls back to the registered country
+    /// (e.g. for anycast or satellite ranges without a located country).
+    pub fn country(&self, ip: &str) -> Option<String> {
+        let ip: IpAddr = ip.trim().parse().ok()?;
+        // "::ffff:198.51.100.7" from a dual-stack socket is an IPv4 client.
+        let ip = ip.to_canonical();
+        let found = match self.reader.lookup(ip) {
+            Ok(found) => found,
+            // An IPv6 client against an IPv4-only database: no country.
+            Err(_) => return counted(None, "error"),
+        };
+        let code = ["country", "registered_country"].iter().find_map(|field| {
+            found
+                .decode_path::<String>(&[PathElement::Key(field), PathElement::Key("iso_code")])
+                .ok()
+                .flatten()
+        });
+        let label = if code.is_some() { "found" } else { "not_found" };
+        counted(code, label)
+    }
+}
+
+fn counted(code: Option<String>, result: &'static str) -> Option<String> {
+    metrics::counter!("shortfleet_geoip_lookups_total", "result" => result).increment(1);
+    code
+}
