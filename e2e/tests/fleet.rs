@@ -32,7 +32,7 @@ async fn a_link_travels_through_every_service() {
             ("SHORTFLEET_TIER_PREMIUM".into(), "3/60".into()),
             ("SHORTFLEET_ANONYMOUS_LIMIT".into(), "100000/60".into()),
             // The test client plays a CDN that tells the country.
-            ("SHORTFLEET_TRUSTED_PROXIES".into(), "127.0.0.1".into()),
+            ("SHORTFLEET_TRUSTED_PROXIES".into(), "127.0.0.0/8".into()),
             ("SHORTFLEET_COUNTRY_HEADER".into(), "CF-IPCountry".into()),
         ],
     })

@@ -1,15 +1,11 @@
 //! The gateway's configuration; every key is documented in
 //! `docs/configuration.md`.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use shortfleet_common::config::{ConfigError, ConfigSource};
 
-use crate::ratelimit::Policy;
+use crate::{proxies::TrustedProxies, ratelimit::Policy};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,8 +26,8 @@ pub struct Config {
     /// Rate-limit policies by tier name; "anonymous" limits redirects per IP.
     pub tiers: BTreeMap<String, Policy>,
     pub anonymous: Policy,
-    /// Peers whose `X-Forwarded-For` we believe.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Peers whose `X-Forwarded-For` (and country header) we believe.
+    pub trusted_proxies: TrustedProxies,
     /// The L7 route table (built-in, or `SHORTFLEET_ROUTES_FILE`).
     pub routes: crate::routes::RouteTable,
     /// Header carrying the client's ISO country code, set by a trusted
@@ -79,14 +75,14 @@ impl Config {
             r.invalid("SHORTFLEET_ANONYMOUS_LIMIT", e);
             Policy::parse("anonymous", "600/60").expect("default policy parses")
         });
-        let trusted_raw = r.list("SHORTFLEET_TRUSTED_PROXIES", &[]);
-        let mut trusted_proxies = Vec::new();
-        for ip in trusted_raw {
-            match ip.parse() {
-                Ok(ip) => trusted_proxies.push(ip),
-                Err(e) => r.invalid("SHORTFLEET_TRUSTED_PROXIES", format!("{ip:?}: {e}")),
-            }
-        }
+        let trusted_proxies = r
+            .raw("SHORTFLEET_TRUSTED_PROXIES")
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_else(|e| {
+                r.invalid("SHORTFLEET_TRUSTED_PROXIES", e);
+                TrustedProxies::default()
+            });
         let country_header = match r.raw("SHORTFLEET_COUNTRY_HEADER").map(str::to_owned) {
             None => None,
             Some(raw) => {

@@ -1,8 +1,5 @@
 //! Reading client input: bodies within a size limit, JSON objects field by
-//! field (so every bad field is named in one answer), query strings, the
-//! client's IP address.
-
-use std::net::{IpAddr, SocketAddr};
+//! field (so every bad field is named in one answer), query strings.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -190,31 +187,6 @@ pub fn query_param<'q>(pairs: &'q [(String, String)], name: &str) -> Option<&'q 
         .map(|(_, v)| v.as_str())
 }
 
-/// The client's address: the socket peer, unless the peer is a trusted
-/// proxy, in which case the right-most untrusted `X-Forwarded-For` entry
-/// (entries further left could be forged by the client).
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    let peer_ip = peer.ip().to_canonical();
-    if !trusted.contains(&peer_ip) {
-        return peer_ip;
-    }
-    let forwarded = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    for entry in forwarded.iter().rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if trusted.contains(&ip.to_canonical()) => continue,
-            Ok(ip) => return ip.to_canonical(),
-            Err(_) => break,
-        }
-    }
-    peer_ip
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,26 +220,5 @@ mod tests {
         );
         assert!(f.time("b").is_none());
         assert!(f.finish().is_err());
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            "1.1.1.1, 2.2.2.2, 10.0.0.1".parse().unwrap(),
-        );
-        let from_proxy = SocketAddr::new(proxy, 1234);
-        assert_eq!(
-            client_ip(from_proxy, &headers, &[proxy]),
-            "2.2.2.2".parse::<IpAddr>().unwrap()
-        );
-        let direct: SocketAddr = "3.3.3.3:1".parse().unwrap();
-        assert_eq!(
-            client_ip(direct, &headers, &[proxy]),
-            "3.3.3.3".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(client_ip(from_proxy, &HeaderMap::new(), &[proxy]), proxy);
     }
 }

@@ -10,7 +10,8 @@
 //! - [`clicks`]: the bounded, batched click hand-off to click-logger.
 //! - [`upstream`]: gRPC channels with deadlines. [`resilience`]: breaker,
 //!   bulkhead and budgeted retries per upstream. [`problem`]: problem+json and
-//!   the gRPC → HTTP status table. [`input`]: bodies, fields, query, client IP.
+//!   the gRPC → HTTP status table. [`input`]: bodies, fields, query.
+//! - [`proxies`]: trusted proxies (addresses or CIDR blocks) and the client IP.
 //! - [`admin`]: the `keys` admin commands.
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod input;
 pub mod keys;
 pub mod microcache;
 pub mod problem;
+pub mod proxies;
 pub mod ratelimit;
 pub mod resilience;
 pub mod routes;

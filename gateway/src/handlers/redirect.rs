@@ -12,10 +12,7 @@ use shortfleet_proto::v1::{ClickEvent, LinkState, ResolveRequest};
 use tonic::Code;
 
 use super::{Ctx, rate_limit_headers, too_many_requests};
-use crate::{
-    input::client_ip,
-    problem::{HttpResponse, Problem},
-};
+use crate::problem::{HttpResponse, Problem};
 
 pub async fn redirect(
     ctx: &Ctx<'_>,
@@ -24,16 +21,13 @@ pub async fn redirect(
     peer: SocketAddr,
 ) -> HttpResponse {
     let state = ctx.state;
-    let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    let ip = state.config.trusted_proxies.client_ip(peer, req.headers());
     let policy = &state.config.anonymous;
     // No Redis round trip per redirect: a leased slice of the shared bucket.
     let decision = state.limiter.check_leased(policy, &ip.to_string()).await;
     let mut response = if decision.allowed {
         // A country header is believed only from a trusted proxy.
-        let trusted_peer = state
-            .config
-            .trusted_proxies
-            .contains(&peer.ip().to_canonical());
+        let trusted_peer = state.config.trusted_proxies.contains(peer.ip());
         resolve_and_redirect(ctx, code, req, ip, trusted_peer).await
     } else {
         too_many_requests(&decision)

@@ -1,0 +1,143 @@
+//! Who the client is: the socket peer, or — behind load balancers and CDNs
+//! the operator trusts — the address they report in `X-Forwarded-For`.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// The networks whose `X-Forwarded-For` (and country header) we believe:
+/// single addresses or CIDR blocks, e.g. `10.0.0.0/8, 2001:db8::/32,
+/// 192.0.2.10`.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    /// Comma-separated; every bad entry is named.
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        let mut bad = Vec::new();
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            // A bare address is a /32 (or /128).
+            match entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => nets.push(net.trunc()),
+                Err(_) => bad.push(format!("{entry:?}")),
+            }
+        }
+        if bad.is_empty() {
+            Ok(Self(nets))
+        } else {
+            Err(format!(
+                "{} is not an IP address or CIDR block",
+                bad.join(", ")
+            ))
+        }
+    }
+}
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address: the socket peer, unless the peer is a trusted
+    /// proxy, in which case the right-most untrusted `X-Forwarded-For`
+    /// entry (entries further left could be forged by the client). A
+    /// malformed entry stops the walk at the last trusted hop.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer_ip = peer.ip().to_canonical();
+        if !self.contains(peer_ip) {
+            return peer_ip;
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        let mut client = peer_ip;
+        for entry in forwarded.iter().rev() {
+            match entry.parse::<IpAddr>() {
+                Ok(ip) if self.contains(ip) => client = ip.to_canonical(),
+                Ok(ip) => return ip.to_canonical(),
+                Err(_) => break,
+            }
+        }
+        client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_and_blocks_are_accepted_and_bad_entries_named() {
+        let t: TrustedProxies = "10.0.0.0/8, 192.0.2.10 ,2001:db8::/32,".parse().unwrap();
+        assert!(t.contains(ip("10.200.3.4")));
+        assert!(t.contains(ip("192.0.2.10")));
+        assert!(!t.contains(ip("192.0.2.11")));
+        assert!(t.contains(ip("2001:db8:ffff::1")));
+        assert!(!t.contains(ip("11.0.0.1")));
+        // IPv4 clients seen on a dual-stack socket.
+        assert!(t.contains(ip("::ffff:10.1.1.1")));
+        // Host bits in a block are ignored, as routers do.
+        let loose: TrustedProxies = "172.16.5.9/12".parse().unwrap();
+        assert!(loose.contains(ip("172.31.0.1")));
+        let err = "10.0.0.0/33, nope, 1.2.3.4"
+            .parse::<TrustedProxies>()
+            .unwrap_err();
+        assert!(
+            err.contains("\"10.0.0.0/33\"") && err.contains("\"nope\""),
+            "{err}"
+        );
+        assert!(!TrustedProxies::default().contains(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: TrustedProxies = "10.0.0.0/24".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2, 10.0.0.7".parse().unwrap(),
+        );
+        let from_proxy: SocketAddr = "10.0.0.1:1234".parse().unwrap();
+        // 10.0.0.7 is another trusted hop; 2.2.2.2 is the first it did not add.
+        assert_eq!(trusted.client_ip(from_proxy, &headers), ip("2.2.2.2"));
+        let direct: SocketAddr = "3.3.3.3:1".parse().unwrap();
+        assert_eq!(trusted.client_ip(direct, &headers), ip("3.3.3.3"));
+        assert_eq!(
+            trusted.client_ip(from_proxy, &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn a_chain_of_only_trusted_hops_or_garbage_ends_at_the_last_trusted_hop() {
+        let trusted: TrustedProxies = "10.0.0.0/24".parse().unwrap();
+        let from_proxy: SocketAddr = "10.0.0.1:1234".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "10.0.0.9, 10.0.0.8".parse().unwrap());
+        assert_eq!(trusted.client_ip(from_proxy, &headers), ip("10.0.0.9"));
+        headers.insert(
+            "x-forwarded-for",
+            "5.5.5.5, garbage, 10.0.0.8".parse().unwrap(),
+        );
+        assert_eq!(trusted.client_ip(from_proxy, &headers), ip("10.0.0.8"));
+    }
+}
