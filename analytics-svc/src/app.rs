@@ -7,13 +7,13 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
-    grpc, ops,
+    grpc::{self, Listeners},
+    ops,
     ops::Health,
     postgres,
     service::Service,
 };
 use shortfleet_proto::v1::analytics_server::AnalyticsServer;
-use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
 
@@ -24,8 +24,7 @@ use crate::{
 
 pub struct App {
     config: Config,
-    grpc_listener: TcpListener,
-    ops_listener: TcpListener,
+    listeners: Listeners,
     pool: Pool,
     health: Health,
     geoip: Option<Arc<GeoIp>>,
@@ -33,15 +32,11 @@ pub struct App {
 
 impl App {
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listeners.grpc_addr()
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listeners.ops_addr()
     }
 }
 
@@ -76,12 +71,10 @@ impl Service for App {
             .map(GeoIp::open)
             .transpose()?
             .map(Arc::new);
-        let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
-        let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
+        let listeners = Listeners::bind(config.grpc_addr, config.ops_addr).await?;
         Ok(Self {
             config,
-            grpc_listener,
-            ops_listener,
+            listeners,
             pool,
             health,
             geoip,
@@ -94,7 +87,7 @@ impl Service for App {
         let background = CancellationToken::new();
         let c = &self.config;
         tracker.spawn(ops::serve(
-            self.ops_listener,
+            self.listeners.ops,
             self.health.clone(),
             background.clone(),
         ));
@@ -130,7 +123,7 @@ impl Service for App {
         let grace = c.shutdown_grace;
         let served = grpc::serve(
             Self::NAME,
-            self.grpc_listener,
+            self.listeners.grpc,
             Routes::new(AnalyticsServer::new(AnalyticsService {
                 pool: self.pool.clone(),
                 db_timeout: c.db_timeout,

@@ -5,12 +5,12 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
-    grpc, ops,
+    grpc::{self, Listeners},
+    ops,
     ops::Health,
     service::Service,
 };
 use shortfleet_proto::v1::click_logger_server::ClickLoggerServer;
-use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
 
@@ -20,8 +20,7 @@ const MAX_MESSAGE: usize = 32 << 20;
 
 pub struct App {
     config: Config,
-    grpc_listener: TcpListener,
-    ops_listener: TcpListener,
+    listeners: Listeners,
     publisher: Arc<Publisher>,
     spool: Arc<Spool>,
     health: Health,
@@ -29,15 +28,11 @@ pub struct App {
 
 impl App {
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listeners.grpc_addr()
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listeners.ops_addr()
     }
 }
 
@@ -63,12 +58,10 @@ impl Service for App {
             config.amqp_timeout,
             health.clone(),
         );
-        let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
-        let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
+        let listeners = Listeners::bind(config.grpc_addr, config.ops_addr).await?;
         Ok(Self {
             config,
-            grpc_listener,
-            ops_listener,
+            listeners,
             publisher: Arc::new(publisher),
             spool: Arc::new(spool),
             health,
@@ -80,7 +73,7 @@ impl Service for App {
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
         tracker.spawn(ops::serve(
-            self.ops_listener,
+            self.listeners.ops,
             self.health.clone(),
             background.clone(),
         ));
@@ -100,7 +93,7 @@ impl Service for App {
         // confirmed or on disk when the server has drained.
         let served = grpc::serve(
             Self::NAME,
-            self.grpc_listener,
+            self.listeners.grpc,
             Routes::new(ClickLoggerServer::new(service).max_decoding_message_size(MAX_MESSAGE)),
             self.health.clone(),
             shutdown,

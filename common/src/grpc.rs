@@ -70,6 +70,38 @@ pub async fn bind(
         .with_context(|| format!("binding {what} on {addr}"))
 }
 
+/// A gRPC service's two sockets: bound during start-up, so a port clash
+/// fails the start (exit non-zero) and tests can ask for port 0.
+pub struct Listeners {
+    pub grpc: tokio::net::TcpListener,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub ops: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(
+        grpc_addr: std::net::SocketAddr,
+        ops_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: bind(grpc_addr, "gRPC").await?,
+            ops: bind(ops_addr, "ops HTTP").await?,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> std::net::SocketAddr {
+        self.ops
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+}
+
 /// Serves a service's `routes`, plus health and reflection, on `listener`
 /// with a server span per call, until `shutdown`; then stops accepting and
 /// lets in-flight calls finish, abandoning them after `grace`.

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
-    grpc,
+    grpc::{self, Listeners},
     link_events::LinkEventSubscriber,
     ops,
     ops::Health,
@@ -16,7 +16,7 @@ use shortfleet_common::{
 use shortfleet_proto::v1::{
     link_resolver_server::LinkResolverServer, link_writer_client::LinkWriterClient,
 };
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
 use tonic::transport::Endpoint;
@@ -33,23 +33,18 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 pub struct App {
     config: Config,
-    grpc_listener: TcpListener,
-    ops_listener: TcpListener,
+    listeners: Listeners,
     resolver: Resolver,
     health: Health,
 }
 
 impl App {
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listeners.grpc_addr()
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listeners.ops_addr()
     }
 }
 
@@ -85,12 +80,10 @@ impl Service for App {
             upstream_timeout: config.upstream_timeout,
             health: health.clone(),
         });
-        let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
-        let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
+        let listeners = Listeners::bind(config.grpc_addr, config.ops_addr).await?;
         Ok(Self {
             config,
-            grpc_listener,
-            ops_listener,
+            listeners,
             resolver,
             health,
         })
@@ -101,7 +94,7 @@ impl Service for App {
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
         tracker.spawn(ops::serve(
-            self.ops_listener,
+            self.listeners.ops,
             self.health.clone(),
             background.clone(),
         ));
@@ -137,7 +130,7 @@ impl Service for App {
         let grace = self.config.shutdown_grace;
         let served = grpc::serve(
             Self::NAME,
-            self.grpc_listener,
+            self.listeners.grpc,
             Routes::new(LinkResolverServer::new(LinkResolverService::new(
                 self.resolver,
             ))),

@@ -6,13 +6,13 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
-    grpc, ops,
+    grpc::{self, Listeners},
+    ops,
     ops::Health,
     postgres,
     service::Service,
 };
 use shortfleet_proto::v1::link_writer_server::LinkWriterServer;
-use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
 
@@ -26,8 +26,7 @@ use crate::{
 
 pub struct App {
     config: Config,
-    grpc_listener: TcpListener,
-    ops_listener: TcpListener,
+    listeners: Listeners,
     store: Store,
     health: Health,
     outbox_wakeup: Arc<tokio::sync::Notify>,
@@ -35,15 +34,11 @@ pub struct App {
 
 impl App {
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listeners.grpc_addr()
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listeners.ops_addr()
     }
 }
 
@@ -68,14 +63,12 @@ impl Service for App {
         .await
         .context("opening the links database")?;
         health.set("postgres", true);
-        let grpc_listener = grpc::bind(config.grpc_addr, "gRPC").await?;
-        let ops_listener = grpc::bind(config.ops_addr, "ops HTTP").await?;
+        let listeners = Listeners::bind(config.grpc_addr, config.ops_addr).await?;
         let outbox_wakeup = Arc::new(tokio::sync::Notify::new());
         let store = Store::new(pool, outbox_wakeup.clone());
         Ok(Self {
             config,
-            grpc_listener,
-            ops_listener,
+            listeners,
             store,
             health,
             outbox_wakeup,
@@ -89,7 +82,7 @@ impl Service for App {
         // relay publishes what the last requests committed.
         let background = CancellationToken::new();
         tracker.spawn(ops::serve(
-            self.ops_listener,
+            self.listeners.ops,
             self.health.clone(),
             background.clone(),
         ));
@@ -116,7 +109,7 @@ impl Service for App {
         let grace = self.config.shutdown_grace;
         let served = grpc::serve(
             Self::NAME,
-            self.grpc_listener,
+            self.listeners.grpc,
             Routes::new(LinkWriterServer::new(service)),
             self.health.clone(),
             shutdown,
