@@ -31,9 +31,10 @@ pub struct Config {
     pub amqp_url: String,
     pub clicks_exchange: String,
     pub clicks_queue: String,
-    /// Unacknowledged deliveries in flight (basic.qos).
+    /// Unacknowledged messages in flight (basic.qos).
     pub prefetch: u16,
-    /// Clicks written per transaction, and how long a batch may wait to fill.
+    /// Clicks written per transaction (whole messages, so it may be passed
+    /// by one message's worth), and how long a batch may wait to fill.
     pub batch_max: usize,
     pub batch_max_wait: Duration,
     /// Raw click partitions older than this are dropped (rollups stay).
@@ -64,10 +65,10 @@ impl Config {
             ),
             clicks_exchange: r.string("SHORTFLEET_CLICKS_EXCHANGE", "clicks"),
             clicks_queue: r.string("SHORTFLEET_CLICKS_QUEUE", "clicks.analytics"),
-            // Several batches' worth, so the next batch is already here
-            // while one commits; equal to BATCH_MAX the consumer would idle
-            // through every commit.
-            prefetch: r.get("SHORTFLEET_PREFETCH", 2000),
+            // Messages, each up to 500 clicks: several batches' worth, so
+            // the next batch is already here while one commits, yet a
+            // bounded amount of memory (~100k clicks at most).
+            prefetch: r.get("SHORTFLEET_PREFETCH", 200),
             batch_max: r.get("SHORTFLEET_BATCH_MAX", 500),
             batch_max_wait: r.millis("SHORTFLEET_BATCH_MAX_WAIT_MS", 50),
             retention_days: r.get("SHORTFLEET_RETENTION_DAYS", 400),

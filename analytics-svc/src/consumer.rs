@@ -1,9 +1,14 @@
 //! Consumes clicks from RabbitMQ with manual acks and a prefetch window,
 //! writes them in batches, and acknowledges only after the batch committed.
 //!
+//! A message holds a `ClickBatch` (type [`amqp::CLICK_BATCH_TYPE`], what
+//! click-logger publishes) or, untyped, a single `ClickEvent` (what earlier
+//! releases published; accepted so a queue filled before an upgrade
+//! drains). A database batch is made of whole messages.
+//!
 //! - A message that cannot be decoded or stored (poison) is rejected without
-//!   requeue: the queue dead-letters it to `<queue>.dlq`; it never blocks
-//!   the queue.
+//!   requeue: the queue dead-letters it, every click in it, to
+//!   `<queue>.dlq`; it never blocks the queue.
 //! - PostgreSQL down: the batch is kept (unacknowledged, so RabbitMQ holds
 //!   it too) and retried with backoff until it commits; meanwhile new clicks
 //!   wait in RabbitMQ (prefetch bounds what we hold). Deliberately not
@@ -30,7 +35,7 @@ use shortfleet_common::{
     ops::Health,
     telemetry, trace,
 };
-use shortfleet_proto::v1::ClickEvent;
+use shortfleet_proto::v1::{ClickBatch, ClickEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{self, Click, WriteError};
@@ -51,8 +56,48 @@ pub struct ClickConsumer {
     pub health: Health,
 }
 
-/// A decoded delivery waiting for its batch to commit.
+/// A delivery and the clicks in it, decoded; `events` is `None` for a body
+/// that does not decode (poison).
+struct Received {
+    tag: u64,
+    events: Option<Vec<(ClickEvent, String)>>,
+}
+
+impl Received {
+    /// Each click with the trace context it continues: its own in a batch
+    /// (click-logger's publish span per click), the message's header for a
+    /// single-click message.
+    fn decode(delivery: Delivery) -> Self {
+        let events = if amqp::kind_of(&delivery.properties) == amqp::CLICK_BATCH_TYPE {
+            ClickBatch::decode(delivery.data.as_slice()).ok().map(|b| {
+                b.events
+                    .into_iter()
+                    .map(|e| {
+                        let traceparent = e.traceparent.clone();
+                        (e, traceparent)
+                    })
+                    .collect()
+            })
+        } else {
+            ClickEvent::decode(delivery.data.as_slice())
+                .ok()
+                .map(|e| vec![(e, amqp::traceparent_of(&delivery.properties))])
+        };
+        Self {
+            tag: delivery.delivery_tag,
+            events,
+        }
+    }
+
+    /// How many clicks it adds to a batch (a poison message counts one).
+    fn weight(&self) -> usize {
+        self.events.as_ref().map_or(1, |e| e.len().max(1))
+    }
+}
+
+/// A click waiting for its batch to commit.
 struct Pending {
+    /// The delivery it came in; shared by every click of that message.
     tag: u64,
     click: Click,
     /// Keeps the `clicks process` span open until the click is stored.
@@ -104,25 +149,31 @@ impl ClickConsumer {
         }
     }
 
-    /// Waits for one delivery, then gathers more for up to `batch_max_wait`.
-    /// `None` on shutdown.
+    /// Waits for one delivery, then gathers more until `batch_max` clicks
+    /// or `batch_max_wait`. Whole messages only, so a batch may pass
+    /// `batch_max` by one message's clicks. `None` on shutdown.
     async fn next_batch(
         &self,
         deliveries: &mut Consumer,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Option<Vec<Delivery>>> {
+    ) -> anyhow::Result<Option<Vec<Received>>> {
         let first = tokio::select! {
             next = deliveries.next() => match next {
-                Some(d) => d?,
+                Some(d) => Received::decode(d?),
                 None => anyhow::bail!("the broker closed the consumer"),
             },
             () = shutdown.cancelled() => return Ok(None),
         };
+        let mut clicks = first.weight();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.batch_max_wait;
-        while batch.len() < self.batch_max {
+        while clicks < self.batch_max {
             match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                Ok(Some(d)) => batch.push(d?),
+                Ok(Some(d)) => {
+                    let received = Received::decode(d?);
+                    clicks += received.weight();
+                    batch.push(received);
+                }
                 Ok(None) => anyhow::bail!("the broker closed the consumer"),
                 Err(_) => break,
             }
@@ -133,30 +184,31 @@ impl ClickConsumer {
     async fn process(
         &self,
         channel: &Channel,
-        batch: Vec<Delivery>,
+        batch: Vec<Received>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut pending = Vec::with_capacity(batch.len());
-        for delivery in batch {
-            let decoded = ClickEvent::decode(delivery.data.as_slice())
-                .ok()
-                .and_then(|e| {
-                    store::enrich(&e, &self.visitor_secret, self.geoip.as_deref()).map(|c| (e, c))
-                });
-            match decoded {
-                Some((_, click)) => pending.push(Pending {
-                    tag: delivery.delivery_tag,
-                    _span: process_span(&delivery, &click),
-                    click,
-                }),
-                None => {
-                    reject(
-                        channel,
-                        delivery.delivery_tag,
-                        "undecodable or invalid click",
-                    )
-                    .await?
-                }
+        let mut pending = Vec::with_capacity(batch.iter().map(Received::weight).sum());
+        for received in batch {
+            let (tag, weight) = (received.tag, received.weight());
+            // Every click of a message is stored, or the message is poison.
+            let clicks: Option<Vec<Pending>> = received.events.and_then(|events| {
+                events
+                    .iter()
+                    .map(|(event, traceparent)| {
+                        let click =
+                            store::enrich(event, &self.visitor_secret, self.geoip.as_deref())?;
+                        Some(Pending {
+                            tag,
+                            _span: process_span(traceparent, &click),
+                            click,
+                        })
+                    })
+                    .collect()
+            });
+            match clicks {
+                Some(clicks) if !clicks.is_empty() => pending.extend(clicks),
+                Some(_) => reject(channel, tag, 0, "an empty click batch").await?,
+                None => reject(channel, tag, weight, "undecodable or invalid click").await?,
             }
         }
         if pending.is_empty() {
@@ -213,27 +265,29 @@ impl ClickConsumer {
         Ok(())
     }
 
+    /// After the database refused a batch: each message on its own, so
+    /// one bad message is dead-lettered and the others are stored.
     async fn store_one_by_one(
         &self,
         channel: &Channel,
         pending: Vec<Pending>,
     ) -> anyhow::Result<()> {
-        for p in pending {
-            match store::write_batch(&self.pool, std::slice::from_ref(&p.click), self.db_timeout)
-                .await
-            {
+        for message in pending.chunk_by(|a, b| a.tag == b.tag) {
+            let tag = message[0].tag;
+            let clicks: Vec<Click> = message.iter().map(|p| p.click.clone()).collect();
+            match store::write_batch(&self.pool, &clicks, self.db_timeout).await {
                 Ok(_) => {
                     within(
-                        "acknowledging a click",
-                        channel.basic_ack(p.tag, BasicAckOptions::default()),
+                        "acknowledging a message",
+                        channel.basic_ack(tag, BasicAckOptions::default()),
                     )
                     .await?
                 }
                 Err(WriteError::Refused(_)) => {
-                    reject(channel, p.tag, "click refused by the database").await?
+                    reject(channel, tag, clicks.len(), "clicks refused by the database").await?
                 }
                 Err(WriteError::Unavailable(e)) => {
-                    return Err(e.context("storing clicks one by one"));
+                    return Err(e.context("storing clicks one message at a time"));
                 }
             }
         }
@@ -241,11 +295,12 @@ impl ClickConsumer {
     }
 }
 
-async fn reject(channel: &Channel, tag: u64, why: &str) -> anyhow::Result<()> {
-    tracing::warn!(delivery_tag = tag, why, "dead-lettering a click");
-    metrics::counter!("shortfleet_clicks_dead_lettered_total").increment(1);
+/// Dead-letters one message holding `clicks` clicks.
+async fn reject(channel: &Channel, tag: u64, clicks: usize, why: &str) -> anyhow::Result<()> {
+    tracing::warn!(delivery_tag = tag, clicks, why, "dead-lettering a message");
+    metrics::counter!("shortfleet_clicks_dead_lettered_total").increment(clicks as u64);
     within(
-        "dead-lettering a click",
+        "dead-lettering a message",
         channel.basic_reject(tag, BasicRejectOptions { requeue: false }),
     )
     .await
@@ -264,7 +319,7 @@ async fn within<T>(
 
 /// A `clicks process` span continuing the click's trace, when spans leave
 /// the process.
-fn process_span(delivery: &Delivery, click: &Click) -> Option<tracing::Span> {
+fn process_span(traceparent: &str, click: &Click) -> Option<tracing::Span> {
     if !telemetry::exporting_traces() {
         return None;
     }
@@ -279,6 +334,6 @@ fn process_span(delivery: &Delivery, click: &Click) -> Option<tracing::Span> {
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    trace::continue_from_traceparent(&span, &amqp::traceparent_of(&delivery.properties));
+    trace::continue_from_traceparent(&span, traceparent);
     Some(span)
 }

@@ -20,7 +20,7 @@ use lapin::{
 use prost::Message;
 use shortfleet_common::{amqp, config::ConfigSource, service::Service, time::to_proto};
 use shortfleet_proto::v1::{
-    ClickEvent, GetLinkStatsRequest, Interval, LinkStats, TopLinksRequest,
+    ClickBatch, ClickEvent, GetLinkStatsRequest, Interval, LinkStats, TopLinksRequest,
     analytics_client::AnalyticsClient,
 };
 use tokio_util::sync::CancellationToken;
@@ -108,15 +108,34 @@ impl Fixture {
     }
 
     async fn publish_raw(&self, body: &[u8], id: &str) {
+        self.publish_typed(body, id, None).await;
+    }
+
+    /// A message as click-logger sends it: many clicks, typed as a batch.
+    async fn publish_batch(&self, events: &[ClickEvent]) {
+        let body = ClickBatch {
+            events: events.to_vec(),
+            sequence: 0,
+        }
+        .encode_to_vec();
+        self.publish_typed(&body, &events[0].event_id, Some(amqp::CLICK_BATCH_TYPE))
+            .await;
+    }
+
+    async fn publish_typed(&self, body: &[u8], id: &str, kind: Option<&str>) {
+        let mut properties = BasicProperties::default()
+            .with_message_id(id.into())
+            .with_delivery_mode(2);
+        if let Some(kind) = kind {
+            properties = properties.with_type(kind.into());
+        }
         self.channel
             .basic_publish(
                 self.exchange.as_str().into(),
                 amqp::CLICK_ROUTING_KEY.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default()
-                    .with_message_id(id.into())
-                    .with_delivery_mode(2),
+                properties,
             )
             .await
             .unwrap()
@@ -320,6 +339,62 @@ async fn poison_messages_are_dead_lettered_without_blocking_the_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(f.messages_in(&dlq).await, 2);
+    f.cleanup(stop).await;
+}
+
+#[tokio::test]
+async fn batch_messages_count_every_click_once_and_a_bad_batch_is_dead_lettered_whole() {
+    let f = Fixture::new().await;
+    let (mut client, stop) = f.start().await;
+    let now = Utc::now();
+    let firsts: Vec<ClickEvent> = (0..120)
+        .map(|i| click(&format!("b1-{i}"), "batched", now, FIREFOX, "192.0.2.1"))
+        .collect();
+    f.publish_batch(&firsts).await;
+    // A batch with one click that can never be stored (no time): the whole
+    // message goes to the DLQ for inspection rather than half-counted.
+    let mut spoiled: Vec<ClickEvent> = (0..5)
+        .map(|i| click(&format!("b2-{i}"), "batched", now, FIREFOX, "192.0.2.2"))
+        .collect();
+    spoiled[3].occurred_at = None;
+    f.publish_batch(&spoiled).await;
+    f.publish_typed(
+        b"\xff\xfe not a batch",
+        "poison-batch",
+        Some(amqp::CLICK_BATCH_TYPE),
+    )
+    .await;
+    // A redelivered batch overlapping the first, plus new clicks, and an
+    // old-style single-click message: all counted exactly once.
+    let mut again = firsts[100..].to_vec();
+    again.extend((0..30).map(|i| click(&format!("b3-{i}"), "batched", now, FIREFOX, "192.0.2.3")));
+    f.publish_batch(&again).await;
+    f.publish(&click("single", "batched", now, FIREFOX, "192.0.2.4"))
+        .await;
+
+    let (from, to) = (
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+    );
+    let s = settled(&mut client, "batched", from, to, 151).await;
+    assert_eq!(s.total, 120 + 30 + 1);
+    let dlq = format!("{}.dlq", f.queue);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.messages_in(&dlq).await < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        f.messages_in(&dlq).await,
+        2,
+        "the spoiled batch and the garbage"
+    );
+    // Nothing more arrives later: the count stays exact.
+    assert_eq!(
+        stats(&mut client, "batched", from, to, Interval::Hour)
+            .await
+            .total,
+        151
+    );
     f.cleanup(stop).await;
 }
 

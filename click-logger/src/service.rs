@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use shortfleet_common::time::from_proto;
 use shortfleet_proto::v1::{ClickAck, ClickBatch, ClickEvent, click_logger_server::ClickLogger};
 use tonic::{Request, Response, Status};
 
@@ -19,7 +20,7 @@ pub const MAX_BATCH: usize = 10_000;
 pub enum IngestError {
     #[error("events: at most {MAX_BATCH} clicks per batch, got {0}")]
     TooLarge(usize),
-    #[error("events[{0}]: event_id and code are required")]
+    #[error("events[{0}]: event_id, code and a valid occurred_at are required")]
     Incomplete(usize),
     #[error("RabbitMQ is unavailable and the spool is full")]
     SpoolFull(u64),
@@ -45,16 +46,19 @@ impl From<IngestError> for Status {
     }
 }
 
-/// Checks a batch before anything is published or spooled, so a bad click
-/// never reaches the queue (where it would only be dead-lettered).
+/// Checks a batch before anything is published or spooled, so a click
+/// analytics could not store never reaches the queue, where it would
+/// dead-letter the whole message it shares with other clicks.
 pub fn validate(events: &[ClickEvent]) -> Result<(), IngestError> {
     if events.len() > MAX_BATCH {
         return Err(IngestError::TooLarge(events.len()));
     }
-    match events
-        .iter()
-        .position(|e| e.event_id.is_empty() || e.code.is_empty())
-    {
+    let storable = |e: &ClickEvent| {
+        !e.event_id.is_empty()
+            && !e.code.is_empty()
+            && e.occurred_at.as_ref().and_then(from_proto).is_some()
+    };
+    match events.iter().position(|e| !storable(e)) {
         Some(bad) => Err(IngestError::Incomplete(bad)),
         None => Ok(()),
     }
@@ -174,6 +178,10 @@ mod tests {
         ClickEvent {
             event_id: id.into(),
             code: code.into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_763_856_000,
+                nanos: 0,
+            }),
             ..Default::default()
         }
     }
@@ -190,6 +198,19 @@ mod tests {
             validate(&[event("a", "")]),
             Err(IngestError::Incomplete(0))
         ));
+        let mut no_time = event("a", "c");
+        no_time.occurred_at = None;
+        let mut bad_time = event("b", "c");
+        bad_time.occurred_at = Some(prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        });
+        for bad in [no_time, bad_time] {
+            assert!(matches!(
+                validate(&[event("x", "c"), bad]),
+                Err(IngestError::Incomplete(1))
+            ));
+        }
         let big = vec![event("a", "c"); MAX_BATCH + 1];
         assert!(matches!(validate(&big), Err(IngestError::TooLarge(_))));
         let status = Status::from(IngestError::Incomplete(3));

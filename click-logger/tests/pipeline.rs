@@ -86,11 +86,23 @@ fn batch(prefix: &str, n: usize) -> ClickBatch {
                 event_id: format!("{prefix}-{i}"),
                 code: "abc1234".into(),
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: 1_763_856_000 + i as i64,
+                    nanos: 0,
+                }),
                 ..Default::default()
             })
             .collect(),
         sequence: 0,
     }
+}
+
+/// The clicks of one message: a non-empty `ClickBatch`, typed as one.
+fn clicks_of(delivery: &lapin::message::Delivery) -> Vec<ClickEvent> {
+    assert_eq!(amqp::kind_of(&delivery.properties), amqp::CLICK_BATCH_TYPE);
+    let events = ClickBatch::decode(delivery.data.as_slice()).unwrap().events;
+    assert!(!events.is_empty());
+    events
 }
 
 /// Consumes until `want` distinct events arrived (or 15 s); returns how many
@@ -112,7 +124,7 @@ async fn drain(channel: &Channel, queue: &str, want: usize) -> BTreeMap<String, 
             break;
         };
         let delivery = delivery.unwrap();
-        let event = ClickEvent::decode(delivery.data.as_slice()).unwrap();
+        let events = clicks_of(&delivery);
         assert_eq!(
             amqp::traceparent_of(&delivery.properties),
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -123,17 +135,20 @@ async fn drain(channel: &Channel, queue: &str, want: usize) -> BTreeMap<String, 
                 .message_id()
                 .as_ref()
                 .map(|m| m.to_string()),
-            Some(event.event_id.clone())
+            Some(events[0].event_id.clone())
         );
-        *seen.entry(event.event_id).or_default() += 1;
+        for event in events {
+            *seen.entry(event.event_id).or_default() += 1;
+        }
         delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
     // Anything further would be a duplicate: give it a moment to show up.
     while let Ok(Some(Ok(delivery))) =
         tokio::time::timeout(Duration::from_millis(300), consumer.next()).await
     {
-        let event = ClickEvent::decode(delivery.data.as_slice()).unwrap();
-        *seen.entry(event.event_id).or_default() += 1;
+        for event in clicks_of(&delivery) {
+            *seen.entry(event.event_id).or_default() += 1;
+        }
         delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
     seen

@@ -53,6 +53,7 @@ async fn declaring_twice_is_harmless_and_yields_a_quorum_queue() {
         message_id: "m1",
         payload: b"x",
         traceparent: "",
+        kind: "",
     };
     publisher
         .publish(&exchange, CLICK_ROUTING_KEY, message)

@@ -42,6 +42,11 @@ use crate::ops::Health;
 /// The routing key clicks are published and bound with.
 pub const CLICK_ROUTING_KEY: &str = "click";
 
+/// The `type` of a click message whose body is a `ClickBatch` (many clicks
+/// per message). A message without it holds one `ClickEvent`, as releases
+/// before batching sent; consumers accept both.
+pub const CLICK_BATCH_TYPE: &str = "shortener.v1.ClickBatch";
+
 /// Deliveries of one message (quorum queues only) before it is
 /// dead-lettered. High enough that a few consumer restarts never cost a
 /// good message, low enough that a poison one stops cycling.
@@ -219,6 +224,9 @@ pub struct Outgoing<'a> {
     /// W3C trace context of the work that produced it ("" for none), sent
     /// as the `traceparent` header.
     pub traceparent: &'a str,
+    /// The protobuf message in the body, sent as the AMQP `type` property
+    /// (e.g. [`CLICK_BATCH_TYPE`]); "" leaves it unset.
+    pub kind: &'a str,
 }
 
 /// Why a publish was not confirmed. Callers tell "the broker is away"
@@ -343,12 +351,22 @@ fn properties(m: &Outgoing<'_>) -> BasicProperties {
             AMQPValue::LongString(m.traceparent.into()),
         );
     }
-    BasicProperties::default()
+    let properties = BasicProperties::default()
         // Persistent: survives a broker restart once confirmed.
         .with_delivery_mode(2)
         .with_message_id(m.message_id.into())
         .with_content_type("application/x-protobuf".into())
-        .with_headers(headers)
+        .with_headers(headers);
+    if m.kind.is_empty() {
+        properties
+    } else {
+        properties.with_type(m.kind.into())
+    }
+}
+
+/// The AMQP `type` of a delivery ("" when absent).
+pub fn kind_of(properties: &BasicProperties) -> &str {
+    properties.kind().as_ref().map_or("", |k| k.as_str())
 }
 
 /// The `traceparent` header of a delivery ("" when absent).

@@ -103,6 +103,22 @@ async fn a_redirect_and_its_click_share_one_trace_across_the_fleet() {
             "no {service} span in trace {trace_id}: {services:?}"
         );
     }
+    // The hops nest: client → gateway → click-logger → analytics-svc.
+    let span = |service: &str, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.0 == service && s.1 == name)
+            .unwrap_or_else(|| panic!("no {service} span {name:?}"))
+    };
+    let gateway = span("gateway", "http.server");
+    let publish = span("click-logger", "clicks publish");
+    let process = span("analytics-svc", "clicks process");
+    assert_eq!(
+        gateway.4, "00f067aa0ba902b7",
+        "the client's span is the parent"
+    );
+    assert_eq!(publish.4, gateway.3, "publish continues the redirect");
+    assert_eq!(process.4, publish.3, "process continues the publish");
 }
 
 async fn redirect_and_collect(
