@@ -132,8 +132,12 @@ impl OutboxRelay {
         // SKIP LOCKED lets several replicas relay side by side.
         let rows = tx
             .query(
-                "SELECT id, event_id, routing_key, payload FROM outbox
-                 WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &tx.prepare_cached(
+                    "SELECT id, event_id, routing_key, payload FROM outbox
+                     WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                )
+                .await
+                .map_err(db)?,
                 &[&BATCH],
             )
             .await
@@ -174,7 +178,9 @@ impl OutboxRelay {
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
         tx.execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1)",
+            &tx.prepare_cached("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+                .await
+                .map_err(db)?,
             &[&ids],
         )
         .await

@@ -90,7 +90,10 @@ impl Store {
         }
         if let Some(idem) = &idempotency {
             tx.execute(
-                "UPDATE idempotency_keys SET response = $3 WHERE owner = $1 AND key = $2",
+                &tx.prepare_cached(
+                    "UPDATE idempotency_keys SET response = $3 WHERE owner = $1 AND key = $2",
+                )
+                .await?,
                 &[&new.owner, &idem.key, &response.encode_to_vec()],
             )
             .await?;
@@ -112,7 +115,9 @@ impl Store {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                &format!("SELECT {LINK_COLUMNS} FROM links WHERE code = $1"),
+                &client
+                    .prepare_cached(&format!("SELECT {LINK_COLUMNS} FROM links WHERE code = $1"))
+                    .await?,
                 &[&code],
             )
             .await?
@@ -268,15 +273,21 @@ async fn claim_idempotency_key(
 ) -> Result<Option<CreateLinkResponse>, WriteError> {
     // An expired key is forgotten first so it can be reused.
     tx.execute(
-        "DELETE FROM idempotency_keys
-         WHERE owner = $1 AND key = $2 AND created_at < now() - interval '24 hours'",
+        &tx.prepare_cached(
+            "DELETE FROM idempotency_keys
+             WHERE owner = $1 AND key = $2 AND created_at < now() - interval '24 hours'",
+        )
+        .await?,
         &[&owner, &idem.key],
     )
     .await?;
     let claimed = tx
         .execute(
-            "INSERT INTO idempotency_keys (owner, key, request_sha256, response)
-             VALUES ($1, $2, $3, '') ON CONFLICT DO NOTHING",
+            &tx.prepare_cached(
+                "INSERT INTO idempotency_keys (owner, key, request_sha256, response)
+                 VALUES ($1, $2, $3, '') ON CONFLICT DO NOTHING",
+            )
+            .await?,
             &[&owner, &idem.key, &idem.request_sha256],
         )
         .await?;
@@ -315,7 +326,7 @@ async fn insert_link(
     if let Some(alias) = &new.alias {
         let row = tx
             .query_opt(
-                &insert,
+                &tx.prepare_cached(&insert).await?,
                 &[
                     &alias.as_str(),
                     &new.owner,
@@ -338,7 +349,7 @@ async fn insert_link(
         let code = ShortCode::generate();
         let row = tx
             .query_opt(
-                &insert,
+                &tx.prepare_cached(&insert).await?,
                 &[
                     &code.as_str(),
                     &new.owner,
@@ -401,7 +412,10 @@ async fn write_event(
         link: Some(link),
     };
     tx.execute(
-        "INSERT INTO outbox (event_id, routing_key, payload) VALUES ($1, $2, $3)",
+        &tx.prepare_cached(
+            "INSERT INTO outbox (event_id, routing_key, payload) VALUES ($1, $2, $3)",
+        )
+        .await?,
         &[&event_id.to_string(), &routing_key, &event.encode_to_vec()],
     )
     .await?;
