@@ -185,6 +185,7 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
                 [false, true]
             };
             for is_baseline in order {
+                settle(fleet).await;
                 let addr = if is_baseline { baseline_addr } else { gateway };
                 let o = load::run(
                     addr,
@@ -413,6 +414,39 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
 
 /// Polls analytics until the counted clicks reach `expected` (or stop
 /// growing for 10 s); returns the count and how long it took.
+/// Waits (at most 60 s) until the click pipeline is idle: the gateway's
+/// buffer is empty and analytics-svc stored nothing new for 500 ms. Each
+/// round then starts on a quiet machine instead of paying for the previous
+/// fleet round's backlog (which once made the baseline look 40 % slower).
+async fn settle(fleet: &Fleet) {
+    let started = Instant::now();
+    let mut last = f64::NAN;
+    let mut quiet_polls = 0;
+    while started.elapsed() < Duration::from_secs(60) && quiet_polls < 2 {
+        let buffered = fleet
+            .metric("gateway", "shortfleet_click_buffer_depth", &[])
+            .await
+            .unwrap_or(0.0);
+        let mut seen = 0.0;
+        for metric in [
+            "shortfleet_clicks_stored_total",
+            "shortfleet_clicks_duplicates_total",
+        ] {
+            seen += fleet
+                .metric("analytics-svc", metric, &[])
+                .await
+                .unwrap_or(0.0);
+        }
+        quiet_polls = if buffered == 0.0 && seen == last {
+            quiet_polls + 1
+        } else {
+            0
+        };
+        last = seen;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn count_clicks(
     fleet: &Fleet,
     key: &str,
