@@ -69,8 +69,14 @@ async fn resolve_and_redirect(
                     link
                 }
                 Err(s) if s.code() == Code::NotFound => {
-                    return Problem::not_found(format!("no link with code {code:?}"))
-                        .into_response();
+                    // Echo only what could be a code (aliases are at most
+                    // 64 characters), not whatever path a scanner sent.
+                    let detail = if code.len() <= 64 {
+                        format!("no link with code {code:?}")
+                    } else {
+                        "no link with that code".to_owned()
+                    };
+                    return Problem::not_found(detail).into_response();
                 }
                 Err(s) => return Problem::from_grpc(&s).into_response(),
             }
