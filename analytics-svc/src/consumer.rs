@@ -60,28 +60,28 @@ pub struct ClickConsumer {
 /// that does not decode (poison).
 struct Received {
     tag: u64,
-    events: Option<Vec<(ClickEvent, String)>>,
+    events: Option<Vec<ClickEvent>>,
 }
 
 impl Received {
-    /// Each click with the trace context it continues: its own in a batch
-    /// (click-logger's publish span per click), the message's header for a
-    /// single-click message.
+    /// Each click's `traceparent` is the context it continues: in a batch,
+    /// click-logger's publish span for that click; for a single-click
+    /// message, the message's header (where earlier releases put it).
     fn decode(delivery: Delivery) -> Self {
         let events = if amqp::kind_of(&delivery.properties) == amqp::CLICK_BATCH_TYPE {
-            ClickBatch::decode(delivery.data.as_slice()).ok().map(|b| {
-                b.events
-                    .into_iter()
-                    .map(|e| {
-                        let traceparent = e.traceparent.clone();
-                        (e, traceparent)
-                    })
-                    .collect()
-            })
+            ClickBatch::decode(delivery.data.as_slice())
+                .ok()
+                .map(|b| b.events)
         } else {
             ClickEvent::decode(delivery.data.as_slice())
                 .ok()
-                .map(|e| vec![(e, amqp::traceparent_of(&delivery.properties))])
+                .map(|mut e| {
+                    let header = amqp::traceparent_of(&delivery.properties);
+                    if !header.is_empty() {
+                        e.traceparent = header;
+                    }
+                    vec![e]
+                })
         };
         Self {
             tag: delivery.delivery_tag,
@@ -194,12 +194,12 @@ impl ClickConsumer {
             let clicks: Option<Vec<Pending>> = received.events.and_then(|events| {
                 events
                     .iter()
-                    .map(|(event, traceparent)| {
+                    .map(|event| {
                         let click =
                             store::enrich(event, &self.visitor_secret, self.geoip.as_deref())?;
                         Some(Pending {
                             tag,
-                            _span: process_span(traceparent, &click),
+                            _span: process_span(&event.traceparent, &click),
                             click,
                         })
                     })
