@@ -12,8 +12,8 @@ use chrono::{DateTime, Duration, DurationRound, TimeDelta, Utc};
 use deadpool_postgres::Pool;
 use shortfleet_common::time::{from_proto, to_proto};
 use shortfleet_proto::v1::{
-    GetLinkStatsRequest, Interval, LinkStats, NamedCount, SeriesPoint, TopLinksRequest,
-    TopLinksResponse, analytics_server::Analytics,
+    ClickTotalsRequest, ClickTotalsResponse, GetLinkStatsRequest, Interval, LinkStats, NamedCount,
+    SeriesPoint, TopLinksRequest, TopLinksResponse, analytics_server::Analytics,
 };
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
@@ -241,7 +241,32 @@ impl Analytics for AnalyticsService {
             .await?;
         Ok(Response::new(TopLinksResponse { links: named(&top) }))
     }
+
+    async fn click_totals(
+        &self,
+        request: Request<ClickTotalsRequest>,
+    ) -> Result<Response<ClickTotalsResponse>, Status> {
+        let req = request.into_inner();
+        if req.owner.is_empty() {
+            return Err(invalid("owner", "required").into());
+        }
+        if !(1..=MAX_TOTALS).contains(&req.codes.len()) {
+            return Err(invalid("codes", "must hold 1 to 100 codes").into());
+        }
+        let totals = self
+            .query(store::click_totals(&self.pool, &req.owner, &req.codes))
+            .await?;
+        Ok(Response::new(ClickTotalsResponse {
+            totals: totals
+                .into_iter()
+                .map(|(code, n)| (code, u64::try_from(n).unwrap_or(0)))
+                .collect(),
+        }))
+    }
 }
+
+/// Codes per `ClickTotals` call: one page of the link list.
+const MAX_TOTALS: usize = 100;
 
 #[cfg(test)]
 mod tests {

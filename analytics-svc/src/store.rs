@@ -377,6 +377,25 @@ pub async fn audience(
     Ok((visitors, dims))
 }
 
+/// All-time human clicks of `owner`'s `codes`, from the daily rollup (one
+/// row per link per day, read through its primary key); codes without
+/// clicks are absent.
+pub async fn click_totals(
+    pool: &Pool,
+    owner: &str,
+    codes: &[String],
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT code, sum(clicks)::int8 FROM rollup_daily
+             WHERE code = ANY($1) AND owner = $2 GROUP BY code",
+            &[&codes, &owner],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// An owner's codes by human clicks in `[from, to)`.
 pub async fn top_links(
     pool: &Pool,

@@ -20,8 +20,8 @@ use lapin::{
 use prost::Message;
 use shortfleet_common::{amqp, config::ConfigSource, service::Service, time::to_proto};
 use shortfleet_proto::v1::{
-    ClickBatch, ClickEvent, GetLinkStatsRequest, Interval, LinkStats, TopLinksRequest,
-    analytics_client::AnalyticsClient,
+    ClickBatch, ClickEvent, ClickTotalsRequest, GetLinkStatsRequest, Interval, LinkStats,
+    TopLinksRequest, analytics_client::AnalyticsClient,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -309,6 +309,33 @@ async fn counts_once_splits_bots_and_buckets_across_a_day_boundary() {
         (top.links[0].name.as_str(), top.links[0].clicks),
         ("code1", 4)
     );
+
+    // All-time totals: humans only, the owner's links only, unknown absent.
+    let totals = |owner: &str, codes: &[&str]| ClickTotalsRequest {
+        owner: owner.into(),
+        codes: codes.iter().map(|c| c.to_string()).collect(),
+    };
+    let mine = client
+        .click_totals(totals("alice", &["code1", "nope"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .totals;
+    assert_eq!(
+        mine.into_iter().collect::<Vec<_>>(),
+        vec![("code1".to_owned(), 4)]
+    );
+    let theirs = client
+        .click_totals(totals("mallory", &["code1"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .totals;
+    assert!(theirs.is_empty(), "{theirs:?}");
+    for bad in [totals("alice", &[]), totals("", &["code1"])] {
+        let status = client.click_totals(bad).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
     f.cleanup(stop).await;
 }
 

@@ -178,6 +178,41 @@ async fn run_flows(fleet: &Fleet) -> anyhow::Result<()> {
     assert_eq!(stats["countries"][0]["name"], "DE", "{stats}");
     assert_eq!(stats["countries"][0]["clicks"], redirects - 2);
 
+    // The link, alone and in its owner's list, carries the same count; links
+    // nobody clicked say 0, not "unknown".
+    let one: Value = http
+        .get(format!("{base}/api/v1/links/{code}"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(one["clicks"], redirects, "{one}");
+    let unclicked = http
+        .post(format!("{base}/api/v1/links"))
+        .bearer_auth(&key)
+        .json(&json!({"url": "https://example.com/never-clicked"}))
+        .send()
+        .await?;
+    assert_eq!(unclicked.status(), StatusCode::CREATED);
+    let list: Value = http
+        .get(format!("{base}/api/v1/links"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{list}");
+    for item in items {
+        let want = if item["code"] == code.as_str() {
+            redirects
+        } else {
+            0
+        };
+        assert_eq!(item["clicks"], want, "{item}");
+    }
+
     // Another owner's link is 404, never 403.
     let bob = fleet.create_key("bob", "free")?;
     let foreign = http

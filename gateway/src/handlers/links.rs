@@ -1,13 +1,15 @@
 //! The link management endpoints: create, list, get, update, delete.
 //! Ownership is enforced by write-svc (another owner's link is NOT_FOUND).
 
+use std::collections::HashMap;
+
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 use shortfleet_common::time::to_proto;
 use shortfleet_proto::v1::{
-    CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, GetLinkStatsRequest, Interval,
-    ListLinksRequest, UpdateLinkRequest,
+    ClickTotalsRequest, CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, ListLinksRequest,
+    UpdateLinkRequest,
 };
 
 use super::{Ctx, view};
@@ -128,10 +130,12 @@ pub async fn list(
         })
         .await?;
     let public_url = &ctx.state.config.public_url;
+    let codes: Vec<String> = page.links.iter().map(|l| l.code.clone()).collect();
+    let totals = click_totals(ctx, principal, codes).await;
     let items: Vec<_> = page
         .links
         .iter()
-        .map(|l| view::link(l, public_url, None))
+        .map(|l| view::link(l, public_url, clicks_of(&totals, &l.code)))
         .collect();
     let next = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
     Ok(view::json_response(
@@ -156,25 +160,43 @@ pub async fn get(
             async move { c.get_link(r).await }
         })
         .await?;
-    // Clicks come from analytics; if it is down the link is still served,
-    // with `clicks: null` rather than a wrong number.
-    let stats_request = GetLinkStatsRequest {
-        code: link.code.clone(),
-        from: link.created_at,
-        to: Some(to_proto(chrono::Utc::now())),
-        interval: Interval::Day as i32,
-    };
-    let stats = upstreams
-        .analytics(|mut c| {
-            let r = upstreams.request(stats_request.clone(), ctx.request_id);
-            async move { c.get_link_stats(r).await }
-        })
-        .await;
-    let clicks = stats.ok().map(|s| s.total);
+    let totals = click_totals(ctx, principal, vec![link.code.clone()]).await;
+    let clicks = clicks_of(&totals, &link.code);
     Ok(view::json_response(
         StatusCode::OK,
         &view::link(&link, &ctx.state.config.public_url, clicks),
     ))
+}
+
+/// All-time human clicks of `codes` from analytics, one call per page.
+/// `None` when analytics cannot answer: links are still served, with
+/// `clicks: null` rather than a wrong number.
+async fn click_totals(
+    ctx: &Ctx<'_>,
+    principal: &Principal,
+    codes: Vec<String>,
+) -> Option<HashMap<String, u64>> {
+    if codes.is_empty() {
+        return Some(HashMap::new());
+    }
+    let upstreams = &ctx.state.upstreams;
+    let request = ClickTotalsRequest {
+        owner: principal.owner.clone(),
+        codes,
+    };
+    upstreams
+        .analytics(|mut c| {
+            let r = upstreams.request(request.clone(), ctx.request_id);
+            async move { c.click_totals(r).await }
+        })
+        .await
+        .ok()
+        .map(|t| t.totals)
+}
+
+/// A link with no clicks yet is absent from the totals: 0, not unknown.
+fn clicks_of(totals: &Option<HashMap<String, u64>>, code: &str) -> Option<u64> {
+    totals.as_ref().map(|t| t.get(code).copied().unwrap_or(0))
 }
 
 pub async fn update(
