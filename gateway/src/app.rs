@@ -6,8 +6,9 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
+    grpc,
     link_events::LinkEventSubscriber,
-    ops::Health,
+    ops::{self, Health},
     postgres, redis,
     service::Service,
 };
@@ -38,6 +39,8 @@ pub struct State {
 
 pub struct App {
     listener: TcpListener,
+    /// The operator port, when `SHORTFLEET_OPS_ADDR` asks for one.
+    ops_listener: Option<TcpListener>,
     state: Arc<State>,
     key_store: KeyStore,
     forwarder: ClickForwarder,
@@ -48,6 +51,12 @@ impl App {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
     }
 }
 
@@ -101,6 +110,10 @@ impl Service for App {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+        let ops_listener = match config.ops_addr {
+            Some(addr) => Some(grpc::bind(addr, "ops HTTP").await?),
+            None => None,
+        };
         let state = Arc::new(State {
             config,
             keys,
@@ -113,6 +126,7 @@ impl Service for App {
         });
         Ok(Self {
             listener,
+            ops_listener,
             state,
             key_store,
             forwarder,
@@ -131,6 +145,14 @@ impl Service for App {
             background.clone(),
         ));
         tracker.spawn(self.forwarder.run(background.clone()));
+        if let Some(ops_listener) = self.ops_listener {
+            tracing::info!(ops = %ops_listener.local_addr()?, "serving /metrics on the ops port only");
+            tracker.spawn(ops::serve(
+                ops_listener,
+                self.state.health.clone(),
+                background.clone(),
+            ));
+        }
         if config.microcache_capacity > 0 {
             tracker.spawn(
                 LinkEventSubscriber {

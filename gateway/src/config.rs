@@ -10,6 +10,10 @@ use crate::{proxies::TrustedProxies, ratelimit::Policy};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http_addr: SocketAddr,
+    /// When set, `/metrics` (and a copy of `/healthz`, `/readyz`) is served
+    /// here and no longer on the public port, so metrics need not be
+    /// filtered at the load balancer.
+    pub ops_addr: Option<SocketAddr>,
     /// Base of every `short_url` and `Location` we hand out.
     pub public_url: String,
     /// The gateway's own database: API keys (hashes only).
@@ -118,8 +122,19 @@ impl Config {
                 "must start with http:// or https://",
             );
         }
+        let ops_addr = match r.raw("SHORTFLEET_OPS_ADDR").map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => match raw.parse() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    r.invalid("SHORTFLEET_OPS_ADDR", format!("{raw:?}: {e}"));
+                    None
+                }
+            },
+        };
         let config = Self {
             http_addr: r.get("SHORTFLEET_HTTP_ADDR", ([127, 0, 0, 1], 8080).into()),
+            ops_addr,
             public_url: public_url.trim_end_matches('/').to_owned(),
             database_url: r.string(
                 "SHORTFLEET_DATABASE_URL",

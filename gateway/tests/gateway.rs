@@ -502,3 +502,72 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
         .unwrap();
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_ops_port_metrics_leave_the_public_port() {
+    let mut f = Fixture::start().await;
+    let mut config = f.gateway_config("redis://127.0.0.1:6379");
+    config.ops_addr = Some("127.0.0.1:0".parse().unwrap());
+    let app = gateway::App::build(config).await.unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let ops = format!(
+        "http://{}",
+        app.ops_addr().expect("an ops port was asked for")
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until(stop.clone()));
+    f.stops.push(stop);
+    let http = reqwest::Client::new();
+
+    let public_metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(public_metrics.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        public_metrics.headers()["content-type"],
+        "application/problem+json"
+    );
+    // Load balancers keep probing the public port.
+    let healthz = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), StatusCode::OK);
+    // A request the public port served shows up in the ops port's metrics.
+    let metrics = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("shortfleet_http_requests_total"),
+        "{metrics}"
+    );
+    // Both ports report readiness from the same registry of dependencies.
+    let checks = |body: serde_json::Value| {
+        body["checks"]
+            .as_object()
+            .expect("a checks object")
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let ops_ready: serde_json::Value = http
+        .get(format!("{ops}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let public_ready: serde_json::Value = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names = checks(ops_ready);
+    assert!(names.contains(&"postgres".to_owned()), "{names:?}");
+    assert_eq!(names, checks(public_ready));
+    f.cleanup().await;
+}

@@ -108,6 +108,10 @@ async fn dispatch(
 ) -> HttpResponse {
     let param = || params.first().map(String::as_str).unwrap_or_default();
     match endpoint {
+        // With an ops port, metrics are served there only.
+        Endpoint::Metrics if ctx.state.config.ops_addr.is_some() => {
+            Problem::not_found("no such endpoint").into_response()
+        }
         Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics => {
             ops::respond(req.uri().path(), &ctx.state.health)
                 .unwrap_or_else(|| Problem::not_found("no such endpoint").into_response())
