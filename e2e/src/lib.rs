@@ -361,6 +361,16 @@ impl Fleet {
     }
 }
 
+/// GETs `url` with an API key and parses the JSON body, whatever the status
+/// (problem+json bodies included).
+pub async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(http.get(url).bearer_auth(key).send().await?.json().await?)
+}
+
 /// Sums the samples of `metric` in Prometheus text whose label set contains
 /// every string in `labels` (e.g. `level="local"`).
 pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {

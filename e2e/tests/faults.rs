@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode, redirect::Policy};
 use serde_json::{Value, json};
-use shortfleet_e2e::{Fleet, FleetOptions};
+use shortfleet_e2e::{Fleet, FleetOptions, get_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analytics_killed_mid_stream_loses_and_duplicates_nothing() {
@@ -46,13 +46,8 @@ async fn run(fleet: &mut Fleet) -> anyhow::Result<()> {
     let total = || {
         let (http, base, key, code) = (http.clone(), base.clone(), key.clone(), code.clone());
         async move {
-            let stats: Value = http
-                .get(format!("{base}/api/v1/links/{code}/stats"))
-                .bearer_auth(&key)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let stats: Value =
+                get_json(&http, &format!("{base}/api/v1/links/{code}/stats"), &key).await?;
             anyhow::Ok(stats["total"].as_u64())
         }
     };

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode, redirect::Policy};
 use serde_json::{Value, json};
-use shortfleet_e2e::{Fleet, FleetOptions};
+use shortfleet_e2e::{Fleet, FleetOptions, get_json};
 
 fn client() -> Client {
     Client::builder()
@@ -154,13 +154,8 @@ async fn run_flows(fleet: &Fleet) -> anyhow::Result<()> {
     }
     let sent = Instant::now();
     let total = loop {
-        let stats: Value = http
-            .get(format!("{base}/api/v1/links/{code}/stats"))
-            .bearer_auth(&key)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let stats: Value =
+            get_json(&http, &format!("{base}/api/v1/links/{code}/stats"), &key).await?;
         let total = stats["total"].as_u64().unwrap_or(0);
         if total >= redirects || sent.elapsed() > Duration::from_secs(2) {
             break total;
@@ -168,25 +163,13 @@ async fn run_flows(fleet: &Fleet) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(total, redirects, "clicks counted in analytics within 2 s");
-    let stats: Value = http
-        .get(format!("{base}/api/v1/links/{code}/stats"))
-        .bearer_auth(&key)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let stats: Value = get_json(&http, &format!("{base}/api/v1/links/{code}/stats"), &key).await?;
     assert_eq!(stats["countries"][0]["name"], "DE", "{stats}");
     assert_eq!(stats["countries"][0]["clicks"], redirects - 2);
 
     // The link, alone and in its owner's list, carries the same count; links
     // nobody clicked say 0, not "unknown".
-    let one: Value = http
-        .get(format!("{base}/api/v1/links/{code}"))
-        .bearer_auth(&key)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let one: Value = get_json(&http, &format!("{base}/api/v1/links/{code}"), &key).await?;
     assert_eq!(one["clicks"], redirects, "{one}");
     let unclicked = http
         .post(format!("{base}/api/v1/links"))
@@ -195,13 +178,7 @@ async fn run_flows(fleet: &Fleet) -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(unclicked.status(), StatusCode::CREATED);
-    let list: Value = http
-        .get(format!("{base}/api/v1/links"))
-        .bearer_auth(&key)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let list: Value = get_json(&http, &format!("{base}/api/v1/links"), &key).await?;
     let items = list["items"].as_array().expect("items");
     assert_eq!(items.len(), 2, "{list}");
     for item in items {

@@ -52,11 +52,16 @@ impl TrustedProxies {
     /// The client's address: the socket peer, unless the peer is a trusted
     /// proxy, in which case the right-most untrusted `X-Forwarded-For`
     /// entry (entries further left could be forged by the client). A
-    /// malformed entry stops the walk at the last trusted hop.
-    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    /// malformed entry stops the walk at the last trusted hop. Also says
+    /// whether the peer was a trusted proxy (whose other headers, such as a
+    /// country, may then be believed too).
+    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> Client {
         let peer_ip = peer.ip().to_canonical();
         if !self.contains(peer_ip) {
-            return peer_ip;
+            return Client {
+                ip: peer_ip,
+                via_trusted_proxy: false,
+            };
         }
         let forwarded = headers
             .get_all("x-forwarded-for")
@@ -65,16 +70,30 @@ impl TrustedProxies {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .collect::<Vec<_>>();
-        let mut client = peer_ip;
+        let mut ip = peer_ip;
         for entry in forwarded.iter().rev() {
             match entry.parse::<IpAddr>() {
-                Ok(ip) if self.contains(ip) => client = ip.to_canonical(),
-                Ok(ip) => return ip.to_canonical(),
+                Ok(hop) if self.contains(hop) => ip = hop.to_canonical(),
+                Ok(client) => {
+                    ip = client.to_canonical();
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        client
+        Client {
+            ip,
+            via_trusted_proxy: true,
+        }
     }
+}
+
+/// Who sent a request, as far as we can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    pub ip: IpAddr,
+    /// The socket peer is a trusted proxy.
+    pub via_trusted_proxy: bool,
 }
 
 #[cfg(test)]
@@ -118,11 +137,13 @@ mod tests {
         );
         let from_proxy: SocketAddr = "10.0.0.1:1234".parse().unwrap();
         // 10.0.0.7 is another trusted hop; 2.2.2.2 is the first it did not add.
-        assert_eq!(trusted.client_ip(from_proxy, &headers), ip("2.2.2.2"));
+        assert_eq!(trusted.client(from_proxy, &headers).ip, ip("2.2.2.2"));
         let direct: SocketAddr = "3.3.3.3:1".parse().unwrap();
-        assert_eq!(trusted.client_ip(direct, &headers), ip("3.3.3.3"));
+        assert_eq!(trusted.client(direct, &headers).ip, ip("3.3.3.3"));
+        assert!(trusted.client(from_proxy, &headers).via_trusted_proxy);
+        assert!(!trusted.client(direct, &headers).via_trusted_proxy);
         assert_eq!(
-            trusted.client_ip(from_proxy, &HeaderMap::new()),
+            trusted.client(from_proxy, &HeaderMap::new()).ip,
             ip("10.0.0.1")
         );
     }
@@ -133,11 +154,11 @@ mod tests {
         let from_proxy: SocketAddr = "10.0.0.1:1234".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", "10.0.0.9, 10.0.0.8".parse().unwrap());
-        assert_eq!(trusted.client_ip(from_proxy, &headers), ip("10.0.0.9"));
+        assert_eq!(trusted.client(from_proxy, &headers).ip, ip("10.0.0.9"));
         headers.insert(
             "x-forwarded-for",
             "5.5.5.5, garbage, 10.0.0.8".parse().unwrap(),
         );
-        assert_eq!(trusted.client_ip(from_proxy, &headers), ip("10.0.0.8"));
+        assert_eq!(trusted.client(from_proxy, &headers).ip, ip("10.0.0.8"));
     }
 }

@@ -69,14 +69,19 @@ impl Fixture {
 
     /// Starts a gateway replica; returns its base URL.
     async fn gateway(&mut self, redis_url: &str) -> String {
-        let app = gateway::App::build(self.gateway_config(redis_url))
-            .await
-            .unwrap();
+        self.gateway_with(self.gateway_config(redis_url)).await.0
+    }
+
+    /// Starts a gateway replica with `config`; returns its base URL and, if
+    /// it has one, its ops port's.
+    async fn gateway_with(&mut self, config: gateway::Config) -> (String, Option<String>) {
+        let app = gateway::App::build(config).await.unwrap();
         let url = format!("http://{}", app.http_addr());
+        let ops = app.ops_addr().map(|a| format!("http://{a}"));
         let stop = CancellationToken::new();
         tokio::spawn(app.run_until(stop.clone()));
         self.stops.push(stop);
-        url
+        (url, ops)
     }
 
     async fn key_store(&self) -> gateway::keys::KeyStore {
@@ -111,6 +116,11 @@ async fn tokio_postgres_connect(
     tokio_postgres::Error,
 > {
     tokio_postgres::connect(url, tokio_postgres::NoTls).await
+}
+
+/// The body of a GET, as text.
+async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 async fn list(http: &reqwest::Client, base: &str, key: &str) -> reqwest::Response {
@@ -196,14 +206,7 @@ async fn redis_down_keeps_limiting_per_replica_without_5xx() {
             .count(),
         2
     );
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{base}/metrics")).await;
     assert!(
         metrics.contains("shortfleet_ratelimit_degraded 1"),
         "{metrics}"
@@ -341,11 +344,7 @@ async fn the_breaker_opens_while_write_svc_is_down_and_closes_when_it_returns() 
     let mut f = Fixture::start().await;
     let mut config = f.gateway_config("redis://127.0.0.1:6379");
     config.breaker.open_for = Duration::from_millis(500);
-    let app = gateway::App::build(config).await.unwrap();
-    let base = format!("http://{}", app.http_addr());
-    let stop = CancellationToken::new();
-    tokio::spawn(app.run_until(stop.clone()));
-    f.stops.push(stop);
+    let (base, _) = f.gateway_with(config).await;
     let key = f
         .key_store()
         .await
@@ -383,14 +382,7 @@ async fn the_breaker_opens_while_write_svc_is_down_and_closes_when_it_returns() 
             .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
         "{statuses:?}"
     );
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{base}/metrics")).await;
     assert!(
         metrics.contains("shortfleet_breaker_state{upstream=\"write-svc\"} 1"),
         "breaker not open: {}",
@@ -508,15 +500,8 @@ async fn with_an_ops_port_metrics_leave_the_public_port() {
     let mut f = Fixture::start().await;
     let mut config = f.gateway_config("redis://127.0.0.1:6379");
     config.ops_addr = Some("127.0.0.1:0".parse().unwrap());
-    let app = gateway::App::build(config).await.unwrap();
-    let base = format!("http://{}", app.http_addr());
-    let ops = format!(
-        "http://{}",
-        app.ops_addr().expect("an ops port was asked for")
-    );
-    let stop = CancellationToken::new();
-    tokio::spawn(app.run_until(stop.clone()));
-    f.stops.push(stop);
+    let (base, ops) = f.gateway_with(config).await;
+    let ops = ops.expect("an ops port was asked for");
     let http = reqwest::Client::new();
 
     let public_metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
@@ -529,14 +514,7 @@ async fn with_an_ops_port_metrics_leave_the_public_port() {
     let healthz = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(healthz.status(), StatusCode::OK);
     // A request the public port served shows up in the ops port's metrics.
-    let metrics = http
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{ops}/metrics")).await;
     assert!(
         metrics.contains("shortfleet_http_requests_total"),
         "{metrics}"
@@ -550,22 +528,10 @@ async fn with_an_ops_port_metrics_leave_the_public_port() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    let ops_ready: serde_json::Value = http
-        .get(format!("{ops}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let public_ready: serde_json::Value = http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ops_ready: serde_json::Value =
+        serde_json::from_str(&get_text(&http, &format!("{ops}/readyz")).await).unwrap();
+    let public_ready: serde_json::Value =
+        serde_json::from_str(&get_text(&http, &format!("{base}/readyz")).await).unwrap();
     let names = checks(ops_ready);
     assert!(names.contains(&"postgres".to_owned()), "{names:?}");
     assert_eq!(names, checks(public_ready));

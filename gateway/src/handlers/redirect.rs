@@ -21,14 +21,16 @@ pub async fn redirect(
     peer: SocketAddr,
 ) -> HttpResponse {
     let state = ctx.state;
-    let ip = state.config.trusted_proxies.client_ip(peer, req.headers());
+    let client = state.config.trusted_proxies.client(peer, req.headers());
     let policy = &state.config.anonymous;
     // No Redis round trip per redirect: a leased slice of the shared bucket.
-    let decision = state.limiter.check_leased(policy, &ip.to_string()).await;
+    let decision = state
+        .limiter
+        .check_leased(policy, &client.ip.to_string())
+        .await;
     let mut response = if decision.allowed {
         // A country header is believed only from a trusted proxy.
-        let trusted_peer = state.config.trusted_proxies.contains(peer.ip());
-        resolve_and_redirect(ctx, code, req, ip, trusted_peer).await
+        resolve_and_redirect(ctx, code, req, client.ip, client.via_trusted_proxy).await
     } else {
         too_many_requests(&decision)
     };
