@@ -122,7 +122,7 @@ impl Service for App {
         );
         let grace = c.shutdown_grace;
         let served = grpc::serve(
-            Self::NAME,
+            &[shortfleet_proto::v1::analytics_server::SERVICE_NAME],
             self.listeners.grpc,
             Routes::new(AnalyticsServer::new(AnalyticsService {
                 pool: self.pool.clone(),

@@ -92,7 +92,7 @@ impl Service for App {
         // than tonic's 4 MiB default. Every acknowledged click is already
         // confirmed or on disk when the server has drained.
         let served = grpc::serve(
-            Self::NAME,
+            &[shortfleet_proto::v1::click_logger_server::SERVICE_NAME],
             self.listeners.grpc,
             Routes::new(ClickLoggerServer::new(service).max_decoding_message_size(MAX_MESSAGE)),
             self.health.clone(),

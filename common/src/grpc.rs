@@ -1,6 +1,14 @@
-//! What every gRPC server of the fleet exposes besides its own service:
-//! `grpc.health.v1.Health` (kept in step with the service's [`Health`]) and
-//! server reflection over the `shortener.v1` descriptors.
+//! What every gRPC server of the fleet exposes besides its own service, the
+//! way generic tools (grpcurl, grpcio, `grpc_health_probe`, Kubernetes gRPC
+//! probes) expect it:
+//!
+//! - `grpc.health.v1.Health`, answering for `""` (the server) and for each
+//!   fully-qualified service name it serves, kept in step with the service's
+//!   [`Health`] and NOT_SERVING from the moment shutdown starts;
+//! - server reflection in both `grpc.reflection.v1` and `v1alpha` (many
+//!   clients still speak only the latter), listing exactly the services this
+//!   server answers: its own, health and reflection, never the rest of
+//!   `shortener.v1` that happens to live in the same descriptor file.
 
 use std::time::Duration;
 
@@ -9,54 +17,89 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::ops::{Health, Readiness};
 
-/// The health service for `service_name`, updated from `health` every 500 ms
-/// until `shutdown`, when it reports NOT_SERVING so balancers drain us first.
+/// Names of the standard services every server adds to its own.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+/// How often the health service re-reads the service's readiness.
+const HEALTH_POLL: Duration = Duration::from_millis(500);
+
+/// The health service for the server (`""`) and each of `services`
+/// (fully-qualified names), updated from `health` every 500 ms until
+/// `shutdown`, when all report NOT_SERVING so balancers drain us first.
 pub fn health_service(
-    service_name: &'static str,
+    services: &'static [&'static str],
     health: Health,
     shutdown: CancellationToken,
 ) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
     let (reporter, service) = tonic_health::server::health_reporter();
-    tokio::spawn(track(reporter, service_name, health, shutdown));
+    tokio::spawn(track(reporter, services, health, shutdown));
     service
 }
 
 async fn track(
     reporter: HealthReporter,
-    service_name: &'static str,
+    services: &'static [&'static str],
     health: Health,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut ticker = tokio::time::interval(HEALTH_POLL);
+    let set_all = |status: ServingStatus| {
+        let reporter = reporter.clone();
+        async move {
+            for name in std::iter::once(&"").chain(services) {
+                reporter.set_service_status(*name, status).await;
+            }
+        }
+    };
     loop {
         let status = match health.readiness() {
             Readiness::Ready | Readiness::Degraded => ServingStatus::Serving,
             Readiness::Unready => ServingStatus::NotServing,
         };
-        reporter.set_service_status("", status).await;
-        reporter.set_service_status(service_name, status).await;
+        set_all(status).await;
         tokio::select! {
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => break,
         }
     }
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status(service_name, ServingStatus::NotServing)
-        .await;
+    set_all(ServingStatus::NotServing).await;
 }
 
-/// gRPC server reflection (v1) over the fleet's descriptors.
-pub fn reflection_service() -> tonic_reflection::server::v1::ServerReflectionServer<
-    impl tonic_reflection::server::v1::ServerReflection,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(shortfleet_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("embedded descriptor sets are valid")
+fn reflection_builder(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    services
+        .iter()
+        .chain([&HEALTH_SERVICE, &REFLECTION_V1, &REFLECTION_V1ALPHA])
+        .fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(shortfleet_proto::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(*name),
+        )
+}
+
+/// Both reflection services, advertising `services` plus health and
+/// reflection themselves.
+#[allow(clippy::expect_used)] // the descriptor sets are compiled into the binary
+pub fn reflection_services(
+    services: &[&'static str],
+) -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    (
+        reflection_builder(services)
+            .build_v1()
+            .expect("embedded descriptor sets are valid"),
+        reflection_builder(services)
+            .build_v1alpha()
+            .expect("embedded descriptor sets are valid"),
+    )
 }
 
 /// Binds a listener, naming what it is for in the error.
@@ -102,11 +145,12 @@ impl Listeners {
     }
 }
 
-/// Serves a service's `routes`, plus health and reflection, on `listener`
-/// with a server span per call, until `shutdown`; then stops accepting and
-/// lets in-flight calls finish, abandoning them after `grace`.
+/// Serves a service's `routes` (answering the fully-qualified `services`),
+/// plus health and reflection, on `listener` with a server span per call,
+/// until `shutdown`; then stops accepting and lets in-flight calls finish,
+/// abandoning them after `grace`.
 pub async fn serve(
-    service_name: &'static str,
+    services: &'static [&'static str],
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
     health: Health,
@@ -114,9 +158,11 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    let (reflection_v1, reflection_v1alpha) = reflection_services(services);
     let routes = routes
-        .add_service(health_service(service_name, health, shutdown.clone()))
-        .add_service(reflection_service());
+        .add_service(health_service(services, health, shutdown.clone()))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let drained = shutdown.clone();
     let server = tonic::transport::Server::builder()
         .trace_fn(crate::trace::grpc_server_span)

@@ -129,7 +129,7 @@ impl Service for App {
         }
         let grace = self.config.shutdown_grace;
         let served = grpc::serve(
-            Self::NAME,
+            &[shortfleet_proto::v1::link_resolver_server::SERVICE_NAME],
             self.listeners.grpc,
             Routes::new(LinkResolverServer::new(LinkResolverService::new(
                 self.resolver,

@@ -108,7 +108,7 @@ impl Service for App {
         let service = LinkWriterService::new(self.store.clone(), self.config.public_hosts.clone());
         let grace = self.config.shutdown_grace;
         let served = grpc::serve(
-            Self::NAME,
+            &[shortfleet_proto::v1::link_writer_server::SERVICE_NAME],
             self.listeners.grpc,
             Routes::new(LinkWriterServer::new(service)),
             self.health.clone(),
