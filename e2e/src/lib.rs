@@ -59,6 +59,8 @@ pub struct Fleet {
     pub gateway_url: String,
     /// `/metrics` etc. of each service by name.
     pub ops_urls: HashMap<&'static str, String>,
+    /// `host:port` of each gRPC server by service name (not the gateway).
+    pub grpc_addrs: HashMap<&'static str, String>,
     /// Environment of each service, for admin commands and restarts.
     envs: HashMap<&'static str, Vec<(String, String)>>,
     children: HashMap<&'static str, Child>,
@@ -200,10 +202,16 @@ impl Fleet {
             .map(|s| (*s, format!("http://127.0.0.1:{}", ops[s])))
             .collect();
         ops_urls.insert("gateway", format!("http://{public}"));
+        let grpc_addrs = SERVICES
+            .iter()
+            .filter(|s| **s != "gateway")
+            .map(|s| (*s, format!("127.0.0.1:{}", grpc[s])))
+            .collect();
         let mut fleet = Self {
             id,
             gateway_url: format!("http://{public}"),
             ops_urls,
+            grpc_addrs,
             envs,
             children: HashMap::new(),
             bin_dir,
