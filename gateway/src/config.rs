@@ -39,6 +39,14 @@ pub struct Config {
     pub country_header: Option<http::header::HeaderName>,
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
+    /// Whole-body read deadline: a body that trickles in slower than
+    /// `max_body_bytes` per this long is cut off with 408.
+    pub body_read_timeout: Duration,
+    /// First-byte and idle deadlines, connections per client address.
+    pub sockets: crate::sockets::SocketPolicy,
+    /// Failed authentications allowed per client address; beyond that 429,
+    /// so keys cannot be guessed at line rate.
+    pub auth_failures: Policy,
     /// How often each replica reloads API keys (revocation latency).
     pub key_refresh: Duration,
     /// Clicks held while click-logger is slow or down; the rest are dropped.
@@ -79,6 +87,12 @@ impl Config {
             r.invalid("SHORTFLEET_ANONYMOUS_LIMIT", e);
             Policy::parse("anonymous", "600/60").expect("default policy parses")
         });
+        let auth_failures_raw = r.string("SHORTFLEET_AUTH_FAILURE_LIMIT", "30/60");
+        let auth_failures =
+            Policy::parse("auth-failures", &auth_failures_raw).unwrap_or_else(|e| {
+                r.invalid("SHORTFLEET_AUTH_FAILURE_LIMIT", e);
+                Policy::parse("auth-failures", "30/60").expect("default policy parses")
+            });
         let trusted_proxies = r
             .raw("SHORTFLEET_TRUSTED_PROXIES")
             .unwrap_or_default()
@@ -155,6 +169,13 @@ impl Config {
             routes,
             max_body_bytes: r.get("SHORTFLEET_MAX_BODY_BYTES", 64 * 1024),
             header_read_timeout: r.millis("SHORTFLEET_HEADER_READ_TIMEOUT_MS", 10_000),
+            body_read_timeout: r.millis("SHORTFLEET_BODY_READ_TIMEOUT_MS", 10_000),
+            sockets: crate::sockets::SocketPolicy {
+                first_byte: r.millis("SHORTFLEET_FIRST_BYTE_TIMEOUT_MS", 5_000),
+                idle: r.millis("SHORTFLEET_IDLE_TIMEOUT_MS", 60_000),
+                max_per_ip: r.get("SHORTFLEET_MAX_CONNECTIONS_PER_IP", 256),
+            },
+            auth_failures,
             key_refresh: r.millis("SHORTFLEET_KEY_REFRESH_MS", 1000),
             click_buffer: r.get("SHORTFLEET_CLICK_BUFFER", 100_000),
             click_batch_max: r.get("SHORTFLEET_CLICK_BATCH_MAX", 500),
@@ -178,6 +199,9 @@ impl Config {
                 "SHORTFLEET_BREAKER_FAILURES",
                 "breaker threshold and in-flight limit must be positive",
             );
+        }
+        if config.sockets.max_per_ip == 0 {
+            r.invalid("SHORTFLEET_MAX_CONNECTIONS_PER_IP", "must be positive");
         }
         if config.click_buffer == 0 || config.click_batch_max == 0 {
             r.invalid(

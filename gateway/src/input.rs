@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use std::time::Duration;
+
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -10,9 +12,28 @@ use serde_json::{Map, Value};
 
 use crate::problem::{FieldError, Problem};
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Problem> {
-    match Limited::new(body, limit).collect().await {
+/// Reads the whole body: refuses an encoding we do not decode (415), more
+/// than `limit` bytes (413), or a body still arriving after `within` (408:
+/// a client trickling bytes cannot hold a connection and a task forever).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    within: Duration,
+) -> Result<Bytes, Problem> {
+    refuse_content_encoding(headers)?;
+    let collected = match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Err(_) => {
+            return Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+                format!("the body must arrive within {} s", within.as_secs()),
+            ));
+        }
+        Ok(collected) => collected,
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -34,16 +55,37 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Problem> {
     }
 }
 
+/// Bodies are read as sent: any `Content-Encoding` but `identity` would be
+/// parsed as if it were plain, so it is refused (RFC 9110 §15.5.16).
+fn refuse_content_encoding(headers: &HeaderMap) -> Result<(), Problem> {
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|coding| !coding.trim().eq_ignore_ascii_case("identity"));
+    if encoded {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "request bodies must not be content-encoded",
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a JSON object body. The content type is not required to say JSON
 /// (`curl -d` sends form encoding by default); a body that is not JSON under
-/// a non-JSON content type is refused with 415.
+/// a non-JSON content type is refused with 415. A key given twice in one
+/// object is refused (parsers disagree on which one wins, so a proxy and we
+/// could read different requests).
 pub fn json_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Problem> {
     let declared_json = headers.get(header::CONTENT_TYPE).is_none_or(|ct| {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         ct.starts_with("application/json") || ct.contains("+json")
     });
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
+    match serde_json::from_slice::<UniqueKeys>(body) {
+        Ok(UniqueKeys(Value::Object(map))) => Ok(map),
         Ok(_) => Err(Problem::field("body", "must be a JSON object")),
         Err(_) if !declared_json => Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -52,6 +94,73 @@ pub fn json_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value
             "send the body as application/json",
         )),
         Err(e) => Err(Problem::field("body", format!("is not valid JSON: {e}"))),
+    }
+}
+
+/// A JSON value whose objects, at any depth, name each key once.
+struct UniqueKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format!("duplicate key {shown:?}")));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 

@@ -12,6 +12,7 @@
 //!   bulkhead and budgeted retries per upstream. [`problem`]: problem+json and
 //!   the gRPC → HTTP status table. [`input`]: bodies, fields, query.
 //! - [`proxies`]: trusted proxies (addresses or CIDR blocks) and the client IP.
+//! - [`sockets`]: first-byte and idle deadlines, connections per client address.
 //! - [`admin`]: the `keys` admin commands.
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod ratelimit;
 pub mod resilience;
 pub mod routes;
 pub mod server;
+pub mod sockets;
 pub mod upstream;
 
 pub use app::App;

@@ -107,6 +107,13 @@ impl Problem {
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if self.status == StatusCode::UNAUTHORIZED.as_u16() {
+            // RFC 6750 §3: say which scheme would work.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"shortfleet\""),
+            );
+        }
         response
     }
 
@@ -151,7 +158,14 @@ impl Problem {
                 "Upstream timed out",
                 "a service did not answer in time; retry later",
             ),
-            Code::Unavailable | Code::Cancelled | Code::Aborted => Self::unavailable(),
+            Code::Unavailable | Code::Cancelled | Code::Aborted => {
+                match crate::resilience::retry_after_hint(status) {
+                    // Whole seconds, rounded up: never invite a retry early.
+                    Some(wait) => Self::unavailable()
+                        .retry_after(wait.as_millis().div_ceil(1000).max(1) as u64),
+                    None => Self::unavailable(),
+                }
+            }
             _ => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream-error",

@@ -114,7 +114,41 @@ impl Breaker {
     }
 }
 
+/// Status metadata telling the HTTP layer when the breaker lets calls
+/// through again, so `Retry-After` says the real time.
+const RETRY_AFTER_METADATA: &str = "sf-retry-after-ms";
+
+fn refusal(upstream: &str, retry_after: Duration) -> Status {
+    let millis = retry_after.as_millis();
+    let mut status = Status::unavailable(format!("{upstream} circuit open; retry in {millis} ms"));
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(millis.to_string()) {
+        status.metadata_mut().insert(RETRY_AFTER_METADATA, v);
+    }
+    status
+}
+
+/// How long a breaker refusal asked callers to wait, if `status` is one.
+pub fn retry_after_hint(status: &Status) -> Option<Duration> {
+    let millis = status
+        .metadata()
+        .get(RETRY_AFTER_METADATA)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(millis))
+}
+
 /// A server-side failure: counts against the breaker and may be retried.
+///
+/// Only faults of the upstream itself count: it is unreachable or
+/// overloaded (UNAVAILABLE, CANCELLED), too slow (DEADLINE_EXCEEDED), or
+/// broke (INTERNAL, UNKNOWN). Every answer about the request itself
+/// (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION,
+/// PERMISSION_DENIED, UNAUTHENTICATED, OUT_OF_RANGE, RESOURCE_EXHAUSTED…)
+/// is a working upstream and resets the count: a client can only reach a
+/// breaker by finding an upstream bug, and every service refuses bad input
+/// with INVALID_ARGUMENT before it reaches a datastore.
 fn is_failure(code: Code) -> bool {
     matches!(
         code,
@@ -156,11 +190,7 @@ impl Guard {
             let admission = self.lock().admit(Instant::now());
             if let Admission::Refused { retry_after } = admission {
                 self.publish();
-                return Err(Status::unavailable(format!(
-                    "{} circuit open; retry in {} ms",
-                    self.name,
-                    retry_after.as_millis()
-                )));
+                return Err(refusal(self.name, retry_after));
             }
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 metrics::counter!("shortfleet_bulkhead_rejections_total", "upstream" => self.name)

@@ -1,5 +1,6 @@
-//! The HTTP listener: HTTP/1.1 with keep-alive and h2c on one port, a header
-//! read timeout against slowloris, and a graceful drain on shutdown (stop
+//! The HTTP listener: HTTP/1.1 with keep-alive and h2c on one port, the
+//! socket deadlines and per-address cap of [`crate::sockets`], a header read
+//! timeout against slowloris, and a graceful drain on shutdown (stop
 //! accepting, let in-flight requests finish within the grace period).
 
 use std::{sync::Arc, time::Duration};
@@ -12,7 +13,16 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::State, handlers};
+use crate::{
+    app::State,
+    handlers,
+    sockets::{self, Activity, ConnectionCounts, Watched},
+};
+
+/// h2 PINGs a quiet peer this often and drops it if the PING is not answered
+/// in [`H2_PING_TIMEOUT`]: a vanished client frees its streams.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     listener: TcpListener,
@@ -21,14 +31,20 @@ pub async fn serve(
     grace: Duration,
     shutdown: CancellationToken,
 ) {
+    let policy = state.config.sockets;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let graceful = GracefulShutdown::new();
+    let counts = Arc::new(ConnectionCounts::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -42,14 +58,46 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        // Refused before any parsing: dropping the stream closes it.
+        let slot = if state.config.trusted_proxies.contains(peer.ip()) {
+            None
+        } else {
+            match counts.admit(peer.ip(), policy.max_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::counter!("shortfleet_connections_refused_total", "reason" => "per_ip_cap")
+                        .increment(1);
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = service_fn(move |req| handlers::handle(state.clone(), req, peer));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let _slot = slot;
+            if !sockets::first_byte(&stream, policy.first_byte).await {
+                metrics::counter!("shortfleet_connections_refused_total", "reason" => "no_first_byte")
+                    .increment(1);
+                return;
+            }
+            let activity = Activity::new();
+            let io = TokioIo::new(Watched::new(stream, activity.clone()));
+            let service = service_fn(move |req| handlers::handle(state.clone(), req, peer));
+            let conn = watcher.watch(
+                builder
+                    .serve_connection_with_upgrades(io, service)
+                    .into_owned(),
+            );
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = sockets::idle_expired(&activity, policy.idle) => {
+                    // Dropping the connection closes the socket.
+                    metrics::counter!("shortfleet_connections_closed_idle_total").increment(1);
+                }
             }
         });
     }

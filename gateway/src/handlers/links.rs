@@ -61,7 +61,13 @@ pub async fn create(
             })?
             .to_owned(),
     };
-    let body = read_body(body, ctx.state.config.max_body_bytes).await?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        ctx.state.config.max_body_bytes,
+        ctx.state.config.body_read_timeout,
+    )
+    .await?;
     let mut f = Fields::new(json_object(&parts.headers, &body)?, CREATE_FIELDS);
     let request = CreateLinkRequest {
         owner: principal.owner.clone(),
@@ -206,7 +212,13 @@ pub async fn update(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, Problem> {
     let (parts, body) = req.into_parts();
-    let body = read_body(body, ctx.state.config.max_body_bytes).await?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        ctx.state.config.max_body_bytes,
+        ctx.state.config.body_read_timeout,
+    )
+    .await?;
     let mut f = Fields::new(json_object(&parts.headers, &body)?, UPDATE_FIELDS);
     let request = UpdateLinkRequest {
         code: code.to_owned(),

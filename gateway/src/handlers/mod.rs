@@ -2,6 +2,7 @@
 //! → route → authenticate and rate-limit → call the upstream → shape the
 //! response → log. Each endpoint's own work lives in a submodule.
 
+mod framing;
 mod links;
 mod redirect;
 mod stats;
@@ -29,6 +30,7 @@ pub struct Ctx<'a> {
 }
 
 const REQUEST_ID: &str = "x-request-id";
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 /// The hyper service: never fails, every error is a response.
 pub async fn handle(
@@ -57,10 +59,14 @@ pub async fn handle(
     );
     shortfleet_common::trace::continue_from_headers(&span, req.headers());
     let (endpoint, mut response) = async {
+        if let Err(problem) = framing::check(&req) {
+            return ("unknown", problem.into_response());
+        }
         match state.config.routes.route(&method, &path) {
             Err(RouteError::NotFound) => (
                 "unknown",
-                Problem::not_found(format!("no route for {path}")).into_response(),
+                Problem::not_found(format!("no route for {}", framing::shown(&path)))
+                    .into_response(),
             ),
             Err(RouteError::MethodNotAllowed(allowed)) => ("unknown", method_not_allowed(&allowed)),
             Ok((endpoint, params)) => {
@@ -79,6 +85,10 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
+    // Nothing we answer is meant to be sniffed into another type.
+    response
+        .headers_mut()
+        .insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     // Labels are static strings: no allocation per request on the hot path.
@@ -120,7 +130,7 @@ async fn dispatch(
         _ => {
             let principal = match authenticate(ctx, &req).await {
                 Some(p) => p,
-                None => return Problem::unauthorized().into_response(),
+                None => return refuse_authentication(ctx, &req, peer).await,
             };
             let policy = ctx
                 .state
@@ -163,12 +173,38 @@ async fn authenticate(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Option<Principa
         .await
 }
 
-/// Propagates a sane client-supplied id, or makes one.
+/// 401, or 429 once this client address has failed too often: each
+/// failure takes a token from its `auth-failures` bucket.
+async fn refuse_authentication(
+    ctx: &Ctx<'_>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> HttpResponse {
+    let client = ctx.state.config.trusted_proxies.client(peer, req.headers());
+    let policy = &ctx.state.config.auth_failures;
+    let decision = ctx
+        .state
+        .limiter
+        .check(policy, &format!("auth-failures:{}", client.ip))
+        .await;
+    if decision.allowed {
+        Problem::unauthorized().into_response()
+    } else {
+        metrics::counter!("shortfleet_auth_failures_limited_total").increment(1);
+        let mut response = too_many_requests(&decision);
+        rate_limit_headers(&mut response, policy, &decision);
+        response
+    }
+}
+
+/// Propagates a client-supplied id that is a plain token (letters, digits,
+/// `.`, `_`, `:`, `-`; at most 128), or makes one: anything else could be
+/// reflected into a log viewer or a page.
 fn request_id(req: &Request<Incoming>) -> String {
     req.headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| framing::is_plain_token(v, 128))
         .map_or_else(fast_uuid, str::to_owned)
 }
 
