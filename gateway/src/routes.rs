@@ -22,6 +22,7 @@ pub enum Endpoint {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     Redirect,
 }
 
@@ -39,6 +40,7 @@ impl Endpoint {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
+            Self::OpenApi => "openapi",
             Self::Redirect => "redirect",
         }
     }
@@ -71,6 +73,7 @@ impl FromStr for Endpoint {
             Self::Healthz,
             Self::Readyz,
             Self::Metrics,
+            Self::OpenApi,
             Self::Redirect,
         ]
         .into_iter()
@@ -92,6 +95,7 @@ GET       /api/v1/stats/top           top_links
 GET,HEAD  /healthz                    healthz
 GET,HEAD  /readyz                     readyz
 GET       /metrics                    metrics
+GET       /api/v1/openapi.json        openapi
 GET,HEAD  /{code}                     redirect
 ";
 

@@ -19,7 +19,7 @@ use crate::{
     problem::{HttpResponse, Problem},
 };
 
-const CREATE_FIELDS: &[&str] = &[
+pub(crate) const CREATE_FIELDS: &[&str] = &[
     "url",
     "alias",
     "expires_at",
@@ -27,7 +27,7 @@ const CREATE_FIELDS: &[&str] = &[
     "max_clicks",
     "tags",
 ];
-const UPDATE_FIELDS: &[&str] = &[
+pub(crate) const UPDATE_FIELDS: &[&str] = &[
     "url",
     "expires_at",
     "redirect_type",

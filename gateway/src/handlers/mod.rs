@@ -3,10 +3,11 @@
 //! response → log. Each endpoint's own work lives in a submodule.
 
 mod framing;
-mod links;
+pub(crate) mod links;
+pub mod openapi;
 mod redirect;
 mod stats;
-mod view;
+pub(crate) mod view;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -126,6 +127,7 @@ async fn dispatch(
             ops::respond(req.uri().path(), &ctx.state.health)
                 .unwrap_or_else(|| Problem::not_found("no such endpoint").into_response())
         }
+        Endpoint::OpenApi => openapi::document(req.headers()),
         Endpoint::Redirect => redirect::redirect(ctx, param(), &req, peer).await,
         _ => {
             let principal = match authenticate(ctx, &req).await {
