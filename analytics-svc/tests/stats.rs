@@ -8,7 +8,7 @@ mod mmdb;
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{
@@ -192,6 +192,15 @@ impl Fixture {
     }
 }
 
+/// `hour:minute` on the `n`th day of a fixed window 60 days ago: old enough
+/// to be history, recent enough to be a storable click (at most 400 days).
+fn day(n: i64, hour: i64, minute: i64) -> DateTime<Utc> {
+    let start = (Utc::now() - TimeDelta::days(60))
+        .duration_trunc(TimeDelta::days(1))
+        .expect("days divide time");
+    start + TimeDelta::days(n) + TimeDelta::hours(hour) + TimeDelta::minutes(minute)
+}
+
 fn click(id: &str, code: &str, at: DateTime<Utc>, ua: &str, ip: &str) -> ClickEvent {
     ClickEvent {
         event_id: id.into(),
@@ -247,8 +256,8 @@ async fn settled(
 async fn counts_once_splits_bots_and_buckets_across_a_day_boundary() {
     let f = Fixture::new().await;
     let (mut client, stop) = f.start().await;
-    let late = Utc.with_ymd_and_hms(2026, 3, 1, 23, 30, 0).unwrap();
-    let early = Utc.with_ymd_and_hms(2026, 3, 2, 0, 30, 0).unwrap();
+    let late = day(0, 23, 30);
+    let early = day(1, 0, 30);
     let events = [
         click("e1", "code1", late, FIREFOX, "192.0.2.1"),
         click("e2", "code1", late, FIREFOX, "192.0.2.1"), // same visitor, same day
@@ -272,8 +281,8 @@ async fn counts_once_splits_bots_and_buckets_across_a_day_boundary() {
     f.publish(&events[0]).await;
     f.publish(&events[3]).await;
 
-    let from = Utc.with_ymd_and_hms(2026, 3, 1, 22, 0, 0).unwrap();
-    let to = Utc.with_ymd_and_hms(2026, 3, 2, 2, 0, 0).unwrap();
+    let from = day(0, 22, 0);
+    let to = day(1, 2, 0);
     let s = settled(&mut client, "code1", from, to, 6).await;
     assert_eq!((s.total, s.bots), (4, 2), "humans and bots");
     // A person is a unique visitor once per day: 1 on the 1st, 2 on the 2nd.
@@ -284,8 +293,8 @@ async fn counts_once_splits_bots_and_buckets_across_a_day_boundary() {
     let days: Vec<u64> = daily.series.iter().map(|p| p.clicks).collect();
     assert_eq!(days, vec![2, 2]);
     // Whole UTC days come from the daily rollup: same numbers.
-    let day1 = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
-    let day3 = Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap();
+    let day1 = day(0, 0, 0);
+    let day3 = day(2, 0, 0);
     let whole = stats(&mut client, "code1", day1, day3, Interval::Day).await;
     let whole_days: Vec<u64> = whole.series.iter().map(|p| p.clicks).collect();
     assert_eq!((whole_days, whole.total, whole.bots), (vec![2, 2], 4, 2));
@@ -482,7 +491,7 @@ async fn a_geoip_file_supplies_the_country_a_trusted_header_did_not() {
     let (mut client, stop) = f
         .start_with([("SHORTFLEET_GEOIP_DB", path.display().to_string())])
         .await;
-    let at = Utc.with_ymd_and_hms(2026, 5, 4, 10, 0, 0).unwrap();
+    let at = day(3, 10, 0);
     let without_header = |id: &str, ip: &str| {
         let mut c = click(id, "geo", at, FIREFOX, ip);
         c.country = String::new();
@@ -496,8 +505,8 @@ async fn a_geoip_file_supplies_the_country_a_trusted_header_did_not() {
     f.publish(&click("g4", "geo", at, FIREFOX, "203.0.113.9"))
         .await;
 
-    let from = Utc.with_ymd_and_hms(2026, 5, 4, 0, 0, 0).unwrap();
-    let to = Utc.with_ymd_and_hms(2026, 5, 5, 0, 0, 0).unwrap();
+    let from = day(3, 0, 0);
+    let to = day(4, 0, 0);
     let s = settled(&mut client, "geo", from, to, 4).await;
     std::fs::remove_file(&path).unwrap();
     assert_eq!(s.total, 4);
