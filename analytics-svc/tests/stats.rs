@@ -378,6 +378,108 @@ async fn poison_messages_are_dead_lettered_without_blocking_the_queue() {
     f.cleanup(stop).await;
 }
 
+/// Asserts INVALID_ARGUMENT naming `field`, without the value in the message.
+#[track_caller]
+fn expect_invalid<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    field: &str,
+) {
+    let status = result.expect_err(field);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.metadata().get("sf-field").unwrap(), field);
+    assert!(status.message().len() < 100, "the value is not echoed");
+}
+
+/// Issue 11: empty, NUL and over-long owners and codes are INVALID_ARGUMENT
+/// naming the field (not UNAVAILABLE from PostgreSQL, not echoed back);
+/// clicks that break the shared click rule are dead-lettered; and the
+/// service keeps counting and answering.
+#[tokio::test]
+async fn hostile_requests_are_invalid_and_unstorable_clicks_are_dead_lettered() {
+    let f = Fixture::new().await;
+    let (mut client, stop) = f.start().await;
+    let stats_of = |code: &str| GetLinkStatsRequest {
+        code: code.into(),
+        ..Default::default()
+    };
+    let top_of = |owner: &str| TopLinksRequest {
+        owner: owner.into(),
+        ..Default::default()
+    };
+    let totals_of = |owner: &str, code: &str| ClickTotalsRequest {
+        owner: owner.into(),
+        codes: vec!["code9".into(), code.into()],
+    };
+    let huge = "c".repeat(3 << 20);
+    for code in ["", "ab\0cd", &"x".repeat(65), &huge] {
+        expect_invalid(client.get_link_stats(stats_of(code)).await, "code");
+    }
+    for owner in ["", "al\0ce", "\u{9f}", &"o".repeat(129)] {
+        expect_invalid(client.top_links(top_of(owner)).await, "owner");
+        expect_invalid(
+            client.click_totals(totals_of(owner, "code9")).await,
+            "owner",
+        );
+    }
+    expect_invalid(
+        client.click_totals(totals_of("alice", "a\0b")).await,
+        "codes",
+    );
+    expect_invalid(
+        client.click_totals(totals_of("alice", &huge)).await,
+        "codes",
+    );
+    // Empty requests: a precise answer each.
+    expect_invalid(
+        client.get_link_stats(GetLinkStatsRequest::default()).await,
+        "code",
+    );
+    expect_invalid(client.top_links(TopLinksRequest::default()).await, "owner");
+    expect_invalid(
+        client.click_totals(ClickTotalsRequest::default()).await,
+        "owner",
+    );
+    // Printable but no link's shape: zero stats, like any code without clicks.
+    let none = client.get_link_stats(stats_of("a/b")).await.unwrap();
+    assert_eq!(none.into_inner().total, 0);
+
+    let now = Utc::now();
+    let mut nul_code = click("nul-code", "code9", now, FIREFOX, "192.0.2.1");
+    nul_code.code = "code\09".into();
+    let dated_1970 = click("old", "code9", DateTime::UNIX_EPOCH, FIREFOX, "192.0.2.1");
+    let long_id = click(&"e".repeat(256), "code9", now, FIREFOX, "192.0.2.1");
+    let not_an_ip = click("bad-ip", "code9", now, FIREFOX, "no.such.ip");
+    for bad in [&nul_code, &dated_1970, &not_an_ip] {
+        f.publish(bad).await;
+    }
+    // Its id cannot be an AMQP message id (a short string): that is the point.
+    f.publish_raw(&long_id.encode_to_vec(), "long-id").await;
+    f.publish(&click("good", "code9", now, FIREFOX, "192.0.2.1"))
+        .await;
+    let s = settled(
+        &mut client,
+        "code9",
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+        1,
+    )
+    .await;
+    assert_eq!(s.total, 1, "only the storable click was counted");
+    let dlq = format!("{}.dlq", f.queue);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.messages_in(&dlq).await < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.messages_in(&dlq).await, 4);
+    let top = client
+        .top_links(top_of("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(top.links.len(), 1);
+    f.cleanup(stop).await;
+}
+
 #[tokio::test]
 async fn batch_messages_count_every_click_once_and_a_bad_batch_is_dead_lettered_whole() {
     let f = Fixture::new().await;
