@@ -445,7 +445,7 @@ async fn hostile_requests_are_invalid_and_unstorable_clicks_are_dead_lettered() 
 
     let now = Utc::now();
     let mut nul_code = click("nul-code", "code9", now, FIREFOX, "192.0.2.1");
-    nul_code.code = "code\09".into();
+    nul_code.code = "code\0x".into();
     let dated_1970 = click("old", "code9", DateTime::UNIX_EPOCH, FIREFOX, "192.0.2.1");
     let long_id = click(&"e".repeat(256), "code9", now, FIREFOX, "192.0.2.1");
     let not_an_ip = click("bad-ip", "code9", now, FIREFOX, "no.such.ip");

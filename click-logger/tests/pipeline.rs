@@ -366,7 +366,7 @@ async fn unstorable_clicks_are_refused_naming_index_and_field() {
             })
         }),
         ("client_ip", |e| e.client_ip = "not-an-ip".into()),
-        ("code", |e| e.code = "abc\0123".into()),
+        ("code", |e| e.code = "abc\0xyz".into()),
         ("referrer", |e| e.referrer = "r".repeat(5 << 20)),
         ("user_agent", |e| e.user_agent = "Mozilla\n".into()),
         ("owner", |e| e.owner = "\u{9b}".into()),
