@@ -3,23 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use shortfleet_common::config::{ConfigError, ConfigSource};
-
-/// A value that must never reach a log line; `Debug` prints a placeholder.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+use shortfleet_common::config::{ConfigError, ConfigSource, Secret};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -72,7 +56,7 @@ impl Config {
             batch_max: r.get("SHORTFLEET_BATCH_MAX", 500),
             batch_max_wait: r.millis("SHORTFLEET_BATCH_MAX_WAIT_MS", 50),
             retention_days: r.get("SHORTFLEET_RETENTION_DAYS", 400),
-            visitor_secret: Secret(
+            visitor_secret: Secret::new(
                 r.string("SHORTFLEET_VISITOR_SECRET", "shortfleet-dev-visitor-secret"),
             ),
             geoip_db: r

@@ -188,6 +188,7 @@ impl ClickConsumer {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut pending = Vec::with_capacity(batch.iter().map(Received::weight).sum());
+        let now = chrono::Utc::now();
         for received in batch {
             let (tag, weight) = (received.tag, received.weight());
             // Every click of a message is stored, or the message is poison.
@@ -196,7 +197,7 @@ impl ClickConsumer {
                     .iter()
                     .map(|event| {
                         let click =
-                            store::enrich(event, &self.visitor_secret, self.geoip.as_deref())?;
+                            store::enrich(event, now, &self.visitor_secret, self.geoip.as_deref())?;
                         Some(Pending {
                             tag,
                             _span: process_span(&event.traceparent, &click),

@@ -1,6 +1,8 @@
 //! The `Analytics` gRPC service: stats of one link and an owner's top links.
 //! A link with no clicks has zero stats, not NOT_FOUND: ownership and
-//! existence are the gateway's (write-svc's) business.
+//! existence are the gateway's (write-svc's) business. Every string field
+//! passes the fleet's input policy ([`shortfleet_common::input`]) first: an
+//! empty, over-long or control-character owner or code is INVALID_ARGUMENT.
 //!
 //! Stats come from rollups: the series and totals from hourly rows (a
 //! period starting mid-hour includes that whole hour), visitors and the
@@ -10,12 +12,15 @@ use std::{future::Future, time::Duration as StdDuration};
 
 use chrono::{DateTime, Duration, DurationRound, TimeDelta, Utc};
 use deadpool_postgres::Pool;
-use shortfleet_common::time::{from_proto, to_proto};
+use shortfleet_common::{
+    input::{self, InputError},
+    time::{from_proto, to_proto},
+};
 use shortfleet_proto::v1::{
     ClickTotalsRequest, ClickTotalsResponse, GetLinkStatsRequest, Interval, LinkStats, NamedCount,
     SeriesPoint, TopLinksRequest, TopLinksResponse, analytics_server::Analytics,
 };
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Request, Response, Status};
 
 use crate::store;
 
@@ -23,10 +28,6 @@ const MAX_POINTS: i64 = 10_000;
 const MAX_PERIOD_DAYS: i64 = 400;
 const DEFAULT_PERIOD_DAYS: i64 = 7;
 const TOP_PER_DIMENSION: usize = 10;
-
-/// Metadata key naming the offending field of an INVALID_ARGUMENT (the
-/// gateway turns it into problem+json `errors[]`); same key as write-svc.
-const FIELD_METADATA: &str = "sf-field";
 
 /// Why a stats request failed; the one mapping to gRPC codes is below.
 #[derive(Debug, thiserror::Error)]
@@ -45,16 +46,17 @@ fn invalid(field: &'static str, reason: impl ToString) -> StatsError {
     }
 }
 
+/// A field refused by the fleet's input policy.
+impl From<InputError> for StatsError {
+    fn from(err: InputError) -> Self {
+        invalid(err.field, err.rule)
+    }
+}
+
 impl From<StatsError> for Status {
     fn from(err: StatsError) -> Self {
         match &err {
-            StatsError::Invalid { field, .. } => {
-                let mut status = Status::invalid_argument(err.to_string());
-                if let Ok(v) = MetadataValue::try_from(*field) {
-                    status.metadata_mut().insert(FIELD_METADATA, v);
-                }
-                status
-            }
+            StatsError::Invalid { field, reason } => input::invalid_argument(field, reason),
             StatsError::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "stats query failed");
                 Status::unavailable(err.to_string())
@@ -146,6 +148,7 @@ impl Analytics for AnalyticsService {
         request: Request<GetLinkStatsRequest>,
     ) -> Result<Response<LinkStats>, Status> {
         let req = request.into_inner();
+        input::CODE.check(&req.code).map_err(StatsError::from)?;
         let (from, to) = period(req.from.as_ref(), req.to.as_ref())?;
         let (interval, step) = step_of(req.interval);
         let slots = buckets(from, to, step);
@@ -220,9 +223,7 @@ impl Analytics for AnalyticsService {
         request: Request<TopLinksRequest>,
     ) -> Result<Response<TopLinksResponse>, Status> {
         let req = request.into_inner();
-        if req.owner.is_empty() {
-            return Err(invalid("owner", "required").into());
-        }
+        input::OWNER.check(&req.owner).map_err(StatsError::from)?;
         let (from, to) = period(req.from.as_ref(), req.to.as_ref())?;
         let limit = match req.limit {
             0 => 10,
@@ -247,11 +248,12 @@ impl Analytics for AnalyticsService {
         request: Request<ClickTotalsRequest>,
     ) -> Result<Response<ClickTotalsResponse>, Status> {
         let req = request.into_inner();
-        if req.owner.is_empty() {
-            return Err(invalid("owner", "required").into());
-        }
+        input::OWNER.check(&req.owner).map_err(StatsError::from)?;
         if !(1..=MAX_TOTALS).contains(&req.codes.len()) {
             return Err(invalid("codes", "must hold 1 to 100 codes").into());
+        }
+        for code in &req.codes {
+            CODES.check(code).map_err(StatsError::from)?;
         }
         let totals = self
             .query(store::click_totals(&self.pool, &req.owner, &req.codes))
@@ -267,6 +269,8 @@ impl Analytics for AnalyticsService {
 
 /// Codes per `ClickTotals` call: one page of the link list.
 const MAX_TOTALS: usize = 100;
+/// Each of `ClickTotals`' codes, under the request's field name.
+const CODES: input::Bound = input::CODE.named("codes");
 
 #[cfg(test)]
 mod tests {
@@ -311,7 +315,10 @@ mod tests {
         let err = period(Some(&too_long), Some(&to_proto(to))).unwrap_err();
         let status = Status::from(err);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert_eq!(status.metadata().get(FIELD_METADATA).unwrap(), "from");
+        assert_eq!(
+            status.metadata().get(input::FIELD_METADATA).unwrap(),
+            "from"
+        );
     }
 
     #[test]

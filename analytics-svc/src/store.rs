@@ -13,7 +13,7 @@ use std::{
 use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
 use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
-use shortfleet_common::time::from_proto;
+use shortfleet_common::click;
 use shortfleet_proto::v1::ClickEvent;
 
 use crate::{
@@ -43,15 +43,24 @@ fn clean(s: &str, max: usize) -> String {
 }
 
 /// Enriches an event; `None` for one that can never be stored (a poison
-/// message: no id, no code, no valid time). The country is the one a
-/// trusted proxy told the gateway, else the GeoIP database's, if any.
-pub fn enrich(event: &ClickEvent, visitor_secret: &str, geoip: Option<&GeoIp>) -> Option<Click> {
-    if event.event_id.is_empty() || event.code.is_empty() {
-        return None;
-    }
+/// message: not a storable click by the rule click-logger applies too,
+/// [`shortfleet_common::click`], at `now`). The country is the one a trusted proxy
+/// told the gateway, else the GeoIP database's, if any.
+pub fn enrich(
+    event: &ClickEvent,
+    now: DateTime<Utc>,
+    visitor_secret: &str,
+    geoip: Option<&GeoIp>,
+) -> Option<Click> {
+    let occurred_at = match click::check(event, now) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "a click that cannot be stored");
+            return None;
+        }
+    };
     // PostgreSQL keeps microseconds: truncate now so a redelivery and the
     // stored row compare equal.
-    let occurred_at = event.occurred_at.as_ref().and_then(from_proto)?;
     let occurred_at = occurred_at
         .duration_trunc(TimeDelta::microseconds(1))
         .unwrap_or(occurred_at);
@@ -75,9 +84,10 @@ pub fn enrich(event: &ClickEvent, visitor_secret: &str, geoip: Option<&GeoIp>) -
         .filter(|c| is_country_code(c))
         .unwrap_or_default();
     Some(Click {
-        event_id: clean(&event.event_id, 64),
-        code: clean(&event.code, 64),
-        owner: clean(&event.owner, 128),
+        // Checked above: bounded, no NUL or other control characters.
+        event_id: event.event_id.clone(),
+        code: event.code.clone(),
+        owner: event.owner.clone(),
         occurred_at,
         is_bot: agent.bot || event.head_request,
         referrer_host: clean(&referrer_host(&event.referrer), 255),
@@ -440,19 +450,28 @@ mod tests {
     #[test]
     fn poison_events_are_refused() {
         let t = Utc::now();
-        assert!(enrich(&event("", FIREFOX, t), "s", None).is_none());
+        assert!(enrich(&event("", FIREFOX, t), t, "s", None).is_none());
         let mut no_time = event("e", FIREFOX, t);
         no_time.occurred_at = None;
-        assert!(enrich(&no_time, "s", None).is_none());
+        assert!(enrich(&no_time, t, "s", None).is_none());
+        // The shared click rule: what click-logger refuses is poison here.
+        let mut nul = event("e", FIREFOX, t);
+        nul.code = "ab\0cd".into();
+        assert!(enrich(&nul, t, "s", None).is_none());
+        let old = event("e", FIREFOX, t - TimeDelta::days(401));
+        assert!(enrich(&old, t, "s", None).is_none());
+        let mut huge_referrer = event("e", FIREFOX, t);
+        huge_referrer.referrer = "r".repeat(5 << 20);
+        assert!(enrich(&huge_referrer, t, "s", None).is_none());
     }
 
     #[test]
     fn visitor_hashes_rotate_daily_and_hide_the_ip() {
         let d1 = Utc.with_ymd_and_hms(2026, 1, 1, 23, 0, 0).unwrap();
         let d2 = Utc.with_ymd_and_hms(2026, 1, 2, 1, 0, 0).unwrap();
-        let a = enrich(&event("a", FIREFOX, d1), "s", None).unwrap();
-        let b = enrich(&event("b", FIREFOX, d1), "s", None).unwrap();
-        let c = enrich(&event("c", FIREFOX, d2), "s", None).unwrap();
+        let a = enrich(&event("a", FIREFOX, d1), d2, "s", None).unwrap();
+        let b = enrich(&event("b", FIREFOX, d1), d2, "s", None).unwrap();
+        let c = enrich(&event("c", FIREFOX, d2), d2, "s", None).unwrap();
         assert_eq!(a.visitor, b.visitor);
         assert_ne!(a.visitor, c.visitor);
         assert!(!a.visitor.windows(9).any(|w| w == b"192.0.2.1"));
@@ -467,7 +486,7 @@ mod tests {
             event("3", "Googlebot/2.1", t),
         ]
         .iter()
-        .map(|e| enrich(e, "s", None).unwrap())
+        .map(|e| enrich(e, t + TimeDelta::hours(1), "s", None).unwrap())
         .collect();
         let r = rollups(&clicks);
         let ten = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();

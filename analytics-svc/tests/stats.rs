@@ -8,7 +8,7 @@ mod mmdb;
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{
@@ -192,6 +192,15 @@ impl Fixture {
     }
 }
 
+/// `hour:minute` on the `n`th day of a fixed window 60 days ago: old enough
+/// to be history, recent enough to be a storable click (at most 400 days).
+fn day(n: i64, hour: i64, minute: i64) -> DateTime<Utc> {
+    let start = (Utc::now() - TimeDelta::days(60))
+        .duration_trunc(TimeDelta::days(1))
+        .expect("days divide time");
+    start + TimeDelta::days(n) + TimeDelta::hours(hour) + TimeDelta::minutes(minute)
+}
+
 fn click(id: &str, code: &str, at: DateTime<Utc>, ua: &str, ip: &str) -> ClickEvent {
     ClickEvent {
         event_id: id.into(),
@@ -247,8 +256,8 @@ async fn settled(
 async fn counts_once_splits_bots_and_buckets_across_a_day_boundary() {
     let f = Fixture::new().await;
     let (mut client, stop) = f.start().await;
-    let late = Utc.with_ymd_and_hms(2026, 3, 1, 23, 30, 0).unwrap();
-    let early = Utc.with_ymd_and_hms(2026, 3, 2, 0, 30, 0).unwrap();
+    let late = day(0, 23, 30);
+    let early = day(1, 0, 30);
     let events = [
         click("e1", "code1", late, FIREFOX, "192.0.2.1"),
         click("e2", "code1", late, FIREFOX, "192.0.2.1"), // same visitor, same day
@@ -272,8 +281,8 @@ async fn counts_once_splits_bots_and_buckets_across_a_day_boundary() {
     f.publish(&events[0]).await;
     f.publish(&events[3]).await;
 
-    let from = Utc.with_ymd_and_hms(2026, 3, 1, 22, 0, 0).unwrap();
-    let to = Utc.with_ymd_and_hms(2026, 3, 2, 2, 0, 0).unwrap();
+    let from = day(0, 22, 0);
+    let to = day(1, 2, 0);
     let s = settled(&mut client, "code1", from, to, 6).await;
     assert_eq!((s.total, s.bots), (4, 2), "humans and bots");
     // A person is a unique visitor once per day: 1 on the 1st, 2 on the 2nd.
@@ -284,8 +293,8 @@ async fn counts_once_splits_bots_and_buckets_across_a_day_boundary() {
     let days: Vec<u64> = daily.series.iter().map(|p| p.clicks).collect();
     assert_eq!(days, vec![2, 2]);
     // Whole UTC days come from the daily rollup: same numbers.
-    let day1 = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
-    let day3 = Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap();
+    let day1 = day(0, 0, 0);
+    let day3 = day(2, 0, 0);
     let whole = stats(&mut client, "code1", day1, day3, Interval::Day).await;
     let whole_days: Vec<u64> = whole.series.iter().map(|p| p.clicks).collect();
     assert_eq!((whole_days, whole.total, whole.bots), (vec![2, 2], 4, 2));
@@ -366,6 +375,108 @@ async fn poison_messages_are_dead_lettered_without_blocking_the_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(f.messages_in(&dlq).await, 2);
+    f.cleanup(stop).await;
+}
+
+/// Asserts INVALID_ARGUMENT naming `field`, without the value in the message.
+#[track_caller]
+fn expect_invalid<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    field: &str,
+) {
+    let status = result.expect_err(field);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.metadata().get("sf-field").unwrap(), field);
+    assert!(status.message().len() < 100, "the value is not echoed");
+}
+
+/// Issue 11: empty, NUL and over-long owners and codes are INVALID_ARGUMENT
+/// naming the field (not UNAVAILABLE from PostgreSQL, not echoed back);
+/// clicks that break the shared click rule are dead-lettered; and the
+/// service keeps counting and answering.
+#[tokio::test]
+async fn hostile_requests_are_invalid_and_unstorable_clicks_are_dead_lettered() {
+    let f = Fixture::new().await;
+    let (mut client, stop) = f.start().await;
+    let stats_of = |code: &str| GetLinkStatsRequest {
+        code: code.into(),
+        ..Default::default()
+    };
+    let top_of = |owner: &str| TopLinksRequest {
+        owner: owner.into(),
+        ..Default::default()
+    };
+    let totals_of = |owner: &str, code: &str| ClickTotalsRequest {
+        owner: owner.into(),
+        codes: vec!["code9".into(), code.into()],
+    };
+    let huge = "c".repeat(3 << 20);
+    for code in ["", "ab\0cd", &"x".repeat(65), &huge] {
+        expect_invalid(client.get_link_stats(stats_of(code)).await, "code");
+    }
+    for owner in ["", "al\0ce", "\u{9f}", &"o".repeat(129)] {
+        expect_invalid(client.top_links(top_of(owner)).await, "owner");
+        expect_invalid(
+            client.click_totals(totals_of(owner, "code9")).await,
+            "owner",
+        );
+    }
+    expect_invalid(
+        client.click_totals(totals_of("alice", "a\0b")).await,
+        "codes",
+    );
+    expect_invalid(
+        client.click_totals(totals_of("alice", &huge)).await,
+        "codes",
+    );
+    // Empty requests: a precise answer each.
+    expect_invalid(
+        client.get_link_stats(GetLinkStatsRequest::default()).await,
+        "code",
+    );
+    expect_invalid(client.top_links(TopLinksRequest::default()).await, "owner");
+    expect_invalid(
+        client.click_totals(ClickTotalsRequest::default()).await,
+        "owner",
+    );
+    // Printable but no link's shape: zero stats, like any code without clicks.
+    let none = client.get_link_stats(stats_of("a/b")).await.unwrap();
+    assert_eq!(none.into_inner().total, 0);
+
+    let now = Utc::now();
+    let mut nul_code = click("nul-code", "code9", now, FIREFOX, "192.0.2.1");
+    nul_code.code = "code\0x".into();
+    let dated_1970 = click("old", "code9", DateTime::UNIX_EPOCH, FIREFOX, "192.0.2.1");
+    let long_id = click(&"e".repeat(256), "code9", now, FIREFOX, "192.0.2.1");
+    let not_an_ip = click("bad-ip", "code9", now, FIREFOX, "no.such.ip");
+    for bad in [&nul_code, &dated_1970, &not_an_ip] {
+        f.publish(bad).await;
+    }
+    // Its id cannot be an AMQP message id (a short string): that is the point.
+    f.publish_raw(&long_id.encode_to_vec(), "long-id").await;
+    f.publish(&click("good", "code9", now, FIREFOX, "192.0.2.1"))
+        .await;
+    let s = settled(
+        &mut client,
+        "code9",
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+        1,
+    )
+    .await;
+    assert_eq!(s.total, 1, "only the storable click was counted");
+    let dlq = format!("{}.dlq", f.queue);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.messages_in(&dlq).await < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.messages_in(&dlq).await, 4);
+    let top = client
+        .top_links(top_of("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(top.links.len(), 1);
     f.cleanup(stop).await;
 }
 
@@ -482,7 +593,7 @@ async fn a_geoip_file_supplies_the_country_a_trusted_header_did_not() {
     let (mut client, stop) = f
         .start_with([("SHORTFLEET_GEOIP_DB", path.display().to_string())])
         .await;
-    let at = Utc.with_ymd_and_hms(2026, 5, 4, 10, 0, 0).unwrap();
+    let at = day(3, 10, 0);
     let without_header = |id: &str, ip: &str| {
         let mut c = click(id, "geo", at, FIREFOX, ip);
         c.country = String::new();
@@ -496,8 +607,8 @@ async fn a_geoip_file_supplies_the_country_a_trusted_header_did_not() {
     f.publish(&click("g4", "geo", at, FIREFOX, "203.0.113.9"))
         .await;
 
-    let from = Utc.with_ymd_and_hms(2026, 5, 4, 0, 0, 0).unwrap();
-    let to = Utc.with_ymd_and_hms(2026, 5, 5, 0, 0, 0).unwrap();
+    let from = day(3, 0, 0);
+    let to = day(4, 0, 0);
     let s = settled(&mut client, "geo", from, to, 4).await;
     std::fs::remove_file(&path).unwrap();
     assert_eq!(s.total, 4);

@@ -1,9 +1,20 @@
 //! The `ClickLogger` gRPC service: a batch is acknowledged only once every
 //! click in it is confirmed by RabbitMQ or fsync'd to the spool.
+//!
+//! Every click of a batch must be storable ([`shortfleet_common::click`],
+//! the rule analytics-svc applies too) before any of it is published: one
+//! bad click refuses the whole batch, INVALID_ARGUMENT naming its index and
+//! field (on a stream: an ack with `invalid` set, and the stream goes on).
+//! Whole-batch refusal keeps an ack meaning "all of these, durably", and a
+//! sender that fits its clicks to the rule (the gateway does) never sees it.
 
 use std::sync::Arc;
 
-use shortfleet_common::time::from_proto;
+use chrono::{DateTime, Utc};
+use shortfleet_common::{
+    click,
+    input::{self, InputError},
+};
 use shortfleet_proto::v1::{ClickAck, ClickBatch, ClickEvent, click_logger_server::ClickLogger};
 use tonic::{Request, Response, Status};
 
@@ -20,8 +31,13 @@ pub const MAX_BATCH: usize = 10_000;
 pub enum IngestError {
     #[error("events: at most {MAX_BATCH} clicks per batch, got {0}")]
     TooLarge(usize),
-    #[error("events[{0}]: event_id, code and a valid occurred_at are required")]
-    Incomplete(usize),
+    /// The click at `index` is not storable.
+    #[error("events[{index}].{}", .source)]
+    Invalid {
+        index: usize,
+        #[source]
+        source: InputError,
+    },
     #[error("RabbitMQ is unavailable and the spool is full")]
     SpoolFull(u64),
     #[error("RabbitMQ is unavailable and the spool cannot be written")]
@@ -31,8 +47,9 @@ pub enum IngestError {
 impl From<IngestError> for Status {
     fn from(err: IngestError) -> Self {
         match &err {
-            IngestError::TooLarge(_) | IngestError::Incomplete(_) => {
-                Status::invalid_argument(err.to_string())
+            IngestError::TooLarge(_) => input::invalid_argument("events", err),
+            IngestError::Invalid { index, source } => {
+                input::invalid_argument(&format!("events[{index}].{}", source.field), &source.rule)
             }
             IngestError::SpoolFull(bytes) => {
                 tracing::warn!(spool_bytes = bytes, "refusing clicks: spool full");
@@ -49,19 +66,14 @@ impl From<IngestError> for Status {
 /// Checks a batch before anything is published or spooled, so a click
 /// analytics could not store never reaches the queue, where it would
 /// dead-letter the whole message it shares with other clicks.
-pub fn validate(events: &[ClickEvent]) -> Result<(), IngestError> {
+pub fn validate(events: &[ClickEvent], now: DateTime<Utc>) -> Result<(), IngestError> {
     if events.len() > MAX_BATCH {
         return Err(IngestError::TooLarge(events.len()));
     }
-    let storable = |e: &ClickEvent| {
-        !e.event_id.is_empty()
-            && !e.code.is_empty()
-            && e.occurred_at.as_ref().and_then(from_proto).is_some()
-    };
-    match events.iter().position(|e| !storable(e)) {
-        Some(bad) => Err(IngestError::Incomplete(bad)),
-        None => Ok(()),
+    for (index, event) in events.iter().enumerate() {
+        click::check(event, now).map_err(|source| IngestError::Invalid { index, source })?;
     }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -75,7 +87,7 @@ pub struct ClickLoggerService {
 
 impl ClickLoggerService {
     async fn ingest(&self, events: Vec<ClickEvent>) -> Result<u32, IngestError> {
-        validate(&events)?;
+        validate(&events, Utc::now())?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -119,7 +131,7 @@ fn stream_ack(sequence: u64, result: Result<u32, IngestError>) -> ClickAck {
         Err(e) => ClickAck {
             accepted: 0,
             sequence,
-            invalid: matches!(e, IngestError::TooLarge(_) | IngestError::Incomplete(_)),
+            invalid: matches!(e, IngestError::TooLarge(_) | IngestError::Invalid { .. }),
             error: e.to_string(),
         },
     }
@@ -174,50 +186,88 @@ impl ClickLogger for ClickLoggerService {
 mod tests {
     use super::*;
 
+    /// Breaks one rule of a click.
+    type Breaks = fn(&mut ClickEvent);
+    use shortfleet_common::time::to_proto;
+
     fn event(id: &str, code: &str) -> ClickEvent {
         ClickEvent {
             event_id: id.into(),
             code: code.into(),
-            occurred_at: Some(prost_types::Timestamp {
-                seconds: 1_763_856_000,
-                nanos: 0,
-            }),
+            occurred_at: Some(to_proto(Utc::now())),
             ..Default::default()
         }
     }
 
+    /// The index and field of a refused batch.
+    fn refused(events: &[ClickEvent]) -> (usize, &'static str) {
+        match validate(events, Utc::now()) {
+            Err(IngestError::Invalid { index, source }) => (index, source.field),
+            other => panic!("expected an invalid click, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn a_batch_needs_ids_and_codes_and_a_bounded_size() {
-        assert!(validate(&[]).is_ok());
-        assert!(validate(&[event("a", "c")]).is_ok());
-        assert!(matches!(
-            validate(&[event("a", "c"), event("", "c")]),
-            Err(IngestError::Incomplete(1))
-        ));
-        assert!(matches!(
-            validate(&[event("a", "")]),
-            Err(IngestError::Incomplete(0))
-        ));
-        let mut no_time = event("a", "c");
+    fn a_batch_needs_storable_clicks_and_a_bounded_size() {
+        let now = Utc::now();
+        assert!(validate(&[], now).is_ok());
+        assert!(validate(&[event("a", "abc")], now).is_ok());
+        assert_eq!(
+            refused(&[event("a", "abc"), event("", "abc")]),
+            (1, "event_id")
+        );
+        assert_eq!(refused(&[event("a", "")]), (0, "code"));
+        let mut no_time = event("a", "abc");
         no_time.occurred_at = None;
-        let mut bad_time = event("b", "c");
+        let mut bad_time = event("b", "abc");
         bad_time.occurred_at = Some(prost_types::Timestamp {
             seconds: 0,
             nanos: -1,
         });
         for bad in [no_time, bad_time] {
-            assert!(matches!(
-                validate(&[event("x", "c"), bad]),
-                Err(IngestError::Incomplete(1))
-            ));
+            assert_eq!(refused(&[event("x", "abc"), bad]), (1, "occurred_at"));
         }
-        let big = vec![event("a", "c"); MAX_BATCH + 1];
-        assert!(matches!(validate(&big), Err(IngestError::TooLarge(_))));
-        let status = Status::from(IngestError::Incomplete(3));
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let big = vec![event("a", "abc"); MAX_BATCH + 1];
+        assert!(matches!(validate(&big, now), Err(IngestError::TooLarge(_))));
         assert_eq!(
             Status::from(IngestError::SpoolFull(1)).code(),
             tonic::Code::Unavailable
         );
+    }
+
+    #[test]
+    fn the_issue_11_probes_are_refused_naming_index_and_field() {
+        let probes: Vec<(&str, Breaks)> = vec![
+            ("event_id", |e| e.event_id = "e".repeat(256)),
+            ("occurred_at", |e| {
+                e.occurred_at = Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: 0,
+                })
+            }),
+            ("occurred_at", |e| {
+                e.occurred_at = Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                })
+            }),
+            ("client_ip", |e| e.client_ip = "not an ip".into()),
+            ("code", |e| e.code = "ab\0cd".into()),
+            ("referrer", |e| e.referrer = "r".repeat(5 << 20)),
+        ];
+        for (field, probe) in probes {
+            let mut bad = event("b", "abc");
+            probe(&mut bad);
+            assert_eq!(refused(&[event("a", "abc"), bad.clone()]), (1, field));
+            let err = validate(&[event("a", "abc"), bad], Utc::now()).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("events[1].{field}: ")));
+            let status = Status::from(err);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert_eq!(
+                status.metadata().get(input::FIELD_METADATA).unwrap(),
+                format!("events[1].{field}").as_str()
+            );
+            assert!(status.message().len() < 100, "{}", status.message());
+        }
     }
 }

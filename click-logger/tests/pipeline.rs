@@ -11,7 +11,7 @@ use lapin::{
     types::FieldTable,
 };
 use prost::Message;
-use shortfleet_common::{amqp, config::ConfigSource, service::Service};
+use shortfleet_common::{amqp, config::ConfigSource, service::Service, time::to_proto};
 use shortfleet_e2e::proxy::FaultProxy;
 use shortfleet_proto::v1::{ClickBatch, ClickEvent, click_logger_client::ClickLoggerClient};
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,11 @@ async fn broker_channel(names: &Names) -> (Connection, Channel) {
     (conn, channel)
 }
 
+/// When test clicks happened: an hour before the tests started (a click is
+/// storable for 400 days), the same for every call so batches compare equal.
+static CLICK_TIME: std::sync::LazyLock<chrono::DateTime<chrono::Utc>> =
+    std::sync::LazyLock::new(|| chrono::Utc::now() - chrono::TimeDelta::hours(1));
+
 fn batch(prefix: &str, n: usize) -> ClickBatch {
     ClickBatch {
         events: (0..n)
@@ -86,10 +91,9 @@ fn batch(prefix: &str, n: usize) -> ClickBatch {
                 event_id: format!("{prefix}-{i}"),
                 code: "abc1234".into(),
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-                occurred_at: Some(prost_types::Timestamp {
-                    seconds: 1_763_856_000 + i as i64,
-                    nanos: 0,
-                }),
+                occurred_at: Some(to_proto(
+                    *CLICK_TIME + chrono::TimeDelta::milliseconds(i as i64),
+                )),
                 ..Default::default()
             })
             .collect(),
@@ -334,6 +338,99 @@ async fn a_stream_acknowledges_each_batch_in_order_and_flags_invalid_ones() {
         delivered
             .keys()
             .all(|id| id.starts_with("s1") || id.starts_with("s2"))
+    );
+    stop.cancel();
+    names.cleanup(&channel).await;
+}
+
+/// Issue 11: clicks analytics could never store (a 256-byte event id that
+/// would panic lapin, dates in 1970 or the year 10000, a client IP that is
+/// not one, a NUL in the code, a 5 MB referrer) refuse their whole batch,
+/// naming index and field, on both methods; nothing of it reaches the
+/// queue, and valid batches go on being published.
+#[tokio::test]
+async fn unstorable_clicks_are_refused_naming_index_and_field() {
+    type Probe = fn(&mut ClickEvent);
+    let probes: [(&str, Probe); 8] = [
+        ("event_id", |e| e.event_id = "e".repeat(256)),
+        ("occurred_at", |e| {
+            e.occurred_at = Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            })
+        }),
+        ("occurred_at", |e| {
+            e.occurred_at = Some(prost_types::Timestamp {
+                seconds: 253_402_300_800,
+                nanos: 0,
+            })
+        }),
+        ("client_ip", |e| e.client_ip = "not-an-ip".into()),
+        ("code", |e| e.code = "abc\0xyz".into()),
+        ("referrer", |e| e.referrer = "r".repeat(5 << 20)),
+        ("user_agent", |e| e.user_agent = "Mozilla\n".into()),
+        ("owner", |e| e.owner = "\u{9b}".into()),
+    ];
+    let names = Names::fresh();
+    let (_conn, channel) = broker_channel(&names).await;
+    let (url, stop) = start(&names, AMQP).await;
+    let mut client = ClickLoggerClient::connect(url)
+        .await
+        .unwrap()
+        .max_encoding_message_size(32 << 20);
+
+    let mut stream_batches = Vec::new();
+    for (i, (field, probe)) in probes.iter().enumerate() {
+        let mut bad = batch(&format!("bad{i}"), 3);
+        probe(&mut bad.events[1]);
+        stream_batches.push(bad.clone());
+        let err = client.log_clicks(bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        let named = format!("events[1].{field}");
+        assert_eq!(err.metadata().get("sf-field").unwrap(), named.as_str());
+        assert!(err.message().starts_with(&named), "{}", err.message());
+        assert!(err.message().len() < 100, "the value is not echoed");
+    }
+    // An empty batch is genuinely valid: nothing to log.
+    let empty = client.log_clicks(ClickBatch::default()).await.unwrap();
+    assert_eq!(empty.into_inner().accepted, 0);
+
+    // The same probes on a stream: each batch's ack says invalid; the
+    // stream goes on and takes the valid batch after them.
+    stream_batches.push(batch("good", 5));
+    for (i, b) in stream_batches.iter_mut().enumerate() {
+        b.sequence = i as u64 + 1;
+    }
+    let mut acks = client
+        .stream_clicks(tokio_stream::iter(stream_batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        seen.push((ack.sequence, ack.accepted, ack.invalid));
+    }
+    let mut expected: Vec<_> = (1..=probes.len() as u64).map(|s| (s, 0, true)).collect();
+    expected.push((probes.len() as u64 + 1, 5, false));
+    assert_eq!(seen, expected);
+    // An empty stream ends cleanly.
+    let mut none = client
+        .stream_clicks(tokio_stream::iter(Vec::<ClickBatch>::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.message().await.unwrap().is_none());
+
+    // Still publishing; only valid clicks ever reached the queue.
+    let ack = client.log_clicks(batch("after", 5)).await.unwrap();
+    assert_eq!(ack.into_inner().accepted, 5);
+    let delivered = drain(&channel, &names.queue, 10).await;
+    assert_eq!(delivered.len(), 10);
+    assert!(
+        delivered
+            .keys()
+            .all(|id| id.starts_with("good") || id.starts_with("after")),
+        "{delivered:?}"
     );
     stop.cancel();
     names.cleanup(&channel).await;

@@ -12,6 +12,26 @@ use std::{collections::HashMap, fmt, path::Path, str::FromStr, time::Duration};
 /// Exit code for an invalid configuration (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
 
+/// A value that must never reach a log line; `Debug` prints a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 /// The merged key/value pairs a service reads its configuration from.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSource {

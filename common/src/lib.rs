@@ -15,12 +15,20 @@
 //! - [`redis`]: a fail-fast, self-reconnecting Redis client.
 //! - [`trace`]: W3C trace context over HTTP, gRPC metadata and AMQP headers.
 //! - [`time`]: conversions between `chrono` and protobuf timestamps.
+//! - [`input`]: the input policy of every gRPC edge (bounds, no control
+//!   characters, INVALID_ARGUMENT naming the field).
+//! - [`click`]: the one definition of a storable click, shared by the
+//!   gateway, click-logger and analytics-svc.
 //!
 //! It must never hold domain logic: a service's rules live in that service.
+//! The exception is a wire rule both sides of a contract must agree on
+//! ([`input`] bounds, [`click`]), which would drift if each side kept a copy.
 
 pub mod amqp;
+pub mod click;
 pub mod config;
 pub mod grpc;
+pub mod input;
 pub mod link_events;
 pub mod ops;
 pub mod postgres;

@@ -31,8 +31,12 @@ impl ClickSink {
         (Self { tx }, rx)
     }
 
-    /// Never blocks: a full buffer drops the click.
-    pub fn record(&self, event: ClickEvent) {
+    /// Never blocks: a full buffer drops the click. The click is first fit
+    /// to the fleet's click rule (referrer and user agent cut to their
+    /// bounds, a malformed trace context or country dropped), so one
+    /// redirect with a huge `Referer` never gets a whole batch refused.
+    pub fn record(&self, mut event: ClickEvent) {
+        shortfleet_common::click::fit(&mut event);
         if self.tx.try_send(event).is_err() {
             metrics::counter!("shortfleet_clicks_dropped_total").increment(1);
         }

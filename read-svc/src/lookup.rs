@@ -15,13 +15,8 @@ pub enum Lookup {
 }
 
 /// Whether a code may exist at all; anything else is unknown without a
-/// lookup. Mirrors write-svc's alias rules.
-pub fn is_plausible_code(code: &str) -> bool {
-    (3..=64).contains(&code.len())
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+/// lookup. The fleet's one definition of a code's shape.
+pub use shortfleet_common::input::is_code_shaped as is_plausible_code;
 
 /// Deleted, disabled and expired links are gone (410), not unknown (404).
 pub fn state_at(link: &Link, now: DateTime<Utc>) -> LinkState {

@@ -1,6 +1,11 @@
 //! The `LinkResolver` gRPC service.
+//!
+//! The code passes the fleet's input policy first: empty, over 64 bytes or
+//! holding a control character is INVALID_ARGUMENT; a printable code that
+//! is not code-shaped names no link (NOT_FOUND, without a lookup).
 
 use chrono::Utc;
+use shortfleet_common::input;
 use shortfleet_proto::v1::{
     LinkState, ResolveRequest, ResolveResponse, link_resolver_server::LinkResolver,
 };
@@ -27,7 +32,7 @@ impl LinkResolver for LinkResolverService {
         &self,
         request: Request<ResolveRequest>,
     ) -> Result<Response<ResolveResponse>, Status> {
-        let code = &request.get_ref().code;
+        let code = input::CODE.check(&request.get_ref().code)?;
         let started = std::time::Instant::now();
         let result = self.resolve_code(code).await;
         metrics::histogram!("shortfleet_resolve_duration_seconds")

@@ -49,6 +49,38 @@ async fn resolves_and_keeps_serving_cached_codes_without_write_svc() {
     f.cleanup().await;
 }
 
+/// Issue 11: a code that breaks the input policy (empty, NUL or other
+/// control character, over 64 bytes) is INVALID_ARGUMENT naming `code`,
+/// never sent on to Redis or write-svc; a printable code that is not
+/// code-shaped stays NOT_FOUND; and the replica keeps resolving.
+#[tokio::test]
+async fn hostile_codes_are_invalid_and_resolving_goes_on() {
+    let mut f = Fixture::start().await;
+    let replica = f.replica(REDIS).await;
+    let link = f.create("https://example.com/after-probes").await;
+    let huge = "c".repeat(3 << 20);
+    for bad in ["", "ab\0cd", "abc\u{85}", "\t\t\t", &"x".repeat(65), &huge] {
+        let status = replica.resolve(bad).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{:?}",
+            &bad[..bad.len().min(8)]
+        );
+        assert_eq!(status.metadata().get("sf-field").unwrap(), "code");
+        assert!(status.message().len() < 100, "the value is not echoed");
+    }
+    for unknown in ["ab", "a/b/c", "héllo"] {
+        assert_eq!(
+            replica.resolve(unknown).await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+    let resolved = replica.resolve(&link.code).await.unwrap();
+    assert_eq!(resolved.url, "https://example.com/after-probes");
+    f.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_second_replica_is_served_by_the_redis_read_model() {
     let mut f = Fixture::start().await;

@@ -17,7 +17,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
 
 use crate::{
-    config::Config,
+    config::{Config, DEV_CURSOR_SECRET},
+    cursor::CursorKey,
     migrations::MIGRATIONS,
     outbox::{self, OutboxRelay},
     service::LinkWriterService,
@@ -78,6 +79,11 @@ impl Service for App {
     async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
+        if self.config.cursor_secret.expose() == DEV_CURSOR_SECRET {
+            tracing::warn!(
+                "SHORTFLEET_CURSOR_SECRET is the development default; set it in production"
+            );
+        }
         // Background work stops only after the gRPC server drained, so the
         // relay publishes what the last requests committed.
         let background = CancellationToken::new();
@@ -105,7 +111,11 @@ impl Service for App {
             background.clone(),
         ));
 
-        let service = LinkWriterService::new(self.store.clone(), self.config.public_hosts.clone());
+        let service = LinkWriterService::new(
+            self.store.clone(),
+            self.config.public_hosts.clone(),
+            CursorKey::new(self.config.cursor_secret.expose().as_bytes()),
+        );
         let grace = self.config.shutdown_grace;
         let served = grpc::serve(
             &[shortfleet_proto::v1::link_writer_server::SERVICE_NAME],

@@ -8,6 +8,7 @@
 //! collision is detected by the insert, never by a read-then-write.
 
 use rand::Rng;
+use shortfleet_common::input::{CODE_MAX, CODE_MIN};
 use std::fmt;
 
 pub const GENERATED_LEN: usize = 7;
@@ -60,7 +61,7 @@ impl ShortCode {
 
     /// Parses a user-chosen alias: 3–64 of `[A-Za-z0-9_-]`, not reserved.
     pub fn alias(raw: &str) -> Result<Self, AliasError> {
-        if !(3..=64).contains(&raw.len()) {
+        if !(CODE_MIN..=CODE_MAX).contains(&raw.len()) {
             return Err(AliasError::Length);
         }
         if !raw
@@ -78,10 +79,7 @@ impl ShortCode {
     /// Whether `raw` could name any link at all (generated or alias). Used to
     /// answer NOT_FOUND for garbage without a database round trip.
     pub fn is_plausible(raw: &str) -> bool {
-        (3..=64).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        shortfleet_common::input::is_code_shaped(raw)
     }
 
     pub fn as_str(&self) -> &str {

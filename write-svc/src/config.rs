@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shortfleet_common::config::{ConfigError, ConfigSource};
+use shortfleet_common::config::{ConfigError, ConfigSource, Secret};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -18,7 +18,17 @@ pub struct Config {
     /// Hosts the shortener answers on; targets may not point at them.
     pub public_hosts: Vec<String>,
     pub shutdown_grace: Duration,
+    /// Signs `ListLinks` cursors; every replica must share it, or a cursor
+    /// issued by one is refused by the next.
+    pub cursor_secret: Secret,
 }
+
+/// The documented development value of `SHORTFLEET_CURSOR_SECRET`: fine on
+/// one machine, never in production (anyone reading the source could forge
+/// cursors, though only for pagination positions of their own owner id).
+pub const DEV_CURSOR_SECRET: &str = "shortfleet-dev-cursor-secret";
+/// Shortest accepted cursor secret, in bytes.
+const MIN_CURSOR_SECRET: usize = 16;
 
 impl Config {
     pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigError> {
@@ -42,10 +52,38 @@ impl Config {
                 &["127.0.0.1:8080", "localhost:8080"],
             ),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+            cursor_secret: Secret::new(r.string("SHORTFLEET_CURSOR_SECRET", DEV_CURSOR_SECRET)),
         };
+        if config.cursor_secret.expose().len() < MIN_CURSOR_SECRET {
+            r.invalid(
+                "SHORTFLEET_CURSOR_SECRET",
+                format!("must be at least {MIN_CURSOR_SECRET} bytes"),
+            );
+        }
         if config.db_pool_size == 0 {
             r.invalid("SHORTFLEET_DB_POOL_SIZE", "must be at least 1");
         }
         r.finish(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_secret_is_redacted_and_long_enough() {
+        let source = ConfigSource::from_pairs([("SHORTFLEET_CURSOR_SECRET", "0123456789abcdef-x")]);
+        let config = Config::from_source(&source).unwrap();
+        assert_eq!(config.cursor_secret.expose(), "0123456789abcdef-x");
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+        let default = Config::from_source(&ConfigSource::default()).unwrap();
+        assert_eq!(default.cursor_secret.expose(), DEV_CURSOR_SECRET);
+        let short = ConfigSource::from_pairs([("SHORTFLEET_CURSOR_SECRET", "short")]);
+        let err = Config::from_source(&short).unwrap_err();
+        assert!(
+            err.problems[0].starts_with("SHORTFLEET_CURSOR_SECRET"),
+            "{err}"
+        );
     }
 }

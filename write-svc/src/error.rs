@@ -2,7 +2,8 @@
 //! Clients get a short message without internals; the log gets the cause
 //! chain.
 
-use tonic::{Code, Status, metadata::MetadataValue};
+use shortfleet_common::input::{self, InputError};
+use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -33,18 +34,19 @@ impl WriteError {
 
 /// Metadata key naming the offending field of an INVALID_ARGUMENT, so the
 /// gateway can fill problem+json `errors[]` without parsing messages.
-pub const FIELD_METADATA: &str = "sf-field";
+pub use shortfleet_common::input::FIELD_METADATA;
+
+/// A field refused by the fleet's input policy.
+impl From<InputError> for WriteError {
+    fn from(err: InputError) -> Self {
+        Self::invalid(err.field, err.rule)
+    }
+}
 
 impl From<WriteError> for Status {
     fn from(err: WriteError) -> Self {
         match &err {
-            WriteError::Invalid { field, reason } => {
-                let mut status = Status::new(Code::InvalidArgument, format!("{field}: {reason}"));
-                if let Ok(v) = MetadataValue::try_from(*field) {
-                    status.metadata_mut().insert(FIELD_METADATA, v);
-                }
-                status
-            }
+            WriteError::Invalid { field, reason } => input::invalid_argument(field, reason),
             WriteError::NotFound => Status::not_found(err.to_string()),
             WriteError::Conflict(_) => Status::already_exists(err.to_string()),
             WriteError::IdempotencyMismatch => Status::failed_precondition(err.to_string()),

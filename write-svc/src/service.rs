@@ -1,12 +1,20 @@
 //! The `LinkWriter` gRPC service: validation in, store call, status out.
+//! Every string field passes [`validate`] (the fleet's input policy first)
+//! before anything reaches PostgreSQL.
 
+use shortfleet_common::input::prefix;
 use shortfleet_proto::v1::{
     CreateLinkRequest, CreateLinkResponse, DeleteLinkRequest, DeleteLinkResponse, GetLinkRequest,
     Link, ListLinksRequest, ListLinksResponse, UpdateLinkRequest, link_writer_server::LinkWriter,
 };
 use tonic::{Request, Response, Status};
 
-use crate::{cursor::Cursor, error::WriteError, store::Store, validate};
+use crate::{
+    cursor::{Cursor, CursorKey},
+    error::WriteError,
+    store::Store,
+    validate,
+};
 
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
@@ -15,17 +23,23 @@ pub struct LinkWriterService {
     store: Store,
     /// The shortener's own public hosts; targets may not point at them.
     own_hosts: Vec<String>,
+    /// Signs and checks `ListLinks` cursors.
+    cursor_key: CursorKey,
 }
 
 impl LinkWriterService {
-    pub fn new(store: Store, own_hosts: Vec<String>) -> Self {
-        Self { store, own_hosts }
+    pub fn new(store: Store, own_hosts: Vec<String>, cursor_key: CursorKey) -> Self {
+        Self {
+            store,
+            own_hosts,
+            cursor_key,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl LinkWriter for LinkWriterService {
-    #[tracing::instrument(skip_all, fields(owner = %request.get_ref().owner))]
+    #[tracing::instrument(skip_all, fields(owner = %prefix(&request.get_ref().owner)))]
     async fn create_link(
         &self,
         request: Request<CreateLinkRequest>,
@@ -40,38 +54,41 @@ impl LinkWriter for LinkWriterService {
         Ok(Response::new(response))
     }
 
-    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    #[tracing::instrument(skip_all, fields(code = %prefix(&request.get_ref().code)))]
     async fn get_link(&self, request: Request<GetLinkRequest>) -> Result<Response<Link>, Status> {
         let req = request.into_inner();
-        let owner = (!req.owner.is_empty()).then_some(req.owner.as_str());
-        Ok(Response::new(self.store.get(&req.code, owner).await?))
+        let code = validate::code(&req.code)?;
+        let owner = validate::owner_filter(&req.owner)?;
+        Ok(Response::new(self.store.get(code, owner).await?))
     }
 
-    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    #[tracing::instrument(skip_all, fields(code = %prefix(&request.get_ref().code)))]
     async fn update_link(
         &self,
         request: Request<UpdateLinkRequest>,
     ) -> Result<Response<Link>, Status> {
         let req = request.into_inner();
+        let code = validate::code(&req.code)?;
         let owner = validate::owner(&req.owner)?;
         let change = validate::change(&req, &self.own_hosts)?;
         Ok(Response::new(
-            self.store.update(&req.code, &owner, change).await?,
+            self.store.update(code, &owner, change).await?,
         ))
     }
 
-    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    #[tracing::instrument(skip_all, fields(code = %prefix(&request.get_ref().code)))]
     async fn delete_link(
         &self,
         request: Request<DeleteLinkRequest>,
     ) -> Result<Response<DeleteLinkResponse>, Status> {
         let req = request.into_inner();
+        let code = validate::code(&req.code)?;
         let owner = validate::owner(&req.owner)?;
-        self.store.delete(&req.code, &owner).await?;
+        self.store.delete(code, &owner).await?;
         Ok(Response::new(DeleteLinkResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(owner = %request.get_ref().owner))]
+    #[tracing::instrument(skip_all, fields(owner = %prefix(&request.get_ref().owner)))]
     async fn list_links(
         &self,
         request: Request<ListLinksRequest>,
@@ -83,18 +100,20 @@ impl LinkWriter for LinkWriterService {
             n @ 1..=MAX_PAGE => n,
             _ => return Err(WriteError::invalid("limit", "must be between 1 and 100").into()),
         };
-        let cursor = match req.cursor.as_str() {
+        let cursor = match validate::CURSOR.check(&req.cursor)? {
             "" => None,
             token => Some(
-                Cursor::decode(token)
+                Cursor::decode(token, &self.cursor_key, &owner)
                     .ok_or_else(|| WriteError::invalid("cursor", "is not a cursor we issued"))?,
             ),
         };
-        let tag = (!req.tag.is_empty()).then_some(req.tag.as_str());
+        let tag = Some(validate::TAG_FILTER.check(&req.tag)?).filter(|t| !t.is_empty());
         let (links, next) = self.store.list(&owner, limit, cursor, tag).await?;
         Ok(Response::new(ListLinksResponse {
             links,
-            next_cursor: next.map(|c| c.encode()).unwrap_or_default(),
+            next_cursor: next
+                .map(|c| c.encode(&self.cursor_key, &owner))
+                .unwrap_or_default(),
         }))
     }
 }

@@ -1,9 +1,16 @@
 //! Turns wire requests into validated domain values. Every refusal names the
 //! REST field and the reason; nothing invalid gets past this module.
+//!
+//! Every string field first passes the fleet's input policy
+//! ([`shortfleet_common::input`]: bounded, no control characters), then the
+//! field's own rules.
 
 use chrono::{DateTime, Utc};
 use prost::Message;
-use shortfleet_common::time::from_proto;
+use shortfleet_common::{
+    input::{self, Bound, CODE_MAX, CURSOR_MAX, IDEMPOTENCY_KEY_MAX, TAG_MAX, URL_MAX},
+    time::from_proto,
+};
 use shortfleet_proto::v1::{CreateLinkRequest, UpdateLinkRequest};
 
 use crate::{
@@ -14,14 +21,21 @@ use crate::{
 };
 
 const MAX_TAGS: usize = 20;
-const MAX_TAG_LEN: usize = 64;
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+const URL: Bound = Bound::required("url", URL_MAX);
+const ALIAS: Bound = Bound::optional("alias", CODE_MAX);
+const TAGS: Bound = Bound::required("tags", TAG_MAX);
+const IDEMPOTENCY_KEY: Bound = Bound::optional("Idempotency-Key", IDEMPOTENCY_KEY_MAX);
+const OWNER_FILTER: Bound = Bound::optional("owner", input::OWNER_MAX);
+/// `ListLinks`: a tag to filter by, and the cursor of the next page.
+pub const TAG_FILTER: Bound = Bound::optional("tag", TAG_MAX);
+pub const CURSOR: Bound = Bound::optional("cursor", CURSOR_MAX);
 
 pub fn new_link(req: &CreateLinkRequest, own_hosts: &[String]) -> Result<NewLink, WriteError> {
     Ok(NewLink {
         owner: owner(&req.owner)?,
-        url: TargetUrl::parse(&req.url, own_hosts).map_err(|e| WriteError::invalid("url", e))?,
-        alias: match req.alias.as_deref() {
+        url: url(&req.url, own_hosts)?,
+        alias: match req.alias.as_deref().map(|a| ALIAS.check(a)).transpose()? {
             None | Some("") => None,
             Some(a) => Some(ShortCode::alias(a).map_err(|e| WriteError::invalid("alias", e))?),
         },
@@ -39,16 +53,8 @@ pub fn new_link(req: &CreateLinkRequest, own_hosts: &[String]) -> Result<NewLink
 /// The key and a digest of everything else in the request: a retry must
 /// carry the same body to be a replay.
 pub fn idempotency_key(req: &CreateLinkRequest) -> Result<Option<IdempotencyKey>, WriteError> {
-    if req.idempotency_key.is_empty() {
+    if IDEMPOTENCY_KEY.check(&req.idempotency_key)?.is_empty() {
         return Ok(None);
-    }
-    if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN
-        || req.idempotency_key.chars().any(char::is_control)
-    {
-        return Err(WriteError::invalid(
-            "Idempotency-Key",
-            "must be 1 to 255 printable characters",
-        ));
     }
     let mut body = req.clone();
     body.idempotency_key.clear();
@@ -60,11 +66,7 @@ pub fn idempotency_key(req: &CreateLinkRequest) -> Result<Option<IdempotencyKey>
 
 pub fn change(req: &UpdateLinkRequest, own_hosts: &[String]) -> Result<LinkChange, WriteError> {
     Ok(LinkChange {
-        url: req
-            .url
-            .as_deref()
-            .map(|u| TargetUrl::parse(u, own_hosts).map_err(|e| WriteError::invalid("url", e)))
-            .transpose()?,
+        url: req.url.as_deref().map(|u| url(u, own_hosts)).transpose()?,
         expires_at: if req.clear_expires_at {
             Some(None)
         } else {
@@ -91,10 +93,23 @@ pub fn change(req: &UpdateLinkRequest, own_hosts: &[String]) -> Result<LinkChang
 }
 
 pub fn owner(raw: &str) -> Result<String, WriteError> {
-    if raw.is_empty() || raw.len() > 128 {
-        return Err(WriteError::invalid("owner", "must be 1 to 128 characters"));
-    }
-    Ok(raw.to_owned())
+    Ok(input::OWNER.check(raw)?.to_owned())
+}
+
+/// `GetLink`'s owner: empty (internal resolution, any owner) or an owner.
+pub fn owner_filter(raw: &str) -> Result<Option<&str>, WriteError> {
+    Ok(Some(OWNER_FILTER.check(raw)?).filter(|o| !o.is_empty()))
+}
+
+/// The code a request looks up. Safe to look up once it passes; one that is
+/// not code-shaped is an unknown code (NOT_FOUND), not a malformed request.
+pub fn code(raw: &str) -> Result<&str, WriteError> {
+    Ok(input::CODE.check(raw)?)
+}
+
+fn url(raw: &str, own_hosts: &[String]) -> Result<TargetUrl, WriteError> {
+    // The URL parser silently drops tabs and newlines; refuse them first.
+    TargetUrl::parse(URL.check(raw)?, own_hosts).map_err(|e| WriteError::invalid("url", e))
 }
 
 fn future_time(
@@ -135,13 +150,7 @@ fn tags(raw: &[String]) -> Result<Vec<String>, WriteError> {
     }
     let mut out: Vec<String> = Vec::with_capacity(raw.len());
     for tag in raw {
-        let tag = tag.trim();
-        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(char::is_control) {
-            return Err(WriteError::invalid(
-                "tags",
-                "each tag must be 1 to 64 printable characters",
-            ));
-        }
+        let tag = TAGS.check(tag.trim())?;
         if !out.iter().any(|t| t == tag) {
             out.push(tag.to_owned());
         }

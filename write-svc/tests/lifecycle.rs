@@ -292,3 +292,146 @@ async fn links_are_listed_newest_first_in_pages() {
 
     app.cleanup().await;
 }
+
+/// Issue 11: NUL bytes, control characters, over-long values and forged
+/// cursors in any string field are INVALID_ARGUMENT naming the field (never
+/// INTERNAL from PostgreSQL), and the service keeps serving afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_strings_are_refused_naming_the_field_and_the_service_keeps_serving() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let first = link_of(&app.create("alice", "https://example.com/one").await);
+    app.create("alice", "https://example.com/two").await;
+    let page = client
+        .list_links(list("alice", 1, "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let cursor = page.next_cursor;
+    assert!(!cursor.is_empty());
+
+    // ListLinks: tag, forged / tampered / foreign / truncated cursors, owner.
+    expect_invalid(
+        client.list_links(list("alice", 10, "", "a\0b")).await,
+        "tag",
+    );
+    let long_tag = "t".repeat(65);
+    expect_invalid(
+        client.list_links(list("alice", 10, "", &long_tag)).await,
+        "tag",
+    );
+    let forged = hex::encode(b"1700000000000000.a\0b");
+    expect_invalid(
+        client.list_links(list("alice", 10, &forged, "")).await,
+        "cursor",
+    );
+    let mut tampered = cursor.clone().into_bytes();
+    tampered[4] = if tampered[4] == b'0' { b'1' } else { b'0' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    expect_invalid(
+        client.list_links(list("alice", 10, &tampered, "")).await,
+        "cursor",
+    );
+    expect_invalid(
+        client.list_links(list("bob", 10, &cursor, "")).await,
+        "cursor",
+    );
+    let truncated = &cursor[..cursor.len() - 2];
+    expect_invalid(
+        client.list_links(list("alice", 10, truncated, "")).await,
+        "cursor",
+    );
+    expect_invalid(
+        client.list_links(list("alice", 10, "\0", "")).await,
+        "cursor",
+    );
+    expect_invalid(client.list_links(list("al\0ce", 10, "", "")).await, "owner");
+    expect_invalid(
+        client.list_links(list(&"o".repeat(129), 10, "", "")).await,
+        "owner",
+    );
+
+    // Owners and codes in every method.
+    let nul_owner = create_request("al\0ce", "https://example.com/x");
+    expect_invalid(client.create_link(nul_owner).await, "owner");
+    expect_invalid(client.get_link(get(&first.code, "al\0ce")).await, "owner");
+    expect_invalid(
+        client.update_link(update(&first.code, "al\0ce")).await,
+        "owner",
+    );
+    expect_invalid(
+        client.delete_link(delete(&first.code, "al\0ce")).await,
+        "owner",
+    );
+    expect_invalid(client.get_link(get("ab\0cd", "")).await, "code");
+    expect_invalid(client.update_link(update("ab\0cd", "alice")).await, "code");
+    expect_invalid(client.delete_link(delete("ab\0cd", "alice")).await, "code");
+    let huge = "c".repeat(3 << 20);
+    let status = expect_code(client.get_link(get(&huge, "")).await, Code::InvalidArgument);
+    assert!(status.message().len() < 100, "the value is not echoed");
+    // Printable but not code-shaped: no link has it.
+    expect_code(client.get_link(get("a/b", "")).await, Code::NotFound);
+    expect_code(
+        client.delete_link(delete("a b", "alice")).await,
+        Code::NotFound,
+    );
+
+    // Every other string of CreateLink and UpdateLink.
+    let with = |f: fn(&mut CreateLinkRequest)| {
+        let mut r = create_request("alice", "https://example.com/new");
+        f(&mut r);
+        r
+    };
+    for (field, request) in [
+        ("url", with(|r| r.url = "https://exa\tmple.com/".into())),
+        ("url", with(|r| r.url = "https://example.com/\0".into())),
+        ("alias", with(|r| r.alias = Some("my\0alias".into()))),
+        ("tags", with(|r| r.tags = vec!["ok".into(), "b\0d".into()])),
+        (
+            "Idempotency-Key",
+            with(|r| r.idempotency_key = "k\0".into()),
+        ),
+    ] {
+        expect_invalid(client.create_link(request).await, field);
+    }
+    let mut bad_url = update(&first.code, "alice");
+    bad_url.url = Some("https://example.com/\u{85}".into());
+    expect_invalid(client.update_link(bad_url).await, "url");
+    let mut bad_tags = update(&first.code, "alice");
+    bad_tags.set_tags = true;
+    bad_tags.tags = vec!["\u{7f}".into()];
+    expect_invalid(client.update_link(bad_tags).await, "tags");
+
+    // Empty requests: a precise answer each.
+    expect_invalid(
+        client.create_link(CreateLinkRequest::default()).await,
+        "owner",
+    );
+    expect_invalid(client.get_link(GetLinkRequest::default()).await, "code");
+    expect_invalid(
+        client.update_link(UpdateLinkRequest::default()).await,
+        "code",
+    );
+    expect_invalid(
+        client.delete_link(DeleteLinkRequest::default()).await,
+        "code",
+    );
+    expect_invalid(
+        client.list_links(ListLinksRequest::default()).await,
+        "owner",
+    );
+
+    // Still serving: the genuine cursor, reads and writes.
+    let next = client
+        .list_links(list("alice", 1, &cursor, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.links.len(), 1);
+    assert_eq!(next.links[0].code, first.code);
+    let got = client.get_link(get(&first.code, "alice")).await.unwrap();
+    assert_eq!(got.into_inner().url, "https://example.com/one");
+    app.create("alice", "https://example.com/three").await;
+
+    app.cleanup().await;
+}

@@ -1,0 +1,255 @@
+//! The one definition of a storable click, shared by every side of the
+//! click contract: the gateway fits what it builds to it ([`fit`]),
+//! click-logger refuses a batch holding a click that breaks it, and
+//! analytics-svc dead-letters a message holding one (a click that reached
+//! the queue some other way, or before this rule existed).
+//!
+//! A click is storable when:
+//! - `event_id` is 1–[`EVENT_ID_MAX`] bytes (AMQP's 255-byte short strings,
+//!   where lapin panics, are far away);
+//! - `code` is code-shaped (3–64 of `[A-Za-z0-9_-]`);
+//! - `occurred_at` is present and within [`MAX_AGE_DAYS`] days before and
+//!   [`MAX_FUTURE`] after now — analytics keeps raw clicks in daily
+//!   partitions for 400 days by default; anything older or dated in the far
+//!   future would sit in the default partition forever;
+//! - `client_ip` is empty or an IPv4/IPv6 address;
+//! - `owner`, `referrer`, `user_agent`, `traceparent`, `country` are within
+//!   their bounds ([`crate::input`]);
+//! - no field holds a control character.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use shortfleet_proto::v1::ClickEvent;
+
+use crate::{
+    input::{
+        self, Bound, CLIENT_IP_MAX, COUNTRY_MAX, EVENT_ID_MAX, InputError, OWNER_MAX, REFERRER_MAX,
+        Rule, TRACEPARENT_MAX, USER_AGENT_MAX,
+    },
+    time::from_proto,
+};
+
+/// Oldest click accepted, in days before now (analytics' default retention).
+pub const MAX_AGE_DAYS: i64 = 400;
+/// Latest click accepted, after now: clock skew between hosts, no more.
+pub const MAX_FUTURE: TimeDelta = TimeDelta::minutes(5);
+
+const EVENT_ID: Bound = Bound::required("event_id", EVENT_ID_MAX);
+const OWNER: Bound = Bound::optional("owner", OWNER_MAX);
+const REFERRER: Bound = Bound::optional("referrer", REFERRER_MAX);
+const USER_AGENT: Bound = Bound::optional("user_agent", USER_AGENT_MAX);
+const CLIENT_IP: Bound = Bound::optional("client_ip", CLIENT_IP_MAX);
+const TRACEPARENT: Bound = Bound::optional("traceparent", TRACEPARENT_MAX);
+const COUNTRY: Bound = Bound::optional("country", COUNTRY_MAX);
+
+/// Checks one click against the rule at `now`; `Ok` carries its time.
+pub fn check(event: &ClickEvent, now: DateTime<Utc>) -> Result<DateTime<Utc>, InputError> {
+    EVENT_ID.check(&event.event_id)?;
+    input::CODE.check(&event.code)?;
+    if !input::is_code_shaped(&event.code) {
+        return Err(InputError::shape(
+            "code",
+            "must be 3 to 64 of [A-Za-z0-9_-]",
+        ));
+    }
+    OWNER.check(&event.owner)?;
+    REFERRER.check(&event.referrer)?;
+    USER_AGENT.check(&event.user_agent)?;
+    TRACEPARENT.check(&event.traceparent)?;
+    COUNTRY.check(&event.country)?;
+    if !CLIENT_IP.check(&event.client_ip)?.is_empty() && event.client_ip.parse::<IpAddr>().is_err()
+    {
+        return Err(InputError::shape(
+            "client_ip",
+            "must be empty or an IPv4 or IPv6 address",
+        ));
+    }
+    let occurred_at = event.occurred_at.as_ref().ok_or(InputError {
+        field: "occurred_at",
+        rule: Rule::Required,
+    })?;
+    let occurred_at = from_proto(occurred_at)
+        .ok_or_else(|| InputError::shape("occurred_at", "is not a valid time"))?;
+    if occurred_at < now - TimeDelta::days(MAX_AGE_DAYS) {
+        return Err(InputError::shape(
+            "occurred_at",
+            "must be within the last 400 days",
+        ));
+    }
+    if occurred_at > now + MAX_FUTURE {
+        return Err(InputError::shape(
+            "occurred_at",
+            "must not be more than 5 minutes in the future",
+        ));
+    }
+    Ok(occurred_at)
+}
+
+/// Makes the client-supplied parts of a click fit the rule instead of
+/// refusing it: referrer and user agent lose control characters and are cut
+/// (at a character boundary) to their bounds; a trace context or country
+/// that does not fit is dropped. The gateway calls this on every click it
+/// builds, so a legitimate redirect with a huge `Referer` never costs a
+/// whole batch.
+pub fn fit(event: &mut ClickEvent) {
+    if !REFERRER.accepts(&event.referrer) {
+        event.referrer = input::fit(&event.referrer, REFERRER_MAX);
+    }
+    if !USER_AGENT.accepts(&event.user_agent) {
+        event.user_agent = input::fit(&event.user_agent, USER_AGENT_MAX);
+    }
+    if !TRACEPARENT.accepts(&event.traceparent) {
+        event.traceparent.clear();
+    }
+    if !COUNTRY.accepts(&event.country) {
+        event.country.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Breaks one rule of a click.
+    type Breaks = fn(&mut ClickEvent);
+    use crate::time::to_proto;
+    use proptest::prelude::*;
+
+    fn click(now: DateTime<Utc>) -> ClickEvent {
+        ClickEvent {
+            event_id: "0190b5a4-7c1e-7000-8000-000000000001".into(),
+            code: "abc1234".into(),
+            owner: "alice".into(),
+            occurred_at: Some(to_proto(now)),
+            referrer: "https://news.example/".into(),
+            user_agent: "Mozilla/5.0".into(),
+            client_ip: "203.0.113.7".into(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            country: "DE".into(),
+            head_request: false,
+        }
+    }
+
+    fn field_of(event: &ClickEvent, now: DateTime<Utc>) -> &'static str {
+        check(event, now).unwrap_err().field
+    }
+
+    #[test]
+    fn a_complete_click_is_storable() {
+        let now = Utc::now();
+        assert_eq!(check(&click(now), now), Ok(now));
+        let mut minimal = click(now);
+        minimal.owner.clear();
+        minimal.referrer.clear();
+        minimal.user_agent.clear();
+        minimal.client_ip.clear();
+        minimal.traceparent.clear();
+        minimal.country.clear();
+        assert!(check(&minimal, now).is_ok());
+        let mut v6 = click(now);
+        v6.client_ip = "2001:db8::1".into();
+        assert!(check(&v6, now).is_ok());
+    }
+
+    #[test]
+    fn each_broken_rule_names_its_field() {
+        let now = Utc::now();
+        let cases: Vec<(&str, Breaks)> = vec![
+            ("event_id", |e| e.event_id.clear()),
+            ("event_id", |e| e.event_id = "x".repeat(EVENT_ID_MAX + 1)),
+            ("event_id", |e| e.event_id = "x".repeat(256)),
+            ("event_id", |e| e.event_id = "a\nb".into()),
+            ("code", |e| e.code.clear()),
+            ("code", |e| e.code = "ab\0cd".into()),
+            ("code", |e| e.code = "a/b/c".into()),
+            ("code", |e| e.code = "x".repeat(65)),
+            ("owner", |e| e.owner = "o".repeat(OWNER_MAX + 1)),
+            ("referrer", |e| e.referrer = "r".repeat(5 << 20)),
+            ("referrer", |e| e.referrer = "https://a/\u{85}".into()),
+            ("user_agent", |e| {
+                e.user_agent = "u".repeat(USER_AGENT_MAX + 1)
+            }),
+            ("client_ip", |e| e.client_ip = "not-an-ip".into()),
+            ("client_ip", |e| e.client_ip = "300.1.1.1".into()),
+            ("traceparent", |e| e.traceparent = "\0".into()),
+            ("country", |e| e.country = "DE\r\n".into()),
+            ("occurred_at", |e| e.occurred_at = None),
+            ("occurred_at", |e| {
+                e.occurred_at = Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                })
+            }),
+            ("occurred_at", |e| {
+                e.occurred_at = Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: 0,
+                })
+            }),
+            ("occurred_at", |e| {
+                // 1 January 10000
+                e.occurred_at = Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                })
+            }),
+        ];
+        for (field, breaks) in cases {
+            let mut e = click(now);
+            breaks(&mut e);
+            assert_eq!(field_of(&e, now), field, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_time_window_is_400_days_back_and_5_minutes_ahead() {
+        let now = Utc::now();
+        let at = |t: DateTime<Utc>| {
+            let mut e = click(now);
+            e.occurred_at = Some(to_proto(t));
+            check(&e, now)
+        };
+        assert!(at(now - TimeDelta::days(MAX_AGE_DAYS) + TimeDelta::seconds(1)).is_ok());
+        assert!(at(now - TimeDelta::days(MAX_AGE_DAYS + 1)).is_err());
+        assert!(at(now + TimeDelta::minutes(4)).is_ok());
+        assert!(at(now + TimeDelta::minutes(6)).is_err());
+    }
+
+    #[test]
+    fn fit_makes_header_fields_storable() {
+        let now = Utc::now();
+        let mut e = click(now);
+        e.referrer = format!("https://a.example/{}", "é".repeat(3000));
+        e.user_agent = format!("agent\t{}", "x".repeat(1000));
+        e.traceparent = "t".repeat(1000);
+        e.country = "a country".into();
+        fit(&mut e);
+        assert!(check(&e, now).is_ok());
+        assert!(e.referrer.len() <= REFERRER_MAX && e.referrer.starts_with("https://a.example/é"));
+        assert!(e.user_agent.starts_with("agentxxx"));
+        assert!(e.traceparent.is_empty() && e.country.is_empty());
+        // Fitting leaves a click that already fits untouched.
+        let mut same = click(now);
+        fit(&mut same);
+        assert_eq!(same, click(now));
+    }
+
+    proptest! {
+        #[test]
+        fn any_headers_fit(
+            referrer in any::<String>(), agent in any::<String>(),
+            traceparent in any::<String>(), country in any::<String>(),
+            long in 0usize..6000,
+        ) {
+            let now = Utc::now();
+            let mut e = click(now);
+            e.referrer = format!("{referrer}{}", "r".repeat(long));
+            e.user_agent = format!("{agent}{}", "u".repeat(long));
+            e.traceparent = traceparent;
+            e.country = country;
+            fit(&mut e);
+            prop_assert!(check(&e, now).is_ok());
+        }
+    }
+}
