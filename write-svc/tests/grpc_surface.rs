@@ -15,7 +15,7 @@ use tonic_reflection::pb::v1::{
 async fn health_reports_serving_for_the_server_and_the_service() {
     let app = TestApp::spawn().await;
     common::wait_until_serving(app.addr, "").await;
-    common::wait_until_serving(app.addr, "write-svc").await;
+    common::wait_until_serving(app.addr, "shortener.v1.LinkWriter").await;
     let mut health = HealthClient::new(grpc_channel(app.addr).await);
     let unknown = health
         .check(HealthCheckRequest {
