@@ -117,6 +117,15 @@ pub const OWNER: Bound = Bound::required("owner", OWNER_MAX);
 /// to look up: a printable code that is not [`is_code_shaped`] names no
 /// link (NOT_FOUND, or zero stats), it is not a malformed request.
 pub const CODE: Bound = Bound::required("code", CODE_MAX);
+/// The fields of the link contract, as the REST API names them: the gateway
+/// checks them where a request arrives, write-svc again where it is used.
+pub const URL: Bound = Bound::required("url", URL_MAX);
+pub const ALIAS: Bound = Bound::optional("alias", CODE_MAX);
+pub const TAG: Bound = Bound::required("tags", TAG_MAX);
+pub const IDEMPOTENCY_KEY: Bound = Bound::optional("Idempotency-Key", IDEMPOTENCY_KEY_MAX);
+/// `ListLinks`: a tag to filter by, and the cursor of the next page.
+pub const TAG_FILTER: Bound = Bound::optional("tag", TAG_MAX);
+pub const CURSOR: Bound = Bound::optional("cursor", CURSOR_MAX);
 
 /// Which rule a value broke.
 #[derive(Debug, Clone, PartialEq, Eq)]

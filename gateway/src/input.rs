@@ -9,6 +9,7 @@ use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
+use shortfleet_common::input::Bound;
 
 use crate::problem::{FieldError, Problem};
 
@@ -164,6 +165,14 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
+/// `value` if it meets `bound` (the fleet's input policy, shared with the
+/// services), else 400 naming the field.
+pub fn bounded(bound: Bound, value: &str) -> Result<&str, Problem> {
+    bound
+        .check(value)
+        .map_err(|e| Problem::field(e.field, e.rule.to_string()))
+}
+
 /// Field-by-field extraction that gathers every problem before answering.
 pub struct Fields {
     map: Map<String, Value>,
@@ -203,6 +212,12 @@ impl Fields {
     pub fn string(&mut self, field: &str) -> Option<String> {
         match self.map.get(field) {
             None | Some(Value::Null) => None,
+            // The fleet's input policy at the public edge: bytes a datastore
+            // or a log would choke on never leave the gateway.
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                self.fail(field, "must not contain control characters");
+                None
+            }
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => {
                 self.fail(field, "must be a string");

@@ -11,8 +11,7 @@ use tonic::Code;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Metadata key write-svc uses to name the offending field.
-const FIELD_METADATA: &str = "sf-field";
+use shortfleet_common::input::FIELD_METADATA;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FieldError {

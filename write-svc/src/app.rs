@@ -23,6 +23,7 @@ use crate::{
     outbox::{self, OutboxRelay},
     service::LinkWriterService,
     store::Store,
+    target::TargetRules,
 };
 
 pub struct App {
@@ -113,7 +114,10 @@ impl Service for App {
 
         let service = LinkWriterService::new(
             self.store.clone(),
-            self.config.public_hosts.clone(),
+            TargetRules {
+                own_hosts: self.config.public_hosts.clone(),
+                allow_private: self.config.allow_private_targets,
+            },
             CursorKey::new(self.config.cursor_secret.expose().as_bytes()),
         );
         let grace = self.config.shutdown_grace;

@@ -17,6 +17,8 @@ pub struct Config {
     pub link_events_exchange: String,
     /// Hosts the shortener answers on; targets may not point at them.
     pub public_hosts: Vec<String>,
+    /// Whether targets may be loopback, private or link-local addresses.
+    pub allow_private_targets: bool,
     pub shutdown_grace: Duration,
     /// Signs `ListLinks` cursors; every replica must share it, or a cursor
     /// issued by one is refused by the next.
@@ -51,6 +53,7 @@ impl Config {
                 "SHORTFLEET_PUBLIC_HOSTS",
                 &["127.0.0.1:8080", "localhost:8080"],
             ),
+            allow_private_targets: r.get("SHORTFLEET_ALLOW_PRIVATE_TARGETS", false),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
             cursor_secret: Secret::new(r.string("SHORTFLEET_CURSOR_SECRET", DEV_CURSOR_SECRET)),
         };

@@ -13,6 +13,7 @@ use crate::{
     cursor::{Cursor, CursorKey},
     error::WriteError,
     store::Store,
+    target::TargetRules,
     validate,
 };
 
@@ -21,17 +22,17 @@ const MAX_PAGE: u32 = 100;
 
 pub struct LinkWriterService {
     store: Store,
-    /// The shortener's own public hosts; targets may not point at them.
-    own_hosts: Vec<String>,
+    /// What targets may not point at (our own hosts, private networks).
+    targets: TargetRules,
     /// Signs and checks `ListLinks` cursors.
     cursor_key: CursorKey,
 }
 
 impl LinkWriterService {
-    pub fn new(store: Store, own_hosts: Vec<String>, cursor_key: CursorKey) -> Self {
+    pub fn new(store: Store, targets: TargetRules, cursor_key: CursorKey) -> Self {
         Self {
             store,
-            own_hosts,
+            targets,
             cursor_key,
         }
     }
@@ -45,7 +46,7 @@ impl LinkWriter for LinkWriterService {
         request: Request<CreateLinkRequest>,
     ) -> Result<Response<CreateLinkResponse>, Status> {
         let req = request.into_inner();
-        let new = validate::new_link(&req, &self.own_hosts)?;
+        let new = validate::new_link(&req, &self.targets)?;
         let idempotency = validate::idempotency_key(&req)?;
         let response = self.store.create(new, idempotency).await?;
         if response.created {
@@ -70,7 +71,7 @@ impl LinkWriter for LinkWriterService {
         let req = request.into_inner();
         let code = validate::code(&req.code)?;
         let owner = validate::owner(&req.owner)?;
-        let change = validate::change(&req, &self.own_hosts)?;
+        let change = validate::change(&req, &self.targets)?;
         Ok(Response::new(
             self.store.update(code, &owner, change).await?,
         ))
@@ -100,14 +101,15 @@ impl LinkWriter for LinkWriterService {
             n @ 1..=MAX_PAGE => n,
             _ => return Err(WriteError::invalid("limit", "must be between 1 and 100").into()),
         };
-        let cursor = match validate::CURSOR.check(&req.cursor)? {
+        let cursor = match shortfleet_common::input::CURSOR.check(&req.cursor)? {
             "" => None,
             token => Some(
                 Cursor::decode(token, &self.cursor_key, &owner)
                     .ok_or_else(|| WriteError::invalid("cursor", "is not a cursor we issued"))?,
             ),
         };
-        let tag = Some(validate::TAG_FILTER.check(&req.tag)?).filter(|t| !t.is_empty());
+        let tag =
+            Some(shortfleet_common::input::TAG_FILTER.check(&req.tag)?).filter(|t| !t.is_empty());
         let (links, next) = self.store.list(&owner, limit, cursor, tag).await?;
         Ok(Response::new(ListLinksResponse {
             links,

@@ -1,12 +1,34 @@
 //! Target URLs: parsed with the `url` crate into a [`TargetUrl`], whose only
 //! constructor enforces the contract (absolute http/https, a host, at most
-//! 8 KiB, no whitespace or control characters, never one of our own hosts).
-//! IDNA hosts come out normalised to punycode by the parser.
+//! 8 KiB, no whitespace or control characters, never one of our own
+//! addresses). IDNA hosts come out normalised to punycode by the parser, and
+//! IPv4 short forms (`0`, `127.1`, hex, octal) to dotted quads.
+//!
+//! The loop guard compares *addresses*, not spellings: a literal IP target
+//! is this machine when it is loopback or unspecified (`0.0.0.0`, `::`,
+//! also as IPv4-mapped IPv6), and a loop when one of our own hosts is local
+//! too and the ports agree. Beyond loops, targets on loopback, private,
+//! link-local, shared (CGNAT) or unspecified addresses, and `localhost`
+//! names, are refused unless [`TargetRules::allow_private`] is set
+//! (`SHORTFLEET_ALLOW_PRIVATE_TARGETS`): a public shortener should not
+//! point the world at its operator's internal network.
 
-use std::fmt;
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 use url::{Host, Url};
 
-pub const MAX_URL_BYTES: usize = 8 * 1024;
+pub const MAX_URL_BYTES: usize = shortfleet_common::input::URL_MAX;
+
+/// What a target may not point at.
+#[derive(Debug, Clone, Default)]
+pub struct TargetRules {
+    /// The shortener's own public hosts (`host` or `host:port`).
+    pub own_hosts: Vec<String>,
+    /// Whether loopback, private and link-local targets are allowed.
+    pub allow_private: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetUrl(String);
@@ -29,12 +51,85 @@ pub enum UrlError {
     Credentials,
     #[error("points at this shortener (redirect loop)")]
     Loop,
+    #[error("points at a loopback, private or link-local address")]
+    Private,
+}
+
+/// A host as compared by the loop guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    /// This machine: loopback, unspecified, or a `localhost` name.
+    Local,
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Place {
+    fn of(host: &Host<&str>) -> Self {
+        match host {
+            Host::Ipv4(v4) => Self::of_ip(IpAddr::V4(*v4)),
+            Host::Ipv6(v6) => Self::of_ip(IpAddr::V6(*v6)),
+            Host::Domain(name) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                if name == "localhost" || name.ends_with(".localhost") {
+                    Self::Local
+                } else {
+                    Self::Name(name)
+                }
+            }
+        }
+    }
+
+    fn of_ip(ip: IpAddr) -> Self {
+        let ip = canonical(ip);
+        if ip.is_loopback() || ip.is_unspecified() {
+            Self::Local
+        } else {
+            Self::Ip(ip)
+        }
+    }
+
+    /// Parses one of our own `host[:port]` entries.
+    fn own(entry: &str) -> Option<(Self, Option<u16>)> {
+        let url = Url::parse(&format!("http://{entry}")).ok()?;
+        Some((Self::of(&url.host()?), url.port()))
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is the IPv4 address it carries.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn is_private(place: &Place) -> bool {
+    match place {
+        Place::Local => true,
+        Place::Name(_) => false,
+        Place::Ip(IpAddr::V4(v4)) => is_private_v4(*v4),
+        Place::Ip(IpAddr::V6(v6)) => is_private_v6(*v6),
+    }
+}
+
+fn is_private_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+}
+
+fn is_private_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    (first & 0xfe00) == 0xfc00 // unique local
+        || (first & 0xffc0) == 0xfe80 // link-local
 }
 
 impl TargetUrl {
-    /// Parses `raw`; `own_hosts` are the shortener's public host names, which
-    /// a target may never point at.
-    pub fn parse(raw: &str, own_hosts: &[String]) -> Result<Self, UrlError> {
+    /// Parses `raw` under `rules`.
+    pub fn parse(raw: &str, rules: &TargetRules) -> Result<Self, UrlError> {
         if raw.is_empty() {
             return Err(UrlError::Empty);
         }
@@ -51,23 +146,23 @@ impl TargetUrl {
             return Err(UrlError::Scheme);
         }
         let host = match url.host() {
-            None => return Err(UrlError::NoHost),
-            Some(Host::Domain("")) => return Err(UrlError::NoHost),
-            Some(h) => h.to_string(),
+            None | Some(Host::Domain("")) => return Err(UrlError::NoHost),
+            Some(h) => h,
         };
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlError::Credentials);
         }
-        let host_norm = host.trim_end_matches('.').to_ascii_lowercase();
-        let authority = match url.port() {
-            Some(p) => format!("{host_norm}:{p}"),
-            None => host_norm.clone(),
+        let place = Place::of(&host);
+        let port = url.port_or_known_default();
+        let is_own = |entry: &String| match Place::own(entry) {
+            Some((own, own_port)) => own == place && (own_port.is_none() || own_port == port),
+            None => false,
         };
-        if own_hosts
-            .iter()
-            .any(|own| own.eq_ignore_ascii_case(&host_norm) || own.eq_ignore_ascii_case(&authority))
-        {
+        if rules.own_hosts.iter().any(is_own) {
             return Err(UrlError::Loop);
+        }
+        if !rules.allow_private && is_private(&place) {
+            return Err(UrlError::Private);
         }
         let normalised = url.to_string();
         if normalised.len() > MAX_URL_BYTES {
@@ -92,8 +187,67 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn own() -> Vec<String> {
-        vec!["sho.rt".into(), "127.0.0.1:8080".into()]
+    fn own() -> TargetRules {
+        TargetRules {
+            own_hosts: vec!["sho.rt".into(), "127.0.0.1:8080".into()],
+            allow_private: true,
+        }
+    }
+
+    fn public() -> TargetRules {
+        TargetRules {
+            allow_private: false,
+            ..own()
+        }
+    }
+
+    #[test]
+    fn loops_are_found_by_address_and_port_whatever_the_spelling() {
+        let o = own();
+        for looped in [
+            "http://0.0.0.0:8080/x",
+            "http://0:8080/x",
+            "http://127.1:8080/x",
+            "http://0x7f000001:8080/x",
+            "http://[::ffff:127.0.0.1]:8080/x",
+            "http://[::1]:8080/x",
+            "http://[::]:8080/x",
+            "http://localhost:8080/x",
+            "http://LOCALHOST.:8080/x",
+            "http://sho.rt./x",
+        ] {
+            assert_eq!(
+                TargetUrl::parse(looped, &o),
+                Err(UrlError::Loop),
+                "{looped}"
+            );
+        }
+        assert!(TargetUrl::parse("http://[::1]:9999/x", &o).is_ok());
+    }
+
+    #[test]
+    fn private_targets_are_refused_unless_allowed() {
+        for private in [
+            "http://10.0.0.1/",
+            "http://192.168.1.1/",
+            "http://172.16.0.1/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://100.64.0.1/",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://localhost:3000/",
+            "http://127.0.0.1:9999/",
+        ] {
+            assert_eq!(
+                TargetUrl::parse(private, &public()),
+                Err(UrlError::Private),
+                "{private}"
+            );
+            assert!(TargetUrl::parse(private, &own()).is_ok(), "{private}");
+        }
+        assert!(TargetUrl::parse("http://8.8.8.8/", &public()).is_ok());
+        assert!(TargetUrl::parse("https://example.com/", &public()).is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use prost::Message;
 use shortfleet_common::{
-    input::{self, Bound, CODE_MAX, CURSOR_MAX, IDEMPOTENCY_KEY_MAX, TAG_MAX, URL_MAX},
+    input::{self, ALIAS, Bound, IDEMPOTENCY_KEY, TAG as TAGS, URL},
     time::from_proto,
 };
 use shortfleet_proto::v1::{CreateLinkRequest, UpdateLinkRequest};
@@ -17,24 +17,17 @@ use crate::{
     code::ShortCode,
     error::WriteError,
     store::{IdempotencyKey, LinkChange, NewLink, sha256},
-    target::TargetUrl,
+    target::{TargetRules, TargetUrl},
 };
 
 const MAX_TAGS: usize = 20;
 
-const URL: Bound = Bound::required("url", URL_MAX);
-const ALIAS: Bound = Bound::optional("alias", CODE_MAX);
-const TAGS: Bound = Bound::required("tags", TAG_MAX);
-const IDEMPOTENCY_KEY: Bound = Bound::optional("Idempotency-Key", IDEMPOTENCY_KEY_MAX);
 const OWNER_FILTER: Bound = Bound::optional("owner", input::OWNER_MAX);
-/// `ListLinks`: a tag to filter by, and the cursor of the next page.
-pub const TAG_FILTER: Bound = Bound::optional("tag", TAG_MAX);
-pub const CURSOR: Bound = Bound::optional("cursor", CURSOR_MAX);
 
-pub fn new_link(req: &CreateLinkRequest, own_hosts: &[String]) -> Result<NewLink, WriteError> {
+pub fn new_link(req: &CreateLinkRequest, targets: &TargetRules) -> Result<NewLink, WriteError> {
     Ok(NewLink {
         owner: owner(&req.owner)?,
-        url: url(&req.url, own_hosts)?,
+        url: url(&req.url, targets)?,
         alias: match req.alias.as_deref().map(|a| ALIAS.check(a)).transpose()? {
             None | Some("") => None,
             Some(a) => Some(ShortCode::alias(a).map_err(|e| WriteError::invalid("alias", e))?),
@@ -64,9 +57,9 @@ pub fn idempotency_key(req: &CreateLinkRequest) -> Result<Option<IdempotencyKey>
     }))
 }
 
-pub fn change(req: &UpdateLinkRequest, own_hosts: &[String]) -> Result<LinkChange, WriteError> {
+pub fn change(req: &UpdateLinkRequest, targets: &TargetRules) -> Result<LinkChange, WriteError> {
     Ok(LinkChange {
-        url: req.url.as_deref().map(|u| url(u, own_hosts)).transpose()?,
+        url: req.url.as_deref().map(|u| url(u, targets)).transpose()?,
         expires_at: if req.clear_expires_at {
             Some(None)
         } else {
@@ -107,9 +100,9 @@ pub fn code(raw: &str) -> Result<&str, WriteError> {
     Ok(input::CODE.check(raw)?)
 }
 
-fn url(raw: &str, own_hosts: &[String]) -> Result<TargetUrl, WriteError> {
+fn url(raw: &str, targets: &TargetRules) -> Result<TargetUrl, WriteError> {
     // The URL parser silently drops tabs and newlines; refuse them first.
-    TargetUrl::parse(URL.check(raw)?, own_hosts).map_err(|e| WriteError::invalid("url", e))
+    TargetUrl::parse(URL.check(raw)?, targets).map_err(|e| WriteError::invalid("url", e))
 }
 
 fn future_time(
@@ -172,9 +165,9 @@ mod tests {
 
     #[test]
     fn defaults_and_field_names() {
-        let l = new_link(&req("https://example.com"), &[]).unwrap();
+        let l = new_link(&req("https://example.com"), &TargetRules::default()).unwrap();
         assert_eq!(l.redirect_type, 302);
-        let field = |r: &CreateLinkRequest| match new_link(r, &[]) {
+        let field = |r: &CreateLinkRequest| match new_link(r, &TargetRules::default()) {
             Err(WriteError::Invalid { field, .. }) => field,
             other => panic!("expected invalid, got {other:?}"),
         };
@@ -206,7 +199,10 @@ mod tests {
     fn tags_are_trimmed_and_deduplicated() {
         let mut r = req("https://example.com");
         r.tags = vec!["a".into(), " a ".into(), "b".into()];
-        assert_eq!(new_link(&r, &[]).unwrap().tags, vec!["a", "b"]);
+        assert_eq!(
+            new_link(&r, &TargetRules::default()).unwrap().tags,
+            vec!["a", "b"]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
-use shortfleet_common::time::to_proto;
+use shortfleet_common::{input, time::to_proto};
 use shortfleet_proto::v1::{
     ClickTotalsRequest, CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, ListLinksRequest,
     UpdateLinkRequest,
@@ -14,7 +14,7 @@ use shortfleet_proto::v1::{
 
 use super::{Ctx, view};
 use crate::{
-    input::{Fields, json_object, query, query_param, read_body},
+    input::{Fields, bounded, json_object, query, query_param, read_body},
     keys::Principal,
     problem::{HttpResponse, Problem},
 };
@@ -123,10 +123,16 @@ pub async fn list(
     let request = ListLinksRequest {
         owner: principal.owner.clone(),
         limit,
-        cursor: query_param(&params, "cursor")
-            .unwrap_or_default()
-            .to_owned(),
-        tag: query_param(&params, "tag").unwrap_or_default().to_owned(),
+        cursor: bounded(
+            input::CURSOR,
+            query_param(&params, "cursor").unwrap_or_default(),
+        )?
+        .to_owned(),
+        tag: bounded(
+            input::TAG_FILTER,
+            query_param(&params, "tag").unwrap_or_default(),
+        )?
+        .to_owned(),
     };
     let upstreams = &ctx.state.upstreams;
     let page = upstreams
