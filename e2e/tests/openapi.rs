@@ -88,7 +88,7 @@ async fn schemathesis_finds_nothing() {
         "--header".into(),
         format!("Authorization: Bearer {key}"),
         "--max-examples".into(),
-        env_or("SHORTFLEET_SCHEMATHESIS_EXAMPLES", "30"),
+        env_or("SHORTFLEET_SCHEMATHESIS_EXAMPLES", "100"),
         "--seed".into(),
         env_or("SHORTFLEET_SCHEMATHESIS_SEED", "20261126"),
         "--generation-allow-x00".into(),

@@ -575,7 +575,12 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_refused_without_touching_the_breaker() {
     let mut f = Fixture::start().await;
-    let base = f.gateway("redis://127.0.0.1:6379").await;
+    let mut config = f.gateway_config("redis://127.0.0.1:6379");
+    config.tiers.insert(
+        "premium".into(),
+        gateway::ratelimit::Policy::parse("premium", "1000/60").unwrap(),
+    );
+    let (base, _) = f.gateway_with(config).await;
     let key = f
         .key_store()
         .await

@@ -296,7 +296,9 @@ async fn claim_idempotency_key(
     }
     let row = tx
         .query_one(
-            "SELECT request_sha256, response FROM idempotency_keys WHERE owner = $1 AND key = $2",
+            // Locked: a racing retry waits for this one's outcome (below).
+            "SELECT request_sha256, response FROM idempotency_keys
+             WHERE owner = $1 AND key = $2 FOR UPDATE",
             &[&owner, &idem.key],
         )
         .await?;
@@ -308,6 +310,30 @@ async fn claim_idempotency_key(
     let mut replay = CreateLinkResponse::decode(response.as_slice()).map_err(|e| {
         WriteError::Internal(anyhow::Error::new(e).context("decoding a stored response"))
     })?;
+    // A key answers for the link it made while that link exists. Once the
+    // owner deleted it the key is released and the request creates anew: a
+    // replay never hands out a link that is gone.
+    let code = replay.link.as_ref().map_or("", |l| l.code.as_str());
+    let live = tx
+        .query_opt(
+            &tx.prepare_cached("SELECT 1 FROM links WHERE code = $1 AND deleted_at IS NULL")
+                .await?,
+            &[&code],
+        )
+        .await?
+        .is_some();
+    if !live {
+        tx.execute(
+            &tx.prepare_cached(
+                "UPDATE idempotency_keys SET response = '', created_at = now()
+                 WHERE owner = $1 AND key = $2",
+            )
+            .await?,
+            &[&owner, &idem.key],
+        )
+        .await?;
+        return Ok(None);
+    }
     // A replay reports what the original call reported (201 stays 201).
     replay.link.get_or_insert_with(Link::default);
     Ok(Some(replay))

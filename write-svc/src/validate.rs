@@ -29,7 +29,7 @@ pub fn new_link(req: &CreateLinkRequest, targets: &TargetRules) -> Result<NewLin
         owner: owner(&req.owner)?,
         url: url(&req.url, targets)?,
         alias: match req.alias.as_deref().map(|a| ALIAS.check(a)).transpose()? {
-            None | Some("") => None,
+            None => None,
             Some(a) => Some(ShortCode::alias(a).map_err(|e| WriteError::invalid("alias", e))?),
         },
         expires_at: req

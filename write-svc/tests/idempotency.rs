@@ -140,3 +140,28 @@ async fn concurrent_requests_with_one_key_make_one_link() {
 
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_released_when_its_link_is_deleted() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let req = keyed("carol", "https://example.com/released", "key-del");
+    let first = link_of(&client.create_link(req.clone()).await.unwrap().into_inner());
+    client
+        .delete_link(shortfleet_proto::v1::DeleteLinkRequest {
+            code: first.code.clone(),
+            owner: "carol".into(),
+        })
+        .await
+        .unwrap();
+
+    // A replay would hand out a link that is gone: the key makes a new one.
+    let again = client.create_link(req.clone()).await.unwrap().into_inner();
+    assert!(again.created);
+    let second = link_of(&again);
+    assert_ne!(second.code, first.code);
+    // ...and answers for that new link from now on.
+    let replay = client.create_link(req).await.unwrap().into_inner();
+    assert_eq!(link_of(&replay).code, second.code);
+    app.cleanup().await;
+}
