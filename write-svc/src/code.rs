@@ -32,6 +32,7 @@ const RESERVED: &[&str] = &[
     "login",
     "logout",
     "well-known",
+    "app",
 ];
 
 /// A code that passed the rules: either generated or a valid alias.

@@ -2,8 +2,10 @@
 //! → route → authenticate and rate-limit → call the upstream → shape the
 //! response → log. Each endpoint's own work lives in a submodule.
 
+mod dashboard;
 mod framing;
 mod links;
+mod qr;
 mod redirect;
 mod stats;
 mod view;
@@ -127,6 +129,8 @@ async fn dispatch(
                 .unwrap_or_else(|| Problem::not_found("no such endpoint").into_response())
         }
         Endpoint::Redirect => redirect::redirect(ctx, param(), &req, peer).await,
+        Endpoint::App => dashboard::app(req.uri().path(), req.headers()),
+        Endpoint::AppAsset => dashboard::asset(param(), req.headers()),
         _ => {
             let principal = match authenticate(ctx, &req).await {
                 Some(p) => p,
@@ -149,6 +153,7 @@ async fn dispatch(
                     Endpoint::DeleteLink => links::delete(ctx, &principal, param()).await,
                     Endpoint::LinkStats => stats::link_stats(ctx, &principal, param(), &req).await,
                     Endpoint::TopLinks => stats::top_links(ctx, &principal, &req).await,
+                    Endpoint::LinkQr => qr::link_qr(ctx, &principal, param(), &req).await,
                     _ => Err(Problem::not_found("no such endpoint")),
                 };
                 result.unwrap_or_else(Problem::into_response)
