@@ -46,7 +46,7 @@ export function drawChart(svg, points, interval) {
   const plotW = W - PAD.left - PAD.right;
   const plotH = H - PAD.top - PAD.bottom;
   const bw = plotW / Math.max(1, points.length);
-  for (const frac of [0, 0.5, 1]) {
+  for (const frac of max >= 2 ? [0, 0.5, 1] : [0, 1]) {
     const y = PAD.top + plotH * (1 - frac);
     svg.append(el('line', { x1: PAD.left, x2: W - PAD.right, y1: y, y2: y, class: 'grid' }));
     svg.append(el('text', { x: PAD.left - 6, y: y + 4, class: 'axis', 'text-anchor': 'end' },
