@@ -6,6 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use shortfleet_common::{
+    click_counts::{CountsPublisher, CountsSender},
     config::{ConfigError, ConfigSource},
     grpc::{self, Listeners},
     ops,
@@ -102,6 +103,15 @@ impl Service for App {
             c.retention_days,
             background.clone(),
         ));
+        let (counts, counts_rx) = CountsSender::new();
+        tracker.spawn(
+            CountsPublisher {
+                amqp_url: c.amqp_url.clone(),
+                exchange: c.click_counts_exchange.clone(),
+                rx: counts_rx,
+            }
+            .run(background.clone()),
+        );
         // The consumer stops with the shutdown signal: a batch in hand is
         // either committed and acked, or left unacked for redelivery.
         tracker.spawn(
@@ -117,6 +127,7 @@ impl Service for App {
                 geoip: self.geoip.clone(),
                 db_timeout: c.db_timeout,
                 health: self.health.clone(),
+                counts,
             }
             .run(shutdown.clone()),
         );

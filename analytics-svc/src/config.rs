@@ -15,6 +15,9 @@ pub struct Config {
     pub amqp_url: String,
     pub clicks_exchange: String,
     pub clicks_queue: String,
+    /// Fanout exchange where each stored batch's new clicks are announced
+    /// to live dashboards (every gateway replica subscribes).
+    pub click_counts_exchange: String,
     /// Unacknowledged messages in flight (basic.qos).
     pub prefetch: u16,
     /// Clicks written per transaction (whole messages, so it may be passed
@@ -49,6 +52,10 @@ impl Config {
             ),
             clicks_exchange: r.string("SHORTFLEET_CLICKS_EXCHANGE", "clicks"),
             clicks_queue: r.string("SHORTFLEET_CLICKS_QUEUE", "clicks.analytics"),
+            click_counts_exchange: r.string(
+                "SHORTFLEET_CLICK_COUNTS_EXCHANGE",
+                shortfleet_common::click_counts::DEFAULT_EXCHANGE,
+            ),
             // Messages, each up to 500 clicks: several batches' worth, so
             // the next batch is already here while one commits, yet a
             // bounded amount of memory (~100k clicks at most).

@@ -32,10 +32,11 @@ use lapin::{
 use prost::Message;
 use shortfleet_common::{
     amqp::{self, Backoff, SessionUp},
+    click_counts::CountsSender,
     ops::Health,
     telemetry, trace,
 };
-use shortfleet_proto::v1::{ClickBatch, ClickEvent};
+use shortfleet_proto::v1::{ClickBatch, ClickCounts, ClickEvent, CodeCount};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{self, Click, WriteError};
@@ -54,6 +55,9 @@ pub struct ClickConsumer {
     /// Bounds each batch transaction; a timeout counts as "database down".
     pub db_timeout: Duration,
     pub health: Health,
+    /// Where the new clicks of each stored batch are announced (live
+    /// dashboards); best effort, never waited on.
+    pub counts: CountsSender,
 }
 
 /// A delivery and the clicks in it, decoded; `events` is `None` for a body
@@ -219,7 +223,9 @@ impl ClickConsumer {
         let mut backoff = Backoff::reconnect();
         loop {
             match store::write_batch(&self.pool, &clicks, self.db_timeout).await {
-                Ok(new) => {
+                Ok(stored) => {
+                    let new = stored.new;
+                    self.announce(stored);
                     self.health.set("postgres", true);
                     metrics::counter!("shortfleet_clicks_stored_total").increment(new as u64);
                     // Queue lag: how long after the redirect its click became
@@ -277,7 +283,8 @@ impl ClickConsumer {
             let tag = message[0].tag;
             let clicks: Vec<Click> = message.iter().map(|p| p.click.clone()).collect();
             match store::write_batch(&self.pool, &clicks, self.db_timeout).await {
-                Ok(_) => {
+                Ok(stored) => {
+                    self.announce(stored);
                     within(
                         "acknowledging a message",
                         channel.basic_ack(tag, BasicAckOptions::default()),
@@ -293,6 +300,26 @@ impl ClickConsumer {
             }
         }
         Ok(())
+    }
+}
+
+impl ClickConsumer {
+    /// Hands a committed batch's new human clicks to the live publisher:
+    /// a `try_send`, so storage never waits on it.
+    fn announce(&self, stored: store::Stored) {
+        self.counts.offer(ClickCounts {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            occurred_at: Some(shortfleet_common::time::to_proto(chrono::Utc::now())),
+            counts: stored
+                .counted
+                .into_iter()
+                .map(|((owner, code), clicks)| CodeCount {
+                    owner,
+                    code,
+                    clicks,
+                })
+                .collect(),
+        });
     }
 }
 

@@ -156,11 +156,20 @@ pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups {
 /// Stores a batch in one transaction within `timeout`; returns how many
 /// clicks were new. A timeout is `Unavailable`: if the commit did land,
 /// the retry finds every click already stored and adds nothing.
+/// What a committed batch added.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Clicks inserted (redeliveries already stored are not).
+    pub new: usize,
+    /// New human clicks per (owner, code): what live dashboards are told.
+    pub counted: BTreeMap<(String, String), u64>,
+}
+
 pub async fn write_batch(
     pool: &Pool,
     clicks: &[Click],
     timeout: Duration,
-) -> Result<usize, WriteError> {
+) -> Result<Stored, WriteError> {
     tokio::time::timeout(timeout, write_batch_now(pool, clicks))
         .await
         .map_err(|_| {
@@ -171,7 +180,7 @@ pub async fn write_batch(
         })?
 }
 
-async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<usize, WriteError> {
+async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let col = |f: fn(&Click) -> String| clicks.iter().map(f).collect::<Vec<_>>();
@@ -203,13 +212,28 @@ async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<usize, WriteEr
     let new: HashSet<String> = inserted.iter().map(|r| r.get::<_, String>(0)).collect();
     // A click repeated inside one batch is inserted once; count it once.
     let mut seen = HashSet::new();
-    let fresh = clicks
+    let fresh: Vec<&Click> = clicks
         .iter()
-        .filter(|c| new.contains(&c.event_id) && seen.insert(c.event_id.clone()));
-    let r = rollups(fresh);
+        .filter(|c| new.contains(&c.event_id) && seen.insert(c.event_id.clone()))
+        .collect();
+    let r = rollups(fresh.iter().copied());
     write_rollups(&tx, &r).await?;
     tx.commit().await?;
-    Ok(new.len())
+    Ok(Stored {
+        new: new.len(),
+        counted: human_counts(&fresh),
+    })
+}
+
+/// New human clicks per (owner, code), as the link's `clicks` counts them.
+pub fn human_counts(fresh: &[&Click]) -> BTreeMap<(String, String), u64> {
+    let mut counted = BTreeMap::new();
+    for c in fresh.iter().filter(|c| !c.is_bot) {
+        *counted
+            .entry((c.owner.clone(), c.code.clone()))
+            .or_insert(0) += 1;
+    }
+    counted
 }
 
 async fn write_rollups(
@@ -475,6 +499,34 @@ mod tests {
         assert_eq!(a.visitor, b.visitor);
         assert_ne!(a.visitor, c.visitor);
         assert!(!a.visitor.windows(9).any(|w| w == b"192.0.2.1"));
+    }
+
+    #[test]
+    fn live_counts_are_new_human_clicks_per_owner_and_code() {
+        let t = Utc::now();
+        let mut other = event("4", FIREFOX, t);
+        other.owner = "bob".into();
+        let mut head = event("5", FIREFOX, t);
+        head.head_request = true;
+        let clicks: Vec<Click> = [
+            event("1", FIREFOX, t),
+            event("2", FIREFOX, t),
+            event("3", "Googlebot/2.1", t),
+            other,
+            head,
+        ]
+        .iter()
+        .map(|e| enrich(e, t, "s", None).unwrap())
+        .collect();
+        let refs: Vec<&Click> = clicks.iter().collect();
+        let counted = human_counts(&refs);
+        assert_eq!(
+            counted,
+            BTreeMap::from([
+                (("alice".into(), "abc1234".into()), 2),
+                (("bob".into(), "abc1234".into()), 1),
+            ])
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`service`]: the shared `main` (logs → config → build → serve → drain).
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a `CancellationToken`.
 //! - [`link_events`]: one replica's subscription to `links.events`.
+//! - [`click_counts`]: the best-effort `clicks.counted` fanout (analytics →
+//!   every gateway replica) behind the live dashboard.
 //! - [`ops`]: the `/healthz`, `/readyz`, `/metrics` HTTP endpoints.
 //! - [`grpc`]: health and reflection services every gRPC server exposes.
 //! - [`postgres`]: pools with timeouts, database creation, versioned migrations.
@@ -26,6 +28,7 @@
 
 pub mod amqp;
 pub mod click;
+pub mod click_counts;
 pub mod config;
 pub mod grpc;
 pub mod input;

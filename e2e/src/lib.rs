@@ -148,6 +148,10 @@ impl Fleet {
                     "SHORTFLEET_CLICKS_QUEUE".into(),
                     format!("e2e.{id}.clicks.analytics"),
                 ),
+                (
+                    "SHORTFLEET_CLICK_COUNTS_EXCHANGE".into(),
+                    format!("e2e.{id}.clicks.counted"),
+                ),
                 ("SHORTFLEET_WRITE_SVC_URL".into(), grpc_url("write-svc")),
                 ("SHORTFLEET_PUBLIC_HOSTS".into(), public.clone()),
                 ("SHORTFLEET_SHUTDOWN_GRACE_MS".into(), "5000".into()),
@@ -275,6 +279,36 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Starts another gateway replica named `name` (same fleet, its own
+    /// HTTP and ops ports); returns its base URL once it is ready.
+    pub async fn start_gateway_replica(&mut self, name: &'static str) -> anyhow::Result<String> {
+        let public = format!("127.0.0.1:{}", free_port());
+        let mut env = self.envs["gateway"].clone();
+        env.retain(|(k, _)| k != "SHORTFLEET_HTTP_ADDR" && k != "SHORTFLEET_OPS_ADDR");
+        env.push(("SHORTFLEET_HTTP_ADDR".into(), public.clone()));
+        env.push((
+            "SHORTFLEET_OPS_ADDR".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{name}.log")))?;
+        let child = Command::new(self.bin_dir.join("gateway"))
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.envs.insert(name, env);
+        self.children.insert(name, child);
+        self.ops_urls.insert(name, format!("http://{public}"));
+        self.wait_ready(name, Duration::from_secs(60)).await?;
+        Ok(format!("http://{public}"))
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.

@@ -19,6 +19,7 @@ use crate::{
     clicks::{ClickForwarder, ClickSink},
     config::Config,
     keys::{self, KeyCache, KeyStore},
+    live::Hub,
     microcache::MicroCache,
     ratelimit::RateLimiter,
     server,
@@ -35,6 +36,8 @@ pub struct State {
     pub clicks: ClickSink,
     pub microcache: MicroCache,
     pub health: Health,
+    /// This replica's live event streams.
+    pub live: Arc<Hub>,
 }
 
 pub struct App {
@@ -107,6 +110,7 @@ impl Service for App {
             config.shutdown_grace,
         );
         let (config_capacity, config_ttl) = (config.microcache_capacity, config.microcache_ttl);
+        let live = Hub::new(config.live);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
@@ -121,6 +125,7 @@ impl Service for App {
             limiter,
             upstreams,
             clicks,
+            live,
             microcache: MicroCache::new(config_capacity, config_ttl),
             health,
         });
@@ -166,6 +171,12 @@ impl Service for App {
                 .run(background.clone()),
             );
         }
+        tracker.spawn(self.state.live.clone().feed(
+            config.amqp_url.clone(),
+            config.click_counts_exchange.clone(),
+            shutdown.clone(),
+            background.clone(),
+        ));
         server::serve(
             self.listener,
             self.state.clone(),

@@ -56,6 +56,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub amqp_url: String,
     pub link_events_exchange: String,
+    /// Fanout exchange analytics-svc announces stored clicks on; each
+    /// replica subscribes and feeds its live event streams.
+    pub click_counts_exchange: String,
+    /// Bounds of the live event streams (`/api/v1/events`).
+    pub live: crate::live::LiveConfig,
     /// Resolved codes kept in the gateway; 0 disables the micro-cache.
     pub microcache_capacity: u64,
     pub microcache_ttl: Duration,
@@ -186,6 +191,15 @@ impl Config {
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
             ),
             link_events_exchange: r.string("SHORTFLEET_LINK_EVENTS_EXCHANGE", "links.events"),
+            click_counts_exchange: r.string(
+                "SHORTFLEET_CLICK_COUNTS_EXCHANGE",
+                shortfleet_common::click_counts::DEFAULT_EXCHANGE,
+            ),
+            live: crate::live::LiveConfig {
+                max_per_key: r.get("SHORTFLEET_LIVE_MAX_STREAMS_PER_KEY", 5),
+                buffer: r.get("SHORTFLEET_LIVE_STREAM_BUFFER", 64),
+                heartbeat: r.millis("SHORTFLEET_LIVE_HEARTBEAT_MS", 15_000),
+            },
             microcache_capacity: r.get("SHORTFLEET_MICROCACHE_CAPACITY", 100_000),
             microcache_ttl: r.millis("SHORTFLEET_MICROCACHE_TTL_MS", 5_000),
             breaker: crate::resilience::BreakerPolicy {
@@ -198,6 +212,15 @@ impl Config {
             r.invalid(
                 "SHORTFLEET_BREAKER_FAILURES",
                 "breaker threshold and in-flight limit must be positive",
+            );
+        }
+        if config.live.max_per_key == 0
+            || config.live.buffer == 0
+            || config.live.heartbeat.is_zero()
+        {
+            r.invalid(
+                "SHORTFLEET_LIVE_MAX_STREAMS_PER_KEY",
+                "live stream limit, buffer and heartbeat must be positive",
             );
         }
         if config.sockets.max_per_ip == 0 {

@@ -8,6 +8,7 @@
 //! - [`routes`]: the routing table. [`keys`]: API keys. [`ratelimit`]: buckets.
 //! - [`microcache`]: resolved codes cached in the gateway, dropped on link events.
 //! - [`clicks`]: the bounded, batched click hand-off to click-logger.
+//! - [`live`]: the per-owner fan-out of `clicks.counted` to event streams.
 //! - [`upstream`]: gRPC channels with deadlines. [`resilience`]: breaker,
 //!   bulkhead and budgeted retries per upstream. [`problem`]: problem+json and
 //!   the gRPC → HTTP status table. [`input`]: bodies, fields, query.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod handlers;
 pub mod input;
 pub mod keys;
+pub mod live;
 pub mod microcache;
 pub mod problem;
 pub mod proxies;

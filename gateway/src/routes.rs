@@ -24,6 +24,10 @@ pub enum Endpoint {
     Metrics,
     OpenApi,
     Redirect,
+    App,
+    AppAsset,
+    LinkQr,
+    Events,
 }
 
 impl Endpoint {
@@ -42,6 +46,10 @@ impl Endpoint {
             Self::Metrics => "metrics",
             Self::OpenApi => "openapi",
             Self::Redirect => "redirect",
+            Self::App => "app",
+            Self::AppAsset => "app_asset",
+            Self::LinkQr => "link_qr",
+            Self::Events => "events",
         }
     }
 
@@ -52,6 +60,8 @@ impl Endpoint {
             | Self::UpdateLink
             | Self::DeleteLink
             | Self::LinkStats
+            | Self::LinkQr
+            | Self::AppAsset
             | Self::Redirect => 1,
             _ => 0,
         }
@@ -75,6 +85,10 @@ impl FromStr for Endpoint {
             Self::Metrics,
             Self::OpenApi,
             Self::Redirect,
+            Self::App,
+            Self::AppAsset,
+            Self::LinkQr,
+            Self::Events,
         ]
         .into_iter()
         .find(|e| e.name() == s)
@@ -92,6 +106,11 @@ PATCH     /api/v1/links/{code}        update_link
 DELETE    /api/v1/links/{code}        delete_link
 GET       /api/v1/links/{code}/stats  link_stats
 GET       /api/v1/stats/top           top_links
+GET       /api/v1/links/{code}/qr     link_qr
+GET       /api/v1/events              events
+GET,HEAD  /app                        app
+GET,HEAD  /app/                       app
+GET,HEAD  /app/{asset}                app_asset
 GET,HEAD  /healthz                    healthz
 GET,HEAD  /readyz                     readyz
 GET       /metrics                    metrics
@@ -165,9 +184,10 @@ impl RouteTable {
                     }
                 })
                 .collect();
-            if pattern
-                .iter()
-                .any(|s| *s == Segment::Literal(String::new()))
+            // Only a trailing slash may leave an empty segment (`/app/`).
+            let inner = &pattern[..pattern.len().saturating_sub(1)];
+            if pattern.first() == Some(&Segment::Literal(String::new()))
+                || inner.iter().any(|s| *s == Segment::Literal(String::new()))
             {
                 return Err(format!("line {}: empty path segment", n + 1));
             }
@@ -296,6 +316,28 @@ mod tests {
             t.route(&Method::GET, "/healthz"),
             Ok((Endpoint::Healthz, vec![]))
         );
+    }
+
+    #[test]
+    fn routes_the_dashboard_qr_and_events() {
+        let t = RouteTable::default();
+        assert_eq!(t.route(&Method::GET, "/app"), Ok((Endpoint::App, vec![])));
+        assert_eq!(t.route(&Method::GET, "/app/"), Ok((Endpoint::App, vec![])));
+        assert_eq!(
+            t.route(&Method::GET, "/app/app.js"),
+            Ok((Endpoint::AppAsset, vec!["app.js"]))
+        );
+        assert_eq!(
+            t.route(&Method::GET, "/api/v1/links/abc/qr"),
+            Ok((Endpoint::LinkQr, vec!["abc"]))
+        );
+        assert_eq!(
+            t.route(&Method::GET, "/api/v1/events"),
+            Ok((Endpoint::Events, vec![]))
+        );
+        assert_eq!(t.route(&Method::GET, "/app/a/b"), Err(RouteError::NotFound));
+        assert!(RouteTable::parse("GET / healthz").is_err());
+        assert!(RouteTable::parse("GET /a//b healthz").is_err());
     }
 
     #[test]

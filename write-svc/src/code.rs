@@ -33,6 +33,7 @@ const RESERVED: &[&str] = &[
     "login",
     "logout",
     "well-known",
+    "app",
 ];
 
 /// A code that passed the rules: either generated or a valid alias.

@@ -52,7 +52,7 @@ pub async fn create(
         Some(v) => v
             .to_str()
             .ok()
-            .filter(|k| !k.is_empty() && k.len() <= 255)
+            .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or_else(|| {
                 Problem::field(
                     "Idempotency-Key",

@@ -2,16 +2,19 @@
 //! → route → authenticate and rate-limit → call the upstream → shape the
 //! response → log. Each endpoint's own work lives in a submodule.
 
+mod dashboard;
+mod events;
 mod framing;
 pub(crate) mod links;
 pub mod openapi;
+mod qr;
 mod redirect;
 mod stats;
 pub(crate) mod view;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use shortfleet_common::ops;
 use tracing::Instrument;
@@ -23,6 +26,13 @@ use crate::{
     ratelimit::Decision,
     routes::{Endpoint, RouteError},
 };
+
+/// Every answer's body: a whole one, or an event stream (`/api/v1/events`).
+pub type Body = http_body_util::Either<http_body_util::Full<bytes::Bytes>, events::SseBody>;
+
+fn full(response: HttpResponse) -> Response<Body> {
+    response.map(Body::Left)
+}
 
 /// What every handler knows about the request it serves.
 pub struct Ctx<'a> {
@@ -38,7 +48,7 @@ pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<HttpResponse, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let request_id = request_id(&req);
     let method = req.method().clone();
@@ -61,15 +71,19 @@ pub async fn handle(
     shortfleet_common::trace::continue_from_headers(&span, req.headers());
     let (endpoint, mut response) = async {
         if let Err(problem) = framing::check(&req) {
-            return ("unknown", problem.into_response());
+            return ("unknown", full(problem.into_response()));
         }
         match state.config.routes.route(&method, &path) {
             Err(RouteError::NotFound) => (
                 "unknown",
-                Problem::not_found(format!("no route for {}", framing::shown(&path)))
-                    .into_response(),
+                full(
+                    Problem::not_found(format!("no route for {}", framing::shown(&path)))
+                        .into_response(),
+                ),
             ),
-            Err(RouteError::MethodNotAllowed(allowed)) => ("unknown", method_not_allowed(&allowed)),
+            Err(RouteError::MethodNotAllowed(allowed)) => {
+                ("unknown", full(method_not_allowed(&allowed)))
+            }
             Ok((endpoint, params)) => {
                 let params: Vec<String> = params.into_iter().map(str::to_owned).collect();
                 (
@@ -116,9 +130,9 @@ async fn dispatch(
     params: &[String],
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> HttpResponse {
+) -> Response<Body> {
     let param = || params.first().map(String::as_str).unwrap_or_default();
-    match endpoint {
+    let response = match endpoint {
         // With an ops port, metrics are served there only.
         Endpoint::Metrics if ctx.state.config.ops_addr.is_some() => {
             Problem::not_found("no such endpoint").into_response()
@@ -129,10 +143,12 @@ async fn dispatch(
         }
         Endpoint::OpenApi => openapi::document(req.headers()),
         Endpoint::Redirect => redirect::redirect(ctx, param(), &req, peer).await,
+        Endpoint::App => dashboard::app(req.uri().path(), req.headers()),
+        Endpoint::AppAsset => dashboard::asset(param(), req.headers()),
         _ => {
             let principal = match authenticate(ctx, &req).await {
                 Some(p) => p,
-                None => return refuse_authentication(ctx, &req, peer).await,
+                None => return full(refuse_authentication(ctx, &req, peer).await),
             };
             let policy = ctx
                 .state
@@ -142,6 +158,14 @@ async fn dispatch(
                 .or_else(|| ctx.state.config.tiers.get("free"))
                 .expect("the free tier always exists");
             let decision = ctx.state.limiter.check(policy, &principal.key_id).await;
+            if endpoint == Endpoint::Events && decision.allowed {
+                let mut response = match events::events(ctx, &principal, &req) {
+                    Ok(stream) => stream.map(Body::Right),
+                    Err(problem) => full(problem.into_response()),
+                };
+                rate_limit_headers(&mut response, policy, &decision);
+                return response;
+            }
             let mut response = if decision.allowed {
                 let result = match endpoint {
                     Endpoint::CreateLink => links::create(ctx, &principal, req).await,
@@ -151,6 +175,7 @@ async fn dispatch(
                     Endpoint::DeleteLink => links::delete(ctx, &principal, param()).await,
                     Endpoint::LinkStats => stats::link_stats(ctx, &principal, param(), &req).await,
                     Endpoint::TopLinks => stats::top_links(ctx, &principal, &req).await,
+                    Endpoint::LinkQr => qr::link_qr(ctx, &principal, param(), &req).await,
                     _ => Err(Problem::not_found("no such endpoint")),
                 };
                 result.unwrap_or_else(Problem::into_response)
@@ -160,7 +185,8 @@ async fn dispatch(
             rate_limit_headers(&mut response, policy, &decision);
             response
         }
-    }
+    };
+    full(response)
 }
 
 async fn authenticate(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Option<Principal> {
@@ -234,8 +260,8 @@ pub fn too_many_requests(decision: &Decision) -> HttpResponse {
     .into_response()
 }
 
-pub fn rate_limit_headers(
-    response: &mut HttpResponse,
+pub fn rate_limit_headers<B>(
+    response: &mut Response<B>,
     policy: &crate::ratelimit::Policy,
     decision: &Decision,
 ) {

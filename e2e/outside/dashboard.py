@@ -1,0 +1,230 @@
+"""The dashboard judged by a real browser: Debian's Chromium, driven by
+selenium through the system chromedriver, headless.
+
+Environment: SHORTFLEET_GATEWAY_URL, SHORTFLEET_API_KEY, and
+SHORTFLEET_SCREENSHOTS (a directory; the list and the link view are saved
+there). Redirects are made from outside the browser (urllib, a browser
+User-Agent, redirects not followed) and the page must show them live,
+without a reload. Exits non-zero on the first failed check.
+"""
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+BASE = os.environ["SHORTFLEET_GATEWAY_URL"].rstrip("/")
+KEY = os.environ["SHORTFLEET_API_KEY"]
+SHOTS = os.environ.get("SHORTFLEET_SCREENSHOTS", "")
+UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+      "(KHTML, like Gecko) Chrome/126.0 Safari/537.36")
+TARGET = "https://example.com/dashboard/browser-test"
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print(f"ok: {what}")
+
+
+class NoFollow(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def click_redirect(code):
+    opener = urllib.request.build_opener(NoFollow)
+    req = urllib.request.Request(f"{BASE}/{code}", headers={"User-Agent": UA})
+    try:
+        opener.open(req, timeout=5)
+        raise AssertionError("redirect was followed or not a redirect")
+    except urllib.error.HTTPError as e:
+        check(e.code == 302, f"GET /{code} answers 302")
+
+
+def by_label(driver, text, scope=None):
+    """The control a visible <label> with exactly `text` names."""
+    root = scope or driver
+    label = root.find_element(By.XPATH, f".//label[normalize-space()='{text}']")
+    check(label.is_displayed(), f"label {text!r} is visible")
+    return driver.find_element(By.ID, label.get_attribute("for"))
+
+
+def button(driver, text, scope=None):
+    root = scope or driver
+    return root.find_element(By.XPATH, f".//button[normalize-space()='{text}']")
+
+
+def no_horizontal_scroll(driver, where):
+    width = driver.execute_script("return window.innerWidth")
+    scroll = driver.execute_script("return document.documentElement.scrollWidth")
+    check(scroll <= width, f"{where}: no horizontal scrolling at {width}px ({scroll})")
+
+
+def every_control_labelled(driver, where):
+    unlabelled = driver.execute_script("""
+        return [...document.querySelectorAll('input, select, textarea')]
+          .filter(e => e.type !== 'hidden')
+          .filter(e => !e.labels || e.labels.length === 0 || !e.labels[0].textContent.trim())
+          .map(e => e.name || e.id);""")
+    check(unlabelled == [], f"{where}: every input has a label ({unlabelled})")
+
+
+def main():
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--disable-gpu", "--window-size=1280,900", "--lang=en-US"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    wait = WebDriverWait(driver, 10)
+    try:
+        run(driver, wait)
+    finally:
+        driver.quit()
+
+
+def run(driver, wait):
+    driver.get(f"{BASE}/app")
+    check(driver.current_url == f"{BASE}/app/", "/app redirects to /app/")
+
+    # Sign in.
+    by_label(driver, "API key").send_keys(KEY)
+    button(driver, "Sign in").click()
+    wait.until(EC.visibility_of_element_located((By.XPATH, "//h1[.='Your links']")))
+    check(driver.find_element(By.ID, "sign-out").is_displayed(), "signed in")
+    check(KEY not in driver.current_url, "the key is not in the URL")
+    every_control_labelled(driver, "list")
+
+    # A problem+json error is shown beside the field it names.
+    url_field = by_label(driver, "URL")
+    url_field.send_keys("not a url")
+    button(driver, "Shorten").click()
+    error = wait.until(EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, ".field-error[data-field='url']")))
+    check(error.text.strip() != "", f"URL error shown beside the field: {error.text!r}")
+    check(url_field.get_attribute("aria-invalid") == "true", "URL marked invalid")
+
+    # Shorten with options.
+    url_field.clear()
+    url_field.send_keys(TARGET)
+    driver.find_element(By.XPATH, "//summary[normalize-space()='More options']").click()
+    by_label(driver, "Tags").send_keys("demo, browser")
+    button(driver, "Shorten").click()
+    row = wait.until(EC.visibility_of_element_located(
+        (By.XPATH, f"//li[@data-testid='link-row'][.//div[@class='target' and .='{TARGET}']]")))
+    code = row.get_attribute("data-code")
+    check(len(code) == 7, f"a row for the new link ({code})")
+    check("demo" in row.text and "active" in row.text, "row shows tags and status")
+    check(row.find_element(By.CSS_SELECTOR, "[data-testid='link-clicks']").text == "0",
+          "row shows 0 clicks")
+    check(row.find_element(By.LINK_TEXT, code).get_attribute("href").endswith(f"#/links/{code}"),
+          "the code links to its view")
+    wait.until(lambda d: d.find_element(By.ID, "live-state").text == "live: live")
+    check(True, "live stream connected")
+
+    # Live on the list: redirects elsewhere raise the row's count.
+    driver.execute_script("window.__noReload = 1")
+    click_redirect(code)
+    WebDriverWait(driver, 5).until(lambda d: d.find_element(
+        By.CSS_SELECTOR, f"li[data-code='{code}'] [data-testid='link-clicks']").text == "1")
+    check(driver.execute_script("return window.__noReload") == 1, "list count rose without a reload")
+    if SHOTS:
+        driver.save_screenshot(os.path.join(SHOTS, "dashboard-links.png"))
+
+    # The link's view: chart drawn, live total.
+    driver.find_element(By.LINK_TEXT, code).click()
+    chart = wait.until(EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, "svg[data-testid='clicks-chart']")))
+    wait.until(lambda d: len(chart.find_elements(By.CSS_SELECTOR, "rect.bar")) >= 7)
+    check(True, "the chart is drawn (7 daily bars)")
+    button(driver, "24 hours").click()
+    wait.until(lambda d: len(d.find_elements(
+        By.CSS_SELECTOR, "svg[data-testid='clicks-chart'] rect.bar")) >= 24)
+    check(True, "the chart switches to 24 hourly bars")
+    total = driver.find_element(By.CSS_SELECTOR, "[data-testid='live-clicks']")
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='live-clicks']").text == "1")
+    wait.until(lambda d: d.execute_script(
+        "const i = document.querySelector('img.qr'); return i && i.complete && i.naturalWidth > 0"))
+    check(True, "the QR code is shown")
+    every_control_labelled(driver, "link view")
+    driver.execute_script("window.__noReload = 2")
+    started = time.monotonic()
+    for _ in range(3):
+        click_redirect(code)
+    WebDriverWait(driver, 6).until(lambda d: d.find_element(
+        By.CSS_SELECTOR, "[data-testid='live-clicks']").text == "4")
+    elapsed = time.monotonic() - started
+    check(driver.execute_script("return window.__noReload") == 2, "no reload")
+    check(elapsed < 5, f"live total rose to 4 in {elapsed:.1f} s")
+    if SHOTS:
+        driver.execute_script("window.scrollTo(0, 0)")
+        driver.save_screenshot(os.path.join(SHOTS, "dashboard-link.png"))
+
+    # Narrow screens.
+    driver.set_window_size(375, 800)
+    time.sleep(0.3)
+    no_horizontal_scroll(driver, "link view")
+
+    # Edit.
+    edit = driver.find_element(By.XPATH, "//form[.//h2[.='Edit']]")
+    tags = by_label(driver, "Tags", edit)
+    tags.clear()
+    tags.send_keys("demo, edited")
+    button(driver, "Save", edit).click()
+    wait.until(lambda d: d.find_element(By.ID, "toast").text == "Saved")
+    wait.until(lambda d: by_label(d, "Tags", d.find_element(
+        By.XPATH, "//form[.//h2[.='Edit']]")).get_attribute("value") == "demo, edited")
+    check(True, "edited tags saved")
+
+    # Keyboard: the period buttons and links are reachable with Tab.
+    body = driver.find_element(By.TAG_NAME, "body")
+    reached = set()
+    for _ in range(40):
+        body.send_keys(Keys.TAB) if not reached else driver.switch_to.active_element.send_keys(Keys.TAB)
+        el = driver.switch_to.active_element
+        reached.add((el.tag_name, el.text.strip()))
+    check(("button", "Sign out") in reached and ("button", "Save") in reached,
+          "Sign out and Save are reachable by keyboard")
+
+    # Back to the list at 375 px, delete with confirmation.
+    driver.find_element(By.LINK_TEXT, "← All links").click()
+    row = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"li[data-code='{code}']")))
+    no_horizontal_scroll(driver, "list")
+    driver.set_window_size(1280, 900)
+    button(driver, "Delete", row).click()
+    dialog = wait.until(EC.visibility_of_element_located((By.ID, "confirm")))
+    check(code in dialog.text, "delete asks for confirmation")
+    driver.find_element(By.ID, "confirm-ok").click()
+    wait.until(EC.invisibility_of_element_located((By.CSS_SELECTOR, f"li[data-code='{code}']")))
+    check(True, "the row is gone after delete")
+
+    # Sign out forgets the key.
+    driver.find_element(By.ID, "sign-out").click()
+    wait.until(EC.visibility_of_element_located((By.XPATH, "//h1[.='Sign in']")))
+    check(driver.execute_script("return sessionStorage.length") == 0, "sign out forgets the key")
+
+    # Console: nothing but the deliberate 400 of the invalid URL.
+    logs = driver.get_log("browser")
+    errors = [l for l in logs if l["level"] == "SEVERE"
+              and not ("/api/v1/links" in l["message"] and "400" in l["message"])]
+    check(errors == [], f"no console errors: {json.dumps(errors, indent=1)}")
+    print("dashboard: all checks passed")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001 - report any failure and exit non-zero
+        print(f"FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
