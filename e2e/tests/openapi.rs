@@ -91,6 +91,8 @@ async fn schemathesis_finds_nothing() {
         env_or("SHORTFLEET_SCHEMATHESIS_EXAMPLES", "100"),
         "--seed".into(),
         env_or("SHORTFLEET_SCHEMATHESIS_SEED", "20261126"),
+        "--generation-database".into(),
+        "none".into(),
         "--generation-allow-x00".into(),
         "true".into(),
         "--max-redirects".into(),
