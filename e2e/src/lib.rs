@@ -92,6 +92,35 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e sits in the workspace")
+        .to_path_buf()
+}
+
+/// The python of the project's tool environment, where the outside clients
+/// live (grpcio, schemathesis, selenium): `deploy/local/tools` installs it
+/// when needed (idempotent) and prints the path last.
+pub fn tools_python() -> PathBuf {
+    let out = std::process::Command::new(workspace_root().join("deploy/local/tools"))
+        .output()
+        .expect("running deploy/local/tools");
+    assert!(
+        out.status.success(),
+        "deploy/local/tools failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("tools printed the python path"),
+    )
+}
+
 /// Options that change how the fleet is configured.
 #[derive(Debug, Clone, Default)]
 pub struct FleetOptions {

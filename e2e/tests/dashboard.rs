@@ -7,36 +7,9 @@
 //! rise live, edits, deletes, signs out, and checks the console stayed
 //! clean. It saves the screenshots the README shows (`docs/screenshots/`).
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use shortfleet_e2e::{Fleet, FleetOptions};
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e sits in the workspace")
-        .to_path_buf()
-}
-
-/// The tool environment's python (deploy/local/tools is idempotent and
-/// prints the path last).
-fn tools_python() -> PathBuf {
-    let out = Command::new(workspace_root().join("deploy/local/tools"))
-        .output()
-        .expect("running deploy/local/tools");
-    assert!(
-        out.status.success(),
-        "deploy/local/tools failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("tools printed the python path"),
-    )
-}
+use shortfleet_e2e::{Fleet, FleetOptions, tools_python, workspace_root};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_signs_in_shortens_watches_clicks_live_edits_and_deletes() {

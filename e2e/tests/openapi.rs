@@ -6,39 +6,9 @@
 //! generated strings. Zero failures; a fixed seed keeps CI reproducible
 //! (`SHORTFLEET_SCHEMATHESIS_SEED` picks another, `..._EXAMPLES` the budget).
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use shortfleet_e2e::{Fleet, FleetOptions};
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e sits in the workspace")
-        .to_path_buf()
-}
-
-/// The tool environment's bin directory (deploy/local/tools installs it
-/// when needed and prints its python last).
-fn tools_bin() -> PathBuf {
-    let out = Command::new(workspace_root().join("deploy/local/tools"))
-        .output()
-        .expect("running deploy/local/tools");
-    assert!(
-        out.status.success(),
-        "deploy/local/tools failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("tools printed the python path"),
-    )
-    .parent()
-    .expect("python sits in bin/")
-    .to_path_buf()
-}
+use shortfleet_e2e::{Fleet, FleetOptions, tools_python, workspace_root};
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
@@ -46,7 +16,8 @@ fn env_or(key: &str, default: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing() {
-    let bin = tools_bin();
+    let python = tools_python();
+    let bin = python.parent().expect("python sits in bin/").to_path_buf();
     // Limits are lifted so the fuzzer measures the contract, not our
     // patience; the limiter has its own tests.
     let unlimited = |k: &str| (k.to_owned(), "100000000/60".to_owned());

@@ -4,37 +4,9 @@
 //! The script (`e2e/outside/grpc_tools.py`) knows only the addresses and the
 //! service each should serve; everything else it learns from reflection.
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use shortfleet_e2e::{Fleet, FleetOptions};
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e sits in the workspace")
-        .to_path_buf()
-}
-
-/// The tool environment's python, installing it first if needed
-/// (deploy/local/tools is idempotent and prints the path last).
-fn tools_python() -> PathBuf {
-    let root = workspace_root();
-    let out = Command::new(root.join("deploy/local/tools"))
-        .output()
-        .expect("running deploy/local/tools");
-    assert!(
-        out.status.success(),
-        "deploy/local/tools failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("tools printed the python path"),
-    )
-}
+use shortfleet_e2e::{Fleet, FleetOptions, tools_python, workspace_root};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_sees_exactly_what_each_server_serves() {
