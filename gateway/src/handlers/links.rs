@@ -8,8 +8,8 @@ use hyper::body::Incoming;
 use serde_json::json;
 use shortfleet_common::{input, time::to_proto};
 use shortfleet_proto::v1::{
-    ClickTotalsRequest, CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, ListLinksRequest,
-    UpdateLinkRequest,
+    ClickTotalsRequest, CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, Link,
+    ListLinksRequest, UpdateLinkRequest,
 };
 
 use super::{Ctx, view};
@@ -36,6 +36,44 @@ pub(crate) const UPDATE_FIELDS: &[&str] = &[
     "disabled",
 ];
 
+/// The caller's link `code`: another owner's or a deleted one is 404.
+pub(crate) async fn owned_link(
+    ctx: &Ctx<'_>,
+    principal: &Principal,
+    code: &str,
+) -> Result<Link, Problem> {
+    let upstreams = &ctx.state.upstreams;
+    let request = GetLinkRequest {
+        code: code.to_owned(),
+        owner: principal.owner.clone(),
+    };
+    upstreams
+        .writer(true, |mut c| {
+            let r = upstreams.request(request.clone(), ctx.request_id);
+            async move { c.get_link(r).await }
+        })
+        .await
+}
+
+/// A JSON object body, read within the size and time limits, as fields
+/// (`allowed` names the accepted ones).
+async fn json_fields(
+    ctx: &Ctx<'_>,
+    headers: &http::HeaderMap,
+    body: Incoming,
+    allowed: &[&str],
+) -> Result<Fields, Problem> {
+    let config = &ctx.state.config;
+    let body = read_body(
+        headers,
+        body,
+        config.max_body_bytes,
+        config.body_read_timeout,
+    )
+    .await?;
+    Ok(Fields::new(json_object(headers, &body)?, allowed))
+}
+
 /// Values above u32 are passed as u32::MAX so write-svc names the field.
 fn redirect_type(raw: u64) -> u32 {
     u32::try_from(raw).unwrap_or(u32::MAX)
@@ -61,14 +99,7 @@ pub async fn create(
             })?
             .to_owned(),
     };
-    let body = read_body(
-        &parts.headers,
-        body,
-        ctx.state.config.max_body_bytes,
-        ctx.state.config.body_read_timeout,
-    )
-    .await?;
-    let mut f = Fields::new(json_object(&parts.headers, &body)?, CREATE_FIELDS);
+    let mut f = json_fields(ctx, &parts.headers, body, CREATE_FIELDS).await?;
     let request = CreateLinkRequest {
         owner: principal.owner.clone(),
         url: f.required_string("url").unwrap_or_default(),
@@ -161,17 +192,7 @@ pub async fn get(
     principal: &Principal,
     code: &str,
 ) -> Result<HttpResponse, Problem> {
-    let upstreams = &ctx.state.upstreams;
-    let request = GetLinkRequest {
-        code: code.to_owned(),
-        owner: principal.owner.clone(),
-    };
-    let link = upstreams
-        .writer(true, |mut c| {
-            let r = upstreams.request(request.clone(), ctx.request_id);
-            async move { c.get_link(r).await }
-        })
-        .await?;
+    let link = owned_link(ctx, principal, code).await?;
     let totals = click_totals(ctx, principal, vec![link.code.clone()]).await;
     let clicks = clicks_of(&totals, &link.code);
     Ok(view::json_response(
@@ -218,14 +239,7 @@ pub async fn update(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, Problem> {
     let (parts, body) = req.into_parts();
-    let body = read_body(
-        &parts.headers,
-        body,
-        ctx.state.config.max_body_bytes,
-        ctx.state.config.body_read_timeout,
-    )
-    .await?;
-    let mut f = Fields::new(json_object(&parts.headers, &body)?, UPDATE_FIELDS);
+    let mut f = json_fields(ctx, &parts.headers, body, UPDATE_FIELDS).await?;
     let request = UpdateLinkRequest {
         code: code.to_owned(),
         owner: principal.owner.clone(),

@@ -11,7 +11,6 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use qrcode::{Color, EcLevel, QrCode};
-use shortfleet_proto::v1::GetLinkRequest;
 
 use super::{Ctx, view};
 use crate::{
@@ -84,17 +83,7 @@ pub async fn link_qr(
     req: &Request<Incoming>,
 ) -> Result<HttpResponse, Problem> {
     let wanted = QrParams::parse(&query(req.uri()))?;
-    let upstreams = &ctx.state.upstreams;
-    let request = GetLinkRequest {
-        code: code.to_owned(),
-        owner: principal.owner.clone(),
-    };
-    let link = upstreams
-        .writer(true, |mut c| {
-            let r = upstreams.request(request.clone(), ctx.request_id);
-            async move { c.get_link(r).await }
-        })
-        .await?;
+    let link = super::links::owned_link(ctx, principal, code).await?;
     let url = view::short_url(&ctx.state.config.public_url, &link.code);
     let (body, content_type) = match wanted.format {
         Format::Svg => (Bytes::from(svg(&url, wanted.size)?), "image/svg+xml"),

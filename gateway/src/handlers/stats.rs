@@ -6,7 +6,7 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 use shortfleet_common::time::to_proto;
-use shortfleet_proto::v1::{GetLinkRequest, GetLinkStatsRequest, Interval, TopLinksRequest};
+use shortfleet_proto::v1::{GetLinkStatsRequest, Interval, TopLinksRequest};
 
 use super::{Ctx, view};
 use crate::{
@@ -68,16 +68,8 @@ pub async fn link_stats(
         return Err(Problem::validation(errors));
     }
     let upstreams = &ctx.state.upstreams;
-    let owned = GetLinkRequest {
-        code: code.to_owned(),
-        owner: principal.owner.clone(),
-    };
-    upstreams
-        .writer(true, |mut c| {
-            let r = upstreams.request(owned.clone(), ctx.request_id);
-            async move { c.get_link(r).await }
-        })
-        .await?;
+    // Stats only for the caller's own link (another's is 404).
+    super::links::owned_link(ctx, principal, code).await?;
     let request = GetLinkStatsRequest {
         code: code.to_owned(),
         from: Some(to_proto(from)),
