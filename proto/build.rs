@@ -13,6 +13,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("shortener_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Messages and servers (with the server codec, see src/codec.rs) ...
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::codec::RequestCodec")
+        .compile_fds(descriptors.clone())?;
+    // ... then clients alone, over the same message types, with prost's own
+    // codec, into their own directory.
+    let clients = out_dir.join("clients");
+    std::fs::create_dir_all(&clients)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .extern_path(".shortener.v1", "crate::v1")
+        .out_dir(&clients)
+        .compile_fds(descriptors)?;
     Ok(())
 }

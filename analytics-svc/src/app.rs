@@ -142,6 +142,7 @@ impl Service for App {
             self.health.clone(),
             shutdown,
             grace,
+            c.tls.as_ref(),
         )
         .await;
         grpc::stop_background(tracker, background, grace).await;

@@ -4,6 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shortfleet_common::config::{ConfigError, ConfigSource, Secret};
+use shortfleet_common::tls::FleetTls;
+
+/// Who may call us when TLS is on (see `shortfleet_common::tls`).
+const ALLOWED_CALLERS: &str = "gateway";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +36,8 @@ pub struct Config {
     /// trusted country header; `None` leaves such clicks without one.
     pub geoip_db: Option<PathBuf>,
     pub shutdown_grace: Duration,
+    /// Mutual TLS and the callers admitted; `None` on plaintext (loopback).
+    pub tls: Option<FleetTls>,
 }
 
 impl Config {
@@ -72,6 +78,7 @@ impl Config {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+            tls: FleetTls::read(&mut r, ALLOWED_CALLERS),
         };
         if config.batch_max == 0 || config.prefetch == 0 {
             r.invalid(

@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             ("SHORTFLEET_ANONYMOUS_LIMIT".into(), "1000000000/1".into()),
             ("SHORTFLEET_CLICK_BUFFER".into(), "1000000".into()),
         ],
+        ..Default::default()
     })
     .await
     .context("starting the fleet")?;

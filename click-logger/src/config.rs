@@ -4,6 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shortfleet_common::config::{ConfigError, ConfigSource};
+use shortfleet_common::tls::FleetTls;
+
+/// Who may call us when TLS is on (see `shortfleet_common::tls`).
+const ALLOWED_CALLERS: &str = "gateway";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -18,6 +22,8 @@ pub struct Config {
     /// Bounds connecting and each wait for publisher confirms.
     pub amqp_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Mutual TLS and the callers admitted; `None` on plaintext (loopback).
+    pub tls: Option<FleetTls>,
 }
 
 impl Config {
@@ -36,6 +42,7 @@ impl Config {
             spool_max_bytes: r.get("SHORTFLEET_SPOOL_MAX_BYTES", 1 << 30),
             amqp_timeout: r.millis("SHORTFLEET_AMQP_TIMEOUT_MS", 5000),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+            tls: FleetTls::read(&mut r, ALLOWED_CALLERS),
         };
         r.finish(config)
     }

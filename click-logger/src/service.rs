@@ -166,7 +166,15 @@ impl ClickLogger for ClickLoggerService {
                 let batch = tokio::select! {
                     next = batches.message() => match next {
                         Ok(Some(batch)) => batch,
-                        _ => break,
+                        Ok(None) => break,
+                        // A message that does not decode (INVALID_ARGUMENT)
+                        // or a broken stream: end the call with that status,
+                        // so the caller learns why (a send to a caller that
+                        // has gone fails, which is fine).
+                        Err(status) => {
+                            let _ = acks.send(Err(status)).await;
+                            break;
+                        }
                     },
                     () = service.draining.cancelled() => break,
                 };

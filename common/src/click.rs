@@ -251,5 +251,27 @@ mod tests {
             fit(&mut e);
             prop_assert!(check(&e, now).is_ok());
         }
+
+        /// The validator click-logger runs on whatever a caller sends:
+        /// never panics, and what it accepts is what analytics can store.
+        #[test]
+        fn any_event_is_judged_without_panic(
+            event_id in any::<String>(), code in any::<String>(), owner in any::<String>(),
+            client_ip in any::<String>(), seconds in any::<i64>(), nanos in any::<i32>(),
+        ) {
+            let now = Utc::now();
+            let mut e = click(now);
+            e.event_id = event_id;
+            e.code = code;
+            e.owner = owner;
+            e.client_ip = client_ip;
+            e.occurred_at = Some(prost_types::Timestamp { seconds, nanos });
+            if let Ok(at) = check(&e, now) {
+                prop_assert!(input::is_code_shaped(&e.code));
+                prop_assert!(e.client_ip.is_empty() || e.client_ip.parse::<IpAddr>().is_ok());
+                prop_assert!(at <= now + MAX_FUTURE && at >= now - TimeDelta::days(MAX_AGE_DAYS));
+                prop_assert!(!e.event_id.is_empty() && e.event_id.len() <= EVENT_ID_MAX);
+            }
+        }
     }
 }

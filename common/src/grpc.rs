@@ -15,7 +15,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::ops::{Health, Readiness};
+use crate::{
+    ops::{Health, Readiness},
+    tls::FleetTls,
+};
 
 /// Names of the standard services every server adds to its own.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -148,7 +151,8 @@ impl Listeners {
 /// Serves a service's `routes` (answering the fully-qualified `services`),
 /// plus health and reflection, on `listener` with a server span per call,
 /// until `shutdown`; then stops accepting and lets in-flight calls finish,
-/// abandoning them after `grace`.
+/// abandoning them after `grace`. With `tls`, only its allowed callers get
+/// through (see [`crate::tls`]).
 pub async fn serve(
     services: &'static [&'static str],
     listener: tokio::net::TcpListener,
@@ -156,6 +160,7 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
     grace: Duration,
+    tls: Option<&FleetTls>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let (reflection_v1, reflection_v1alpha) = reflection_services(services);
@@ -164,8 +169,15 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let drained = shutdown.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.server_config())
+            .context("configuring TLS")?;
+    }
+    let server = builder
         .trace_fn(crate::trace::grpc_server_span)
+        .layer(tls.map(FleetTls::caller_check).unwrap_or_default())
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -178,6 +190,43 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The one way the fleet builds a client channel to another service: lazy
+/// (a caller starts, and serves what it can, while the callee is down), with
+/// a connect deadline of at most a second, `timeout` per call, `TCP_NODELAY`
+/// and HTTP/2 keep-alive pings so a dead peer is noticed. With `tls` the URL
+/// must be `https://` and the peer must prove it is `service`; without, it
+/// must be `http://`, so a typo can never silently fall back to plaintext.
+/// `key` names the setting `url` came from, for the error.
+pub fn channel(
+    url: &str,
+    key: &str,
+    timeout: Duration,
+    tls: Option<&FleetTls>,
+    service: &str,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use anyhow::Context as _;
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{key}: {url:?} is not a URL"))?
+        .connect_timeout(timeout.min(Duration::from_secs(1)))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20));
+    let scheme = endpoint.uri().scheme_str().unwrap_or_default().to_owned();
+    let endpoint = match (tls, scheme.as_str()) {
+        (Some(tls), "https") => endpoint
+            .tls_config(tls.client_config(service))
+            .with_context(|| format!("{key}: configuring TLS"))?,
+        (None, "http") => endpoint,
+        (Some(_), _) => {
+            anyhow::bail!("{key}: {url:?} must be https:// when SHORTFLEET_TLS_* is set")
+        }
+        (None, _) => {
+            anyhow::bail!("{key}: {url:?} must be http:// (set SHORTFLEET_TLS_* for https://)")
+        }
+    };
+    Ok(endpoint.connect_lazy())
 }
 
 /// Stops a service's background tasks (after the server drained, so they

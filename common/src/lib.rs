@@ -15,6 +15,7 @@
 //! - [`grpc`]: health and reflection services every gRPC server exposes.
 //! - [`postgres`]: pools with timeouts, database creation, versioned migrations.
 //! - [`redis`]: a fail-fast, self-reconnecting Redis client.
+//! - [`tls`]: mutual TLS between services and the callers each admits.
 //! - [`trace`]: W3C trace context over HTTP, gRPC metadata and AMQP headers.
 //! - [`time`]: conversions between `chrono` and protobuf timestamps.
 //! - [`input`]: the input policy of every gRPC edge (bounds, no control
@@ -40,4 +41,5 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod trace;

@@ -173,6 +173,27 @@ def call(channel, service, method, request, output):
         return err.code(), err.details(), []
 
 
+UNDECODABLE = b"\x0f\xff\xff"
+
+
+def call_raw(channel, service, method, payload):
+    """Sends `payload` as the request bytes, unserialised."""
+    path = f"/{service}/{method.name}"
+    kwargs = dict(request_serializer=None, response_deserializer=None)
+    try:
+        if method.client_streaming and method.server_streaming:
+            list(channel.stream_stream(path, **kwargs)(iter([payload]), timeout=DEADLINE))
+        elif method.client_streaming:
+            channel.stream_unary(path, **kwargs)(iter([payload]), timeout=DEADLINE)
+        elif method.server_streaming:
+            list(channel.unary_stream(path, **kwargs)(payload, timeout=DEADLINE))
+        else:
+            channel.unary_unary(path, **kwargs)(payload, timeout=DEADLINE)
+        return grpc.StatusCode.OK, "", []
+    except grpc.RpcError as err:
+        return err.code(), err.details(), []
+
+
 def refused_in_band(responses):
     """A stream protocol may refuse a message in its answer (ClickAck's
     `error`) instead of ending the call: that is a precise answer too."""
@@ -217,6 +238,10 @@ def judge(name, address, service):
         precise = code in REFUSALS or (code == grpc.StatusCode.OK and refused_in_band(responses))
         shown = detail or "; ".join(getattr(r, "error", "") for r in responses)
         check(precise, f"{name}: {method.name}(malformed) is refused precisely: {code.name} {shown[:80]!r}")
+        # Bytes that are no protobuf message at all (a field tag with wire
+        # type 7 does not exist) are the caller's mistake too.
+        code, detail, _ = call_raw(channel, service, method, UNDECODABLE)
+        check(code == grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {method.name}(undecodable bytes) is INVALID_ARGUMENT: {code.name} {detail[:80]!r}")
     channel.close()
 
 

@@ -128,6 +128,9 @@ pub struct FleetOptions {
     pub gateway_env: Vec<(String, String)>,
     /// Extra pairs for every service (applied before `gateway_env`).
     pub all_env: Vec<(String, String)>,
+    /// Mutual TLS between the services, from material `deploy/tls/mint`
+    /// wrote to this directory (`<dir>/<service>/tls.{crt,key}`, `ca.crt`).
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Fleet {
@@ -151,9 +154,26 @@ impl Fleet {
         let db = |name: &str| format!("sf_e2e_{id}_{name}");
         let databases = vec![db("links"), db("analytics"), db("gateway")];
         let public = format!("127.0.0.1:{}", grpc["gateway"]);
-        let grpc_url = |s: &str| format!("http://127.0.0.1:{}", grpc[s]);
-        let common = |svc: &str| -> Vec<(String, String)> {
+        let scheme = if options.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let grpc_url = |s: &str| format!("{scheme}://127.0.0.1:{}", grpc[s]);
+        let tls_env = |svc: &str| -> Vec<(String, String)> {
+            let Some(dir) = &options.tls_dir else {
+                return Vec::new();
+            };
+            let file = |name: &str| dir.join(svc).join(name).display().to_string();
             vec![
+                ("SHORTFLEET_TLS_CERT".into(), file("tls.crt")),
+                ("SHORTFLEET_TLS_KEY".into(), file("tls.key")),
+                ("SHORTFLEET_TLS_CA".into(), file("ca.crt")),
+            ]
+        };
+        let common = |svc: &str| -> Vec<(String, String)> {
+            let mut env = tls_env(svc);
+            env.extend([
                 (
                     "SHORTFLEET_GRPC_ADDR".into(),
                     format!("127.0.0.1:{}", grpc[svc]),
@@ -185,7 +205,8 @@ impl Fleet {
                 ("SHORTFLEET_PUBLIC_HOSTS".into(), public.clone()),
                 ("SHORTFLEET_SHUTDOWN_GRACE_MS".into(), "5000".into()),
                 ("SHORTFLEET_LOG".into(), "info".into()),
-            ]
+            ]);
+            env
         };
         let mut envs: HashMap<&'static str, Vec<(String, String)>> = HashMap::new();
         let mut write = common("write-svc");

@@ -13,6 +13,7 @@ async fn analytics_killed_mid_stream_loses_and_duplicates_nothing() {
         gateway_env: vec![("SHORTFLEET_ANONYMOUS_LIMIT".into(), "100000/60".into())],
         // Small batches so a kill lands between commits.
         all_env: vec![("SHORTFLEET_BATCH_MAX".into(), "20".into())],
+        ..Default::default()
     })
     .await
     .expect("fleet starts");

@@ -35,6 +35,7 @@ async fn a_link_travels_through_every_service() {
             ("SHORTFLEET_TRUSTED_PROXIES".into(), "127.0.0.0/8".into()),
             ("SHORTFLEET_COUNTRY_HEADER".into(), "CF-IPCountry".into()),
         ],
+        ..Default::default()
     })
     .await
     .expect("fleet starts");

@@ -97,6 +97,7 @@ async fn live_clicks_reach_their_owner_from_every_replica_and_slow_readers_are_d
             ("SHORTFLEET_CLICK_BATCH_WAIT_MS", "5"),
         ]),
         all_env: env(&[("SHORTFLEET_BATCH_MAX_WAIT_MS", "5")]),
+        ..Default::default()
     })
     .await
     .expect("fleet starts");

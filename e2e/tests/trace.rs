@@ -86,6 +86,7 @@ async fn a_redirect_and_its_click_share_one_trace_across_the_fleet() {
             ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
         ],
         gateway_env: Vec::new(),
+        ..Default::default()
     })
     .await
     .expect("fleet starts");

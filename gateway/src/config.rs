@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use shortfleet_common::config::{ConfigError, ConfigSource};
+use shortfleet_common::{
+    config::{ConfigError, ConfigSource},
+    tls::FleetTls,
+};
 
 use crate::{proxies::TrustedProxies, ratelimit::Policy};
 
@@ -27,6 +30,9 @@ pub struct Config {
     pub analytics_url: String,
     /// Bounds every gRPC call to an upstream.
     pub upstream_timeout: Duration,
+    /// Mutual TLS to the services (the gateway is a client only, so no
+    /// callers apply); `None` on plaintext (loopback).
+    pub tls: Option<FleetTls>,
     /// Rate-limit policies by tier name; "anonymous" limits redirects per IP.
     pub tiers: BTreeMap<String, Policy>,
     pub anonymous: Policy,
@@ -167,6 +173,7 @@ impl Config {
             click_logger_url: r.string("SHORTFLEET_CLICK_LOGGER_URL", "http://127.0.0.1:50053"),
             analytics_url: r.string("SHORTFLEET_ANALYTICS_URL", "http://127.0.0.1:50054"),
             upstream_timeout: r.millis("SHORTFLEET_UPSTREAM_TIMEOUT_MS", 2000),
+            tls: FleetTls::read(&mut r, ""),
             tiers,
             anonymous,
             trusted_proxies,

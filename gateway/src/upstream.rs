@@ -5,15 +5,12 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use crate::{problem::Problem, resilience::Guard};
-use anyhow::Context;
+use shortfleet_common::tls::names;
 use shortfleet_proto::v1::{
     analytics_client::AnalyticsClient, click_logger_client::ClickLoggerClient,
     link_resolver_client::LinkResolverClient, link_writer_client::LinkWriterClient,
 };
-use tonic::{
-    metadata::MetadataValue,
-    transport::{Channel, Endpoint},
-};
+use tonic::{metadata::MetadataValue, transport::Channel};
 
 #[derive(Clone)]
 pub struct Upstreams {
@@ -27,14 +24,19 @@ pub struct Upstreams {
     analytics_guard: Arc<Guard>,
 }
 
-fn channel(url: &str, key: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{key}: {url:?} is not a URL"))?
-        .connect_timeout(timeout.min(Duration::from_secs(1)))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .connect_lazy())
+fn channel(
+    config: &crate::config::Config,
+    url: &str,
+    key: &str,
+    service: &str,
+) -> anyhow::Result<Channel> {
+    shortfleet_common::grpc::channel(
+        url,
+        key,
+        config.upstream_timeout,
+        config.tls.as_ref(),
+        service,
+    )
 }
 
 impl Upstreams {
@@ -42,24 +44,28 @@ impl Upstreams {
         let t = config.upstream_timeout;
         Ok(Self {
             writer: LinkWriterClient::new(channel(
+                config,
                 &config.write_svc_url,
                 "SHORTFLEET_WRITE_SVC_URL",
-                t,
+                names::WRITE_SVC,
             )?),
             resolver: LinkResolverClient::new(channel(
+                config,
                 &config.read_svc_url,
                 "SHORTFLEET_READ_SVC_URL",
-                t,
+                names::READ_SVC,
             )?),
             clicks: ClickLoggerClient::new(channel(
+                config,
                 &config.click_logger_url,
                 "SHORTFLEET_CLICK_LOGGER_URL",
-                t,
+                names::CLICK_LOGGER,
             )?),
             analytics: AnalyticsClient::new(channel(
+                config,
                 &config.analytics_url,
                 "SHORTFLEET_ANALYTICS_URL",
-                t,
+                names::ANALYTICS_SVC,
             )?),
             timeout: t,
             writer_guard: Arc::new(Guard::new(

@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
     grpc::{self, Listeners},
@@ -19,7 +18,6 @@ use shortfleet_proto::v1::{
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
-use tonic::transport::Endpoint;
 
 use crate::{
     config::Config,
@@ -63,12 +61,13 @@ impl Service for App {
         health.register("rabbitmq", false);
         let redis = redis::connect(&config.redis_url, config.redis_timeout)?;
         // Lazy: read-svc starts (and serves cached codes) while write-svc is down.
-        let upstream = Endpoint::from_shared(config.write_svc_url.clone())
-            .context("parsing SHORTFLEET_WRITE_SVC_URL")?
-            .connect_timeout(config.upstream_timeout)
-            .timeout(config.upstream_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let upstream = shortfleet_common::grpc::channel(
+            &config.write_svc_url,
+            "SHORTFLEET_WRITE_SVC_URL",
+            config.upstream_timeout,
+            config.tls.as_ref(),
+            shortfleet_common::tls::names::WRITE_SVC,
+        )?;
         let resolver = Resolver::new(ResolverParts {
             redis,
             prefix: config.redis_prefix.clone(),
@@ -137,6 +136,7 @@ impl Service for App {
             self.health.clone(),
             shutdown,
             grace,
+            self.config.tls.as_ref(),
         )
         .await;
         grpc::stop_background(tracker, background, grace).await;

@@ -4,6 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use shortfleet_common::config::{ConfigError, ConfigSource};
+use shortfleet_common::tls::FleetTls;
+
+/// Who may call us when TLS is on (see `shortfleet_common::tls`).
+const ALLOWED_CALLERS: &str = "gateway";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -27,6 +31,8 @@ pub struct Config {
     /// TTL of the Redis read model.
     pub redis_ttl: Duration,
     pub shutdown_grace: Duration,
+    /// Mutual TLS and the callers admitted; `None` on plaintext (loopback).
+    pub tls: Option<FleetTls>,
 }
 
 impl Config {
@@ -50,6 +56,7 @@ impl Config {
             negative_ttl: r.millis("SHORTFLEET_NEGATIVE_TTL_MS", 10_000),
             redis_ttl: r.millis("SHORTFLEET_REDIS_TTL_MS", 86_400_000),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+            tls: FleetTls::read(&mut r, ALLOWED_CALLERS),
         };
         if config.redis_ttl < Duration::from_secs(1) {
             r.invalid("SHORTFLEET_REDIS_TTL_MS", "must be at least 1000");

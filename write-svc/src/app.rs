@@ -128,6 +128,7 @@ impl Service for App {
             self.health.clone(),
             shutdown,
             grace,
+            self.config.tls.as_ref(),
         )
         .await;
         grpc::stop_background(tracker, background, grace).await;

@@ -4,6 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use shortfleet_common::config::{ConfigError, ConfigSource, Secret};
+use shortfleet_common::tls::FleetTls;
+
+/// Who may call us when TLS is on (see `shortfleet_common::tls`).
+const ALLOWED_CALLERS: &str = "gateway,read-svc:GetLink";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -20,6 +24,8 @@ pub struct Config {
     /// Whether targets may be loopback, private or link-local addresses.
     pub allow_private_targets: bool,
     pub shutdown_grace: Duration,
+    /// Mutual TLS and the callers admitted; `None` on plaintext (loopback).
+    pub tls: Option<FleetTls>,
     /// Signs `ListLinks` cursors; every replica must share it, or a cursor
     /// issued by one is refused by the next.
     pub cursor_secret: Secret,
@@ -55,6 +61,7 @@ impl Config {
             ),
             allow_private_targets: r.get("SHORTFLEET_ALLOW_PRIVATE_TARGETS", false),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
+            tls: FleetTls::read(&mut r, ALLOWED_CALLERS),
             cursor_secret: Secret::new(r.string("SHORTFLEET_CURSOR_SECRET", DEV_CURSOR_SECRET)),
         };
         if config.cursor_secret.expose().len() < MIN_CURSOR_SECRET {

@@ -148,4 +148,14 @@ mod tests {
         let nul = hex::encode(b"1700000000123456.a\0b0123456789abcdef");
         assert_eq!(Cursor::decode(&nul, &key(), "alice"), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a client puts in `?cursor=`: no panic, and nothing
+        /// decodes that this key did not sign.
+        #[test]
+        fn no_token_decodes_unless_signed(token in "\\PC{0,200}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
+            proptest::prop_assert_eq!(Cursor::decode(&token, &key(), "alice"), None);
+            proptest::prop_assert_eq!(Cursor::decode(&hex::encode(&bytes), &key(), "alice"), None);
+        }
+    }
 }
