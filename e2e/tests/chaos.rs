@@ -190,6 +190,19 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
     for (what, took) in &figures.recoveries {
         eprintln!("chaos: {what}: {took}");
     }
+    if failed > 0 {
+        let text = reqwest::get(format!("{}/metrics", fleet.gateway_ops_url))
+            .await?
+            .text()
+            .await?;
+        for line in text.lines().filter(|l| {
+            l.contains("status=\"4")
+                || l.contains("status=\"5")
+                || l.contains("ratelimit_decisions")
+        }) {
+            eprintln!("chaos: gateway metric {line}");
+        }
+    }
     ensure!(
         failed == 0,
         "{failed} redirects of links resolved before the outages failed: {:?}, {} connection errors",
