@@ -445,6 +445,7 @@ mod tests {
             shared_level: 50.0,
             until: Some(t0 + LEASE_TTL),
             refused_until: None,
+            ..Lease::default()
         });
         assert!(spend(&lease, &p, t0).unwrap().allowed);
         let last = spend(&lease, &p, t0).unwrap();
@@ -457,6 +458,7 @@ mod tests {
             shared_level: 0.0,
             until: Some(t0),
             refused_until: None,
+            ..Lease::default()
         });
         assert!(spend(&lapsed, &p, t0 + Duration::from_millis(1)).is_none());
         assert_eq!(lapsed.lock().unwrap().tokens, 0);
