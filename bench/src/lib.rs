@@ -3,6 +3,8 @@
 //! ([`probe`]). The `shortfleet-bench` binary orchestrates a run; `baseline`
 //! is the bare hyper 301 server every figure is compared with.
 
-pub mod load;
+/// The load generator lives with the e2e harness (the chaos test drives it
+/// too); re-exported so the benchmark reads as before.
+pub use shortfleet_e2e::load;
 pub mod probe;
 pub mod stats;

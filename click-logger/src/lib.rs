@@ -5,13 +5,14 @@
 //! # Layout
 //! - [`app`]: wiring and drain. [`service`]: the `ClickLogger` gRPC service.
 //! - [`publisher`]: the RabbitMQ link, reconnection and spool replay.
-//! - [`spool`]: the bounded, fsync'd on-disk spool.
+//! - [`spool`]: the bounded, fsync'd on-disk spool (shared with the gateway,
+//!   so it lives in `shortfleet_common`).
 
 pub mod app;
 pub mod config;
 pub mod publisher;
 pub mod service;
-pub mod spool;
+pub use shortfleet_common::spool;
 
 pub use app::App;
 pub use config::Config;

@@ -401,9 +401,12 @@ impl Backoff {
         }
     }
 
-    /// 100 ms doubling up to 5 s: what the fleet uses for its broker links.
+    /// 100 ms doubling up to 1 s: what the fleet uses for its broker links.
+    /// The cap keeps a restarted broker found within about a second, at
+    /// the cost of one connection attempt a second per client while it is
+    /// away.
     pub const fn reconnect() -> Self {
-        Self::new(Duration::from_millis(100), Duration::from_secs(5))
+        Self::new(Duration::from_millis(100), Duration::from_secs(1))
     }
 
     /// The next delay; each call moves one step up the ladder.

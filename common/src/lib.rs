@@ -20,6 +20,8 @@
 //! - [`time`]: conversions between `chrono` and protobuf timestamps.
 //! - [`input`]: the input policy of every gRPC edge (bounds, no control
 //!   characters, INVALID_ARGUMENT naming the field).
+//! - [`spool`]: the bounded, fsync'd on-disk click spool (click-logger while
+//!   RabbitMQ is away, the gateway while click-logger is).
 //! - [`click`]: the one definition of a storable click, shared by the
 //!   gateway, click-logger and analytics-svc.
 //!
@@ -39,6 +41,7 @@ pub mod postgres;
 pub mod redis;
 pub mod service;
 pub mod shutdown;
+pub mod spool;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

@@ -3,7 +3,8 @@
 //! must see every event to keep its own in-process cache fresh. read-svc and
 //! the gateway both use it.
 //!
-//! RabbitMQ down: the subscriber reconnects with backoff and reports the
+//! RabbitMQ down: the subscriber reconnects with the fleet's jittered
+//! backoff (at most a second apart) and reports the
 //! "rabbitmq" dependency down; the caller's caches fall back on their TTLs.
 //! After every (re)subscription the caller is told, since events published
 //! during a gap never reach this replica's queue.
@@ -55,9 +56,9 @@ pub struct LinkEventSubscriber {
 
 impl LinkEventSubscriber {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::amqp::Backoff::reconnect();
         while !shutdown.is_cancelled() {
-            match self.consume(&shutdown).await {
+            match self.consume(&shutdown, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.health.set("rabbitmq", false);
@@ -68,16 +69,18 @@ impl LinkEventSubscriber {
                     );
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => return,
+            if !backoff.wait(&shutdown).await {
+                return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
     /// Consumes until shutdown (`Ok`) or a broker failure (`Err`).
-    async fn consume(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn consume(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut crate::amqp::Backoff,
+    ) -> anyhow::Result<()> {
         let connection = tokio::time::timeout(
             Duration::from_secs(5),
             Connection::connect(&self.amqp_url, ConnectionProperties::default()),
@@ -127,6 +130,7 @@ impl LinkEventSubscriber {
             )
             .await?;
         self.health.set("rabbitmq", true);
+        backoff.reset();
         (self.handlers.on_subscribed)().await;
         self.subscribed.notify_one();
         tracing::info!(queue = %queue.name(), "consuming link events");

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod load;
 pub mod proxy;
 
 use anyhow::{Context, bail};
@@ -59,6 +60,8 @@ pub struct Fleet {
     pub gateway_url: String,
     /// `/metrics` etc. of each service by name.
     pub ops_urls: HashMap<&'static str, String>,
+    /// The gateway's ops port (`/metrics` is served there only).
+    pub gateway_ops_url: String,
     /// `host:port` of each gRPC server by service name (not the gateway).
     pub grpc_addrs: HashMap<&'static str, String>,
     /// Environment of each service, for admin commands and restarts.
@@ -242,6 +245,11 @@ impl Fleet {
                 grpc_url("click-logger"),
             ),
             ("SHORTFLEET_ANALYTICS_URL".into(), grpc_url("analytics-svc")),
+            // One spool directory per gateway process (the spool locks it).
+            (
+                "SHORTFLEET_CLICK_SPOOL_DIR".into(),
+                log_dir.join("spool-gateway").display().to_string(),
+            ),
         ]);
         envs.insert("gateway", gateway);
         for env in envs.values_mut() {
@@ -262,6 +270,7 @@ impl Fleet {
             .map(|s| (*s, format!("127.0.0.1:{}", grpc[s])))
             .collect();
         let mut fleet = Self {
+            gateway_ops_url: format!("http://127.0.0.1:{}", ops["gateway"]),
             id,
             gateway_url: format!("http://{public}"),
             ops_urls,
@@ -336,8 +345,20 @@ impl Fleet {
     pub async fn start_gateway_replica(&mut self, name: &'static str) -> anyhow::Result<String> {
         let public = format!("127.0.0.1:{}", free_port());
         let mut env = self.envs["gateway"].clone();
-        env.retain(|(k, _)| k != "SHORTFLEET_HTTP_ADDR" && k != "SHORTFLEET_OPS_ADDR");
+        env.retain(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "SHORTFLEET_HTTP_ADDR" | "SHORTFLEET_OPS_ADDR" | "SHORTFLEET_CLICK_SPOOL_DIR"
+            )
+        });
         env.push(("SHORTFLEET_HTTP_ADDR".into(), public.clone()));
+        env.push((
+            "SHORTFLEET_CLICK_SPOOL_DIR".into(),
+            self.log_dir
+                .join(format!("spool-{name}"))
+                .display()
+                .to_string(),
+        ));
         env.push((
             "SHORTFLEET_OPS_ADDR".into(),
             format!("127.0.0.1:{}", free_port()),
@@ -402,7 +423,14 @@ impl Fleet {
     /// Fetches one service's Prometheus text and sums the samples of
     /// `metric` whose labels contain every `label`.
     pub async fn metric(&self, svc: &str, metric: &str, labels: &[&str]) -> anyhow::Result<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.ops_urls[svc]))
+        let base = match svc {
+            "gateway" => &self.gateway_ops_url,
+            _ => &self.ops_urls[svc],
+        };
+        let text = reqwest::Client::new()
+            .get(format!("{base}/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
             .await?
             .text()
             .await?;

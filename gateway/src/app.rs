@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    clicks::{ClickForwarder, ClickSink},
+    clicks::{self, ClickForwarder, ClickSink, Spill, Spiller},
     config::Config,
     keys::{self, KeyCache, KeyStore},
     live::Hub,
@@ -47,6 +47,8 @@ pub struct App {
     state: Arc<State>,
     key_store: KeyStore,
     forwarder: ClickForwarder,
+    /// Moves overflowing clicks to disk, when a spool is configured.
+    spiller: Option<Spiller>,
 }
 
 impl App {
@@ -87,6 +89,8 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
+        clicks::describe_metrics();
+        crate::microcache::describe_metrics();
         // Not critical once the key snapshot is loaded: with PostgreSQL down
         // the gateway keeps verifying keys from memory, and redirects need no
         // database at all. An unready gateway would stop every redirect.
@@ -100,7 +104,11 @@ impl Service for App {
         let redis = redis::connect(&config.redis_url, config.redis_timeout)?;
         let limiter = RateLimiter::new(redis, &config.redis_prefix);
         let upstreams = Upstreams::new(&config)?;
-        let (clicks, rx) = ClickSink::new(config.click_buffer);
+        let spill = match &config.click_spool_dir {
+            Some(dir) => Some(Spill::open(dir, config.click_spool_max_bytes).await?),
+            None => None,
+        };
+        let (clicks, rx) = ClickSink::new(config.click_buffer, spill.clone());
         let forwarder = ClickForwarder::new(
             rx,
             upstreams.clicks.clone(),
@@ -108,8 +116,14 @@ impl Service for App {
             config.click_batch_wait,
             config.upstream_timeout,
             config.shutdown_grace,
+            spill.clone(),
         );
-        let (config_capacity, config_ttl) = (config.microcache_capacity, config.microcache_ttl);
+        let microcache = MicroCache::new(
+            config.microcache_capacity,
+            config.microcache_max_bytes,
+            config.microcache_ttl,
+            config.microcache_stale,
+        );
         let live = Hub::new(config.live);
         let listener = TcpListener::bind(config.http_addr)
             .await
@@ -126,7 +140,7 @@ impl Service for App {
             upstreams,
             clicks,
             live,
-            microcache: MicroCache::new(config_capacity, config_ttl),
+            microcache,
             health,
         });
         Ok(Self {
@@ -135,6 +149,7 @@ impl Service for App {
             state,
             key_store,
             forwarder,
+            spiller: spill.map(Spiller),
         })
     }
 
@@ -150,6 +165,9 @@ impl Service for App {
             background.clone(),
         ));
         tracker.spawn(self.forwarder.run(background.clone()));
+        if let Some(spiller) = self.spiller {
+            tracker.spawn(spiller.run(background.clone()));
+        }
         if let Some(ops_listener) = self.ops_listener {
             tracing::info!(ops = %ops_listener.local_addr()?, "serving /metrics on the ops port only");
             tracker.spawn(ops::serve(

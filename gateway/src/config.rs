@@ -55,8 +55,14 @@ pub struct Config {
     pub auth_failures: Policy,
     /// How often each replica reloads API keys (revocation latency).
     pub key_refresh: Duration,
-    /// Clicks held while click-logger is slow or down; the rest are dropped.
+    /// Clicks held in memory while click-logger is slow or down; the rest
+    /// go to the spool (or are dropped without one).
     pub click_buffer: usize,
+    /// Where clicks the full buffer cannot take wait on disk; `None` (the
+    /// default, so tests and ad-hoc runs never share a directory) drops them.
+    pub click_spool_dir: Option<std::path::PathBuf>,
+    /// Bound of that spool; beyond it clicks are dropped and counted.
+    pub click_spool_max_bytes: u64,
     pub click_batch_max: usize,
     pub click_batch_wait: Duration,
     pub shutdown_grace: Duration,
@@ -70,6 +76,11 @@ pub struct Config {
     /// Resolved codes kept in the gateway; 0 disables the micro-cache.
     pub microcache_capacity: u64,
     pub microcache_ttl: Duration,
+    /// How long past `microcache_ttl` a code may be answered from its stale
+    /// copy while read-svc cannot answer (stale-if-error); 0 disables.
+    pub microcache_stale: Duration,
+    /// Memory bound of the micro-cache (URLs, codes, owners and overhead).
+    pub microcache_max_bytes: u64,
     pub breaker: crate::resilience::BreakerPolicy,
     /// Concurrent calls allowed per upstream (bulkhead).
     pub max_in_flight: usize,
@@ -190,6 +201,12 @@ impl Config {
             auth_failures,
             key_refresh: r.millis("SHORTFLEET_KEY_REFRESH_MS", 1000),
             click_buffer: r.get("SHORTFLEET_CLICK_BUFFER", 100_000),
+            click_spool_dir: r
+                .raw("SHORTFLEET_CLICK_SPOOL_DIR")
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from),
+            click_spool_max_bytes: r.get("SHORTFLEET_CLICK_SPOOL_MAX_BYTES", 512 << 20),
             click_batch_max: r.get("SHORTFLEET_CLICK_BATCH_MAX", 500),
             click_batch_wait: r.millis("SHORTFLEET_CLICK_BATCH_WAIT_MS", 50),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
@@ -209,9 +226,12 @@ impl Config {
             },
             microcache_capacity: r.get("SHORTFLEET_MICROCACHE_CAPACITY", 100_000),
             microcache_ttl: r.millis("SHORTFLEET_MICROCACHE_TTL_MS", 5_000),
+            microcache_stale: r.millis("SHORTFLEET_MICROCACHE_STALE_MS", 300_000),
+            microcache_max_bytes: r.get("SHORTFLEET_MICROCACHE_MAX_BYTES", 64 << 20),
             breaker: crate::resilience::BreakerPolicy {
                 failure_threshold: r.get("SHORTFLEET_BREAKER_FAILURES", 5),
-                open_for: r.millis("SHORTFLEET_BREAKER_OPEN_MS", 5_000),
+                first_probe_after: r.millis("SHORTFLEET_BREAKER_FIRST_PROBE_MS", 100),
+                open_for: r.millis("SHORTFLEET_BREAKER_OPEN_MS", 1_000),
             },
             max_in_flight: r.get("SHORTFLEET_UPSTREAM_MAX_IN_FLIGHT", 1024),
         };
@@ -228,6 +248,20 @@ impl Config {
             r.invalid(
                 "SHORTFLEET_LIVE_MAX_STREAMS_PER_KEY",
                 "live stream limit, buffer and heartbeat must be positive",
+            );
+        }
+        if config.microcache_capacity > 0
+            && config.microcache_max_bytes < config.microcache_capacity
+        {
+            r.invalid(
+                "SHORTFLEET_MICROCACHE_MAX_BYTES",
+                "must be at least SHORTFLEET_MICROCACHE_CAPACITY (one byte per entry)",
+            );
+        }
+        if config.breaker.open_for.is_zero() || config.breaker.first_probe_after.is_zero() {
+            r.invalid(
+                "SHORTFLEET_BREAKER_OPEN_MS",
+                "the breaker's probe delays must be positive",
             );
         }
         if config.sockets.max_per_ip == 0 {

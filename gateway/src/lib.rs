@@ -6,8 +6,10 @@
 //! - [`app`]: wiring and drain on shutdown; [`server`]: the HTTP listener.
 //! - [`handlers`]: request phases and the endpoints (links, stats, redirect).
 //! - [`routes`]: the routing table. [`keys`]: API keys. [`ratelimit`]: buckets.
-//! - [`microcache`]: resolved codes cached in the gateway, dropped on link events.
-//! - [`clicks`]: the bounded, batched click hand-off to click-logger.
+//! - [`microcache`]: resolved codes cached in the gateway, dropped on link
+//!   events; stale copies answer while read-svc cannot (stale-if-error).
+//! - [`clicks`]: the bounded, batched click hand-off to click-logger, with
+//!   an on-disk spool for what the buffer cannot hold.
 //! - [`live`]: the per-owner fan-out of `clicks.counted` to event streams.
 //! - [`upstream`]: gRPC channels with deadlines. [`resilience`]: breaker,
 //!   bulkhead and budgeted retries per upstream. [`problem`]: problem+json and

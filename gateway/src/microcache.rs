@@ -1,9 +1,20 @@
 //! A small cache of resolved codes in front of read-svc, so a hot link costs
-//! no gRPC hop. Entries live at most `ttl`, never past the link's own expiry,
-//! and are dropped as soon as a `LinkEvent` for the code arrives (every
-//! gateway replica subscribes), so an edit or delete takes effect within a
-//! second fleet-wide. While the event subscription is down the cache is
-//! bypassed: without invalidation only read-svc's answer is trustworthy.
+//! no gRPC hop. An entry is *fresh* for `ttl`, then kept *stale* for up to
+//! `stale_for` more, never past the link's own expiry. Fresh entries answer
+//! redirects; a stale one answers only when read-svc cannot
+//! (stale-if-error, like `proxy_cache_use_stale`): see [`MicroCache::stale`].
+//!
+//! Both kinds are dropped as soon as a `LinkEvent` for the code arrives
+//! (every gateway replica subscribes), so an edit, disable or delete takes
+//! effect within a second fleet-wide and is never undone by a stale copy.
+//! While the event subscription is down the cache is emptied and bypassed:
+//! without invalidation only read-svc's answer is trustworthy. Links
+//! counted against `max_clicks` are never cached (read-svc must count every
+//! redirect), so they never go stale either.
+//!
+//! Bounded twice: at most `capacity` entries and `max_bytes` of them. Each
+//! entry weighs its size, but at least `max_bytes / capacity`, so one bound
+//! on weight enforces both.
 
 use std::{
     sync::{
@@ -17,58 +28,133 @@ use moka::{Expiry, future::Cache};
 use shortfleet_common::{link_events::Handlers, time::from_proto};
 use shortfleet_proto::v1::ResolveResponse;
 
+/// Bytes an entry costs besides its strings (key, `Arc`, moka's node).
+const ENTRY_OVERHEAD: usize = 160;
+
+#[derive(Clone)]
+struct Entry {
+    link: Arc<ResolveResponse>,
+    /// Past this instant the entry only answers when read-svc cannot.
+    fresh_until: Instant,
+}
+
 #[derive(Clone)]
 pub struct MicroCache {
-    entries: Cache<String, Arc<ResolveResponse>>,
+    entries: Cache<String, Entry>,
+    ttl: Duration,
     /// True while link events flow; otherwise every lookup misses.
     live: Arc<AtomicBool>,
 }
 
+/// An entry lives `ttl + stale_for`, never past the link's expiry.
 struct UntilLinkExpiry {
-    ttl: Duration,
+    lifetime: Duration,
 }
 
-impl Expiry<String, Arc<ResolveResponse>> for UntilLinkExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<ResolveResponse>,
-        _now: Instant,
-    ) -> Option<Duration> {
+impl UntilLinkExpiry {
+    fn lifetime(&self, value: &Entry) -> Duration {
         let until_expiry = value
+            .link
             .expires_at
             .as_ref()
             .and_then(from_proto)
             .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO));
-        Some(until_expiry.map_or(self.ttl, |left| left.min(self.ttl)))
+        until_expiry.map_or(self.lifetime, |left| left.min(self.lifetime))
     }
 }
 
+impl Expiry<String, Entry> for UntilLinkExpiry {
+    fn expire_after_create(&self, _key: &String, value: &Entry, _now: Instant) -> Option<Duration> {
+        Some(self.lifetime(value))
+    }
+
+    /// A refresh (a stale entry replaced by read-svc's new answer) starts a
+    /// new life; moka's default would keep the old deadline.
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Entry,
+        _now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(value))
+    }
+}
+
+/// What an entry weighs against `max_bytes`.
+fn weight(code: &str, entry: &Entry, floor: u64) -> u32 {
+    let link = &entry.link;
+    let bytes = ENTRY_OVERHEAD + 2 * code.len() + link.url.len() + link.owner.len();
+    (bytes as u64).max(floor).min(u64::from(u32::MAX)) as u32
+}
+
+/// Registers the HELP text of the micro-cache's own metric.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_stale_redirects_total",
+        "Redirects answered from a stale micro-cache copy because read-svc could not answer (stale-if-error), by the upstream failure: unavailable, deadline, broken."
+    );
+}
+
 impl MicroCache {
-    pub fn new(capacity: u64, ttl: Duration) -> Self {
+    /// `capacity` entries and `max_bytes` at most; fresh for `ttl`, then
+    /// stale for `stale_for` (zero: never answers stale).
+    pub fn new(capacity: u64, max_bytes: u64, ttl: Duration, stale_for: Duration) -> Self {
+        let floor = max_bytes / capacity.max(1);
         Self {
             entries: Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(UntilLinkExpiry { ttl })
+                .max_capacity(max_bytes)
+                .weigher(move |code: &String, entry: &Entry| weight(code, entry, floor))
+                .expire_after(UntilLinkExpiry {
+                    lifetime: ttl.saturating_add(stale_for),
+                })
                 .build(),
+            ttl,
             live: Arc::new(AtomicBool::new(false)),
         }
     }
 
+    /// A fresh entry for `code`, if any (a stale one is a miss here).
     pub async fn get(&self, code: &str) -> Option<Arc<ResolveResponse>> {
         if !self.live.load(Ordering::Relaxed) {
             return None;
         }
-        let hit = self.entries.get(code).await;
+        let hit = self
+            .entries
+            .get(code)
+            .await
+            .filter(|e| Instant::now() < e.fresh_until);
         let result = if hit.is_some() { "hit" } else { "miss" };
         metrics::counter!("shortfleet_cache_requests_total", "level" => "gateway", "result" => result)
             .increment(1);
-        hit
+        hit.map(|e| e.link)
+    }
+
+    /// The copy of `code` kept past its freshness, for when read-svc failed
+    /// with `failure` (a server-side failure code): only while link events
+    /// flow, never past the link's expiry or the stale window, never after
+    /// an event for the code. Counted in `shortfleet_stale_redirects_total`.
+    pub async fn stale(&self, code: &str, failure: tonic::Code) -> Option<Arc<ResolveResponse>> {
+        if !self.live.load(Ordering::Relaxed) {
+            return None;
+        }
+        let entry = self.entries.get(code).await?;
+        let reason = match failure {
+            tonic::Code::DeadlineExceeded => "deadline",
+            tonic::Code::Unavailable => "unavailable",
+            _ => "broken",
+        };
+        metrics::counter!("shortfleet_stale_redirects_total", "reason" => reason).increment(1);
+        Some(entry.link)
     }
 
     pub async fn insert(&self, code: &str, resolved: Arc<ResolveResponse>) {
         if self.live.load(Ordering::Relaxed) {
-            self.entries.insert(code.to_owned(), resolved).await;
+            let entry = Entry {
+                link: resolved,
+                fresh_until: Instant::now() + self.ttl,
+            };
+            self.entries.insert(code.to_owned(), entry).await;
         }
     }
 
@@ -99,5 +185,101 @@ impl MicroCache {
                 on_lost.entries.invalidate_all();
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shortfleet_proto::v1::{Link, LinkEvent};
+
+    fn link(code: &str, expires_in: Option<chrono::TimeDelta>) -> Arc<ResolveResponse> {
+        Arc::new(ResolveResponse {
+            code: code.into(),
+            url: "https://example.com/".into(),
+            redirect_type: 302,
+            owner: "alice".into(),
+            expires_at: expires_in
+                .map(|d| shortfleet_common::time::to_proto(chrono::Utc::now() + d)),
+            ..Default::default()
+        })
+    }
+
+    async fn live_cache(ttl: Duration, stale: Duration) -> MicroCache {
+        let cache = MicroCache::new(100, 1 << 20, ttl, stale);
+        (cache.handlers().on_subscribed)().await;
+        cache
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_answers_only_after_freshness_and_within_its_window() {
+        let cache = live_cache(Duration::from_millis(30), Duration::from_millis(300)).await;
+        cache.insert("abc", link("abc", None)).await;
+        assert!(cache.get("abc").await.is_some());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.get("abc").await.is_none(), "no longer fresh");
+        assert!(
+            cache.stale("abc", tonic::Code::Unavailable).await.is_some(),
+            "still stale-servable"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(cache.stale("abc", tonic::Code::Unavailable).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn events_expiry_and_a_lost_subscription_end_stale_copies() {
+        let cache = live_cache(Duration::ZERO, Duration::from_secs(60)).await;
+        cache.insert("gone", link("gone", None)).await;
+        cache
+            .insert(
+                "old",
+                link("old", Some(chrono::TimeDelta::milliseconds(50))),
+            )
+            .await;
+        cache.insert("kept", link("kept", None)).await;
+        (cache.handlers().on_event)(LinkEvent {
+            link: Some(Link {
+                code: "gone".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let code = tonic::Code::Unavailable;
+        assert!(
+            cache.stale("gone", code).await.is_none(),
+            "an event ends it"
+        );
+        assert!(
+            cache.stale("old", code).await.is_none(),
+            "never past expiry"
+        );
+        assert!(cache.stale("kept", code).await.is_some());
+        (cache.handlers().on_lost)();
+        assert!(
+            cache.stale("kept", code).await.is_none(),
+            "no events, no stale"
+        );
+    }
+
+    #[tokio::test]
+    async fn both_bounds_hold() {
+        let url = "https://example.com/".to_owned() + &"x".repeat(10_000);
+        let cache = MicroCache::new(10, 64 << 10, Duration::from_secs(60), Duration::ZERO);
+        (cache.handlers().on_subscribed)().await;
+        for i in 0..100 {
+            let code = format!("c{i}");
+            let mut l = (*link(&code, None)).clone();
+            l.url = if i % 2 == 0 {
+                url.clone()
+            } else {
+                "https://a/".into()
+            };
+            cache.insert(&code, Arc::new(l)).await;
+        }
+        cache.entries.run_pending_tasks().await;
+        assert!(cache.entries.entry_count() <= 10);
+        assert!(cache.entries.weighted_size() <= 64 << 10);
     }
 }

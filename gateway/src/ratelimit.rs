@@ -180,6 +180,12 @@ struct Lease {
     until: Option<Instant>,
     /// Set after a refusal: no point asking Redis before a token is due.
     refused_until: Option<Instant>,
+    /// Held while this replica asks Redis for a new lease: renewal is
+    /// single-flight. Without it, every connection finding the lease spent
+    /// at once asked for a slice of its own, and twenty concurrent
+    /// renewals (each a twentieth of the bucket) emptied a bucket nobody
+    /// had used up, refusing clients with 429 under any limit.
+    renewal: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Refill and take atomically; returns {allowed, tokens-after as a string}
@@ -279,6 +285,16 @@ impl RateLimiter {
             .get_with(key.clone(), || Arc::new(Mutex::new(Lease::default())));
         let now = Instant::now();
         if let Some(decision) = spend(&lease, policy, now) {
+            return record(policy, decision);
+        }
+        let renewal = lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .renewal
+            .clone();
+        let _renewing = renewal.lock().await;
+        // Another task may have renewed the lease while this one waited.
+        if let Some(decision) = spend(&lease, policy, Instant::now()) {
             return record(policy, decision);
         }
         let want = (policy.capacity / 20).max(1);
@@ -429,6 +445,7 @@ mod tests {
             shared_level: 50.0,
             until: Some(t0 + LEASE_TTL),
             refused_until: None,
+            ..Lease::default()
         });
         assert!(spend(&lease, &p, t0).unwrap().allowed);
         let last = spend(&lease, &p, t0).unwrap();
@@ -441,6 +458,7 @@ mod tests {
             shared_level: 0.0,
             until: Some(t0),
             refused_until: None,
+            ..Lease::default()
         });
         assert!(spend(&lapsed, &p, t0 + Duration::from_millis(1)).is_none());
         assert_eq!(lapsed.lock().unwrap().tokens, 0);

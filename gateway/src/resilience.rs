@@ -1,9 +1,14 @@
 //! Per-upstream protection, in the order a call meets it:
 //!
 //! 1. circuit breaker: after `failure_threshold` consecutive server-side
-//!    failures the upstream is skipped for `open_for` (callers get 503 at
-//!    once instead of waiting on timeouts), then one probe is let through
-//!    (half-open); its success closes the breaker, its failure reopens it;
+//!    failures the upstream is skipped (callers get 503 at once instead of
+//!    waiting on timeouts), then one probe is let through (half-open); its
+//!    success closes the breaker, its failure reopens it. The wait before a
+//!    probe starts at `first_probe_after` and doubles with each failed probe
+//!    up to `open_for`, with equal jitter (the fleet's one backoff formula,
+//!    [`jittered_delay`]): a restarted upstream is found within `open_for`
+//!    (1 s by default) while a long outage costs one probe a second, and
+//!    replicas do not probe in step;
 //! 2. bulkhead: at most `max_in_flight` concurrent calls, so one slow
 //!    upstream cannot take every connection and task of the gateway; excess
 //!    calls are shed with 503;
@@ -11,6 +16,11 @@
 //!    exponential backoff and full jitter, at most `MAX_RETRIES`, and within a
 //!    retry budget (tower's `TpsBudget`: retries may add at most 20 % on top
 //!    of recent requests) so retries cannot amplify an outage.
+//!
+//! A call whose connection broke (the upstream died mid-call, a reset, a
+//! GOAWAY) is reported by tonic as INTERNAL or UNKNOWN; it is not an answer
+//! of the upstream, so [`connection_failure`] turns it into UNAVAILABLE:
+//! retried when idempotent, 503 with `Retry-After` at the edge, never 502.
 
 use std::{
     future::Future,
@@ -19,6 +29,7 @@ use std::{
 };
 
 use rand::Rng;
+use shortfleet_common::amqp::jittered_delay;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget, TpsBudget};
@@ -29,6 +40,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerPolicy {
     pub failure_threshold: u32,
+    /// The wait before the first probe after the breaker opens.
+    pub first_probe_after: Duration,
+    /// The longest wait between probes (the ladder's cap).
     pub open_for: Duration,
 }
 
@@ -52,21 +66,47 @@ pub enum Admission {
     Refused { retry_after: Duration },
 }
 
-/// The breaker's state machine; pure, driven by explicit instants.
+/// The breaker's state machine, driven by explicit instants; pure unless
+/// built [`Breaker::jittered`].
 #[derive(Debug)]
 pub struct Breaker {
     policy: BreakerPolicy,
     state: State,
+    /// Failed probes since the breaker last closed: the backoff step.
+    failed_probes: u32,
+    /// Draws the jitter of each wait, a number in `[0, 1]`; 1 is no jitter.
+    jitter: fn() -> f64,
 }
 
 impl Breaker {
+    /// Without jitter: each wait is the full step of the ladder.
     pub fn new(policy: BreakerPolicy) -> Self {
         Self {
             policy,
             state: State::Closed {
                 consecutive_failures: 0,
             },
+            failed_probes: 0,
+            jitter: || 1.0,
         }
+    }
+
+    /// With random equal jitter, as every live breaker runs.
+    pub fn jittered(policy: BreakerPolicy) -> Self {
+        Self {
+            jitter: rand::random::<f64>,
+            ..Self::new(policy)
+        }
+    }
+
+    fn open_until(&mut self, now: Instant) -> State {
+        let wait = jittered_delay(
+            self.policy.first_probe_after,
+            self.policy.open_for,
+            self.failed_probes,
+            (self.jitter)(),
+        );
+        State::Open { until: now + wait }
     }
 
     pub fn admit(&mut self, now: Instant) -> Admission {
@@ -87,9 +127,12 @@ impl Breaker {
 
     pub fn record(&mut self, success: bool, now: Instant) {
         self.state = match (self.state, success) {
-            (_, true) => State::Closed {
-                consecutive_failures: 0,
-            },
+            (_, true) => {
+                self.failed_probes = 0;
+                State::Closed {
+                    consecutive_failures: 0,
+                }
+            }
             (
                 State::Closed {
                     consecutive_failures,
@@ -98,9 +141,11 @@ impl Breaker {
             ) if consecutive_failures + 1 < self.policy.failure_threshold => State::Closed {
                 consecutive_failures: consecutive_failures + 1,
             },
-            (_, false) => State::Open {
-                until: now + self.policy.open_for,
-            },
+            (State::HalfOpen, false) => {
+                self.failed_probes = self.failed_probes.saturating_add(1);
+                self.open_until(now)
+            }
+            (_, false) => self.open_until(now),
         };
     }
 
@@ -149,7 +194,7 @@ pub fn retry_after_hint(status: &Status) -> Option<Duration> {
 /// is a working upstream and resets the count: a client can only reach a
 /// breaker by finding an upstream bug, and every service refuses bad input
 /// with INVALID_ARGUMENT before it reaches a datastore.
-fn is_failure(code: Code) -> bool {
+pub fn is_failure(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable
@@ -158,6 +203,19 @@ fn is_failure(code: Code) -> bool {
             | Code::Internal
             | Code::Cancelled
     )
+}
+
+/// A status tonic made from a broken connection (it carries the transport
+/// error as its source; an upstream's own answer never does) becomes
+/// UNAVAILABLE: the upstream did not answer, it went away.
+pub fn connection_failure(status: Status) -> Status {
+    let broken = matches!(status.code(), Code::Internal | Code::Unknown)
+        && std::error::Error::source(&status).is_some();
+    if broken {
+        Status::unavailable(format!("connection lost: {}", status.message()))
+    } else {
+        status
+    }
 }
 
 pub struct Guard {
@@ -171,7 +229,7 @@ impl Guard {
     pub fn new(name: &'static str, policy: BreakerPolicy, max_in_flight: usize) -> Self {
         Self {
             name,
-            breaker: Mutex::new(Breaker::new(policy)),
+            breaker: Mutex::new(Breaker::jittered(policy)),
             permits: Arc::new(Semaphore::new(max_in_flight)),
             budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
         }
@@ -201,7 +259,7 @@ impl Guard {
                 }
                 return Err(Status::unavailable(format!("{} is saturated", self.name)));
             };
-            let result = attempt().await;
+            let result = attempt().await.map_err(connection_failure);
             drop(permit);
             let failed = result.as_ref().err().is_some_and(|s| is_failure(s.code()));
             self.lock().record(!failed, Instant::now());
@@ -236,8 +294,82 @@ mod tests {
     fn policy() -> BreakerPolicy {
         BreakerPolicy {
             failure_threshold: 3,
+            first_probe_after: Duration::from_secs(5),
             open_for: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn probes_start_early_and_back_off_to_the_cap() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerPolicy {
+            failure_threshold: 1,
+            first_probe_after: Duration::from_millis(100),
+            open_for: Duration::from_secs(1),
+        });
+        b.record(false, t0);
+        let mut at = t0;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let Admission::Refused { retry_after } = b.admit(at) else {
+                panic!("open")
+            };
+            waits.push(retry_after.as_millis());
+            at += retry_after;
+            assert_eq!(b.admit(at), Admission::Probe);
+            b.record(false, at);
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        // A good probe closes it and resets the ladder.
+        let Admission::Refused { retry_after } = b.admit(at) else {
+            panic!("open")
+        };
+        at += retry_after;
+        assert_eq!(b.admit(at), Admission::Probe);
+        b.record(true, at);
+        b.record(false, at);
+        assert_eq!(
+            b.admit(at),
+            Admission::Refused {
+                retry_after: Duration::from_millis(100)
+            }
+        );
+    }
+
+    #[test]
+    fn jittered_waits_stay_within_half_and_full_step() {
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            let mut b = Breaker::jittered(BreakerPolicy {
+                failure_threshold: 1,
+                first_probe_after: Duration::from_millis(100),
+                open_for: Duration::from_secs(1),
+            });
+            b.record(false, t0);
+            let Admission::Refused { retry_after } = b.admit(t0) else {
+                panic!("open")
+            };
+            assert!(
+                (50..=100).contains(&retry_after.as_millis()),
+                "{retry_after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_connection_is_unavailable_not_an_upstream_error() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let broken = Status::from_error(Box::new(io));
+        assert!(matches!(
+            broken.code(),
+            Code::Unknown | Code::Internal | Code::Unavailable
+        ));
+        assert_eq!(connection_failure(broken).code(), Code::Unavailable);
+        // An upstream's own INTERNAL answer stays what it is.
+        assert_eq!(
+            connection_failure(Status::internal("bug")).code(),
+            Code::Internal
+        );
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! The hot path: `GET|HEAD /{code}` → rate limit by client IP → read-svc →
 //! redirect, handing the click to the click buffer without waiting.
 //! Everything here is on every redirect, so each step is deliberate.
+//!
+//! When read-svc cannot answer (unreachable, breaker open, saturated, too
+//! slow, connection broken) a code resolved before is answered from the
+//! micro-cache's stale copy (stale-if-error; the copy's limits are in
+//! [`crate::microcache`]); without one, 503 with `Retry-After` (504 on a
+//! deadline), as before.
 
 use std::net::SocketAddr;
 
@@ -79,6 +85,12 @@ async fn resolve_and_redirect(
                         "no link with that code".to_owned()
                     };
                     return Problem::not_found(detail).into_response();
+                }
+                Err(s) if crate::resilience::is_failure(s.code()) => {
+                    match ctx.state.microcache.stale(code, s.code()).await {
+                        Some(stale) => stale,
+                        None => return Problem::from_grpc(&s).into_response(),
+                    }
                 }
                 Err(s) => return Problem::from_grpc(&s).into_response(),
             }

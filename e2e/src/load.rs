@@ -8,12 +8,17 @@
 //!   sent, so a stall is charged to every request it delayed (coordinated
 //!   omission corrected, as wrk2 and `oha --latency-correction` do).
 //!
-//! Every run is bounded by its duration; nothing here retries forever.
+//! Every run is bounded by its duration (and may be stopped earlier with
+//! [`run_until`]); nothing here retries forever. Used by the benchmark and
+//! the chaos test.
 
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -81,6 +86,18 @@ pub async fn run(
     duration: Duration,
     make: RequestFactory,
 ) -> Outcome {
+    run_until(addr, mode, duration, make, Arc::new(AtomicBool::new(false))).await
+}
+
+/// Like [`run`], but every connection also stops (after its request in
+/// flight) once `stop` is set.
+pub async fn run_until(
+    addr: SocketAddr,
+    mode: Mode,
+    duration: Duration,
+    make: RequestFactory,
+    stop: Arc<AtomicBool>,
+) -> Outcome {
     let (connections, rate) = match mode {
         Mode::Closed { connections } => (connections, None),
         Mode::Open { connections, rate } => (connections, Some(rate)),
@@ -89,9 +106,18 @@ pub async fn run(
     let deadline = start + duration;
     let mut workers = Vec::with_capacity(connections);
     for conn in 0..connections {
-        let make = make.clone();
+        let (make, stop) = (make.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
-            worker(addr, conn, connections, rate, start, deadline, make).await
+            let w = Worker {
+                addr,
+                conn,
+                connections,
+                rate,
+                start,
+                deadline,
+                stop,
+            };
+            w.run(make).await
         }));
     }
     let mut total = Outcome::empty();
@@ -115,59 +141,73 @@ async fn connect(addr: SocketAddr) -> Option<http1::SendRequest<Full<Bytes>>> {
     Some(sender)
 }
 
-async fn worker(
+/// One connection's schedule.
+struct Worker {
     addr: SocketAddr,
     conn: usize,
     connections: usize,
     rate: Option<u64>,
     start: Instant,
     deadline: Instant,
-    make: RequestFactory,
-) -> Outcome {
-    let mut out = Outcome::empty();
-    let mut sender = None;
-    let mut seq = conn as u64;
-    loop {
-        // Open loop: request `seq` is due at start + seq / rate.
-        let due = match rate {
-            Some(rate) => start + Duration::from_secs_f64(seq as f64 / rate as f64),
-            None => Instant::now(),
-        };
-        if due >= deadline {
-            break;
-        }
-        if rate.is_some() {
-            tokio::time::sleep_until(due.into()).await;
-        }
-        if sender.is_none() {
-            sender = connect(addr).await;
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    async fn run(self, make: RequestFactory) -> Outcome {
+        let Self {
+            addr,
+            conn,
+            connections,
+            rate,
+            start,
+            deadline,
+            stop,
+        } = self;
+        let mut out = Outcome::empty();
+        let mut sender = None;
+        let mut seq = conn as u64;
+        loop {
+            // Open loop: request `seq` is due at start + seq / rate.
+            let due = match rate {
+                Some(rate) => start + Duration::from_secs_f64(seq as f64 / rate as f64),
+                None => Instant::now(),
+            };
+            if due >= deadline || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if rate.is_some() {
+                tokio::time::sleep_until(due.into()).await;
+            }
             if sender.is_none() {
-                out.errors += 1;
-                seq += connections as u64;
-                continue;
+                sender = connect(addr).await;
+                if sender.is_none() {
+                    out.errors += 1;
+                    seq += connections as u64;
+                    continue;
+                }
             }
+            let request = make(conn, seq);
+            let sent = sender.as_mut().map(|s| s.send_request(request));
+            let result = match sent {
+                Some(fut) => tokio::time::timeout(Duration::from_secs(10), fut).await,
+                None => break,
+            };
+            match result {
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    let _ = response.into_body().collect().await;
+                    let latency = Instant::now().saturating_duration_since(due);
+                    let _ = out.latency.record(latency.as_micros().max(1) as u64);
+                    *out.statuses.entry(status).or_default() += 1;
+                    out.requests += 1;
+                }
+                _ => {
+                    out.errors += 1;
+                    sender = None;
+                }
+            }
+            seq += connections as u64;
         }
-        let request = make(conn, seq);
-        let sent = sender.as_mut().map(|s| s.send_request(request));
-        let result = match sent {
-            Some(fut) => tokio::time::timeout(Duration::from_secs(10), fut).await,
-            None => break,
-        };
-        match result {
-            Ok(Ok(response)) => {
-                let status = response.status().as_u16();
-                let _ = response.into_body().collect().await;
-                let latency = Instant::now().saturating_duration_since(due);
-                let _ = out.latency.record(latency.as_micros().max(1) as u64);
-                *out.statuses.entry(status).or_default() += 1;
-                out.requests += 1;
-            }
-            _ => {
-                out.errors += 1;
-                sender = None;
-            }
-        }
-        seq += connections as u64;
+        out
     }
-    out
 }

@@ -1,9 +1,16 @@
-//! The on-disk spool: where clicks wait while RabbitMQ is unreachable or
-//! refusing. Append-only segment files of length-prefixed protobuf records,
-//! fsync'd before a batch is acknowledged, bounded in total size, replayed
-//! oldest first. A segment is deleted only after every record in it was
-//! confirmed by the broker, so a crash during replay re-publishes (analytics
-//! dedupes by event id) but never loses a click.
+//! The on-disk click spool: where clicks wait while the next hop is away
+//! (click-logger: RabbitMQ unreachable or refusing; the gateway:
+//! click-logger away and its in-memory buffer full). Append-only segment
+//! files of length-prefixed protobuf records, fsync'd before an append
+//! returns, bounded in total size, replayed oldest first. A segment is
+//! deleted only after every record in it was accepted downstream, so a
+//! crash during replay sends some clicks again (analytics dedupes by event
+//! id) but never loses one.
+//!
+//! One process per directory: `open` takes an exclusive lock on a `.lock`
+//! file in it, so two processes (or two gateways in one test process)
+//! pointed at the same directory fail at start-up instead of replaying and
+//! deleting each other's segments.
 
 use std::{
     io,
@@ -29,7 +36,13 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Held open for the spool's life: the lock on it is the directory's
+    /// ownership (released by the OS when the process dies).
+    _lock: std::fs::File,
 }
+
+/// The lock file's name; not a segment, so never replayed or counted.
+const LOCK_FILE: &str = ".lock";
 
 struct State {
     /// The segment being appended to, with its sequence number and size.
@@ -84,6 +97,18 @@ pub fn decode(mut bytes: &[u8]) -> (Vec<ClickEvent>, usize) {
 impl Spool {
     pub async fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         fs::create_dir_all(dir).await?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another spool", dir.display()),
+            ),
+            std::fs::TryLockError::Error(e) => e,
+        })?;
         let (mut bytes, mut last) = (0, 0);
         for path in segments(dir).await? {
             bytes += fs::metadata(&path).await?.len();
@@ -97,6 +122,7 @@ impl Spool {
                 next_seq: last + 1,
                 bytes,
             }),
+            _lock: lock,
         };
         spool.publish_gauge(bytes);
         Ok(spool)
@@ -229,8 +255,14 @@ mod tests {
         spool.append(&[event(3)]).await.unwrap();
         assert!(spool.bytes().await > 0);
         // A restart finds what was spooled.
+        assert!(
+            Spool::open(&dir, 1 << 20).await.is_err(),
+            "one spool per directory"
+        );
+        let bytes = spool.bytes().await;
+        drop(spool);
         let reopened = Spool::open(&dir, 1 << 20).await.unwrap();
-        assert_eq!(reopened.bytes().await, spool.bytes().await);
+        assert_eq!(reopened.bytes().await, bytes);
         let (path, events) = reopened.oldest().await.unwrap().unwrap();
         assert_eq!(events, vec![event(1), event(2), event(3)]);
         reopened.remove(&path).await.unwrap();

@@ -1,18 +1,11 @@
-//! Click hand-off: the redirect path drops each click into a bounded buffer
-//! and returns at once; one task sends the buffer to click-logger in batches
-//! over one long-lived gRPC stream, one batch in flight at a time, each
-//! acknowledged only once click-logger confirmed or spooled it. The
-//! redirect never waits on analytics.
-//!
-//! click-logger slow or down: the batch in hand is retried with backoff
-//! (on a new stream if the old one broke) while new clicks queue in the
-//! buffer; once the buffer is full further clicks are dropped and counted in
-//! `shortfleet_clicks_dropped_total`. A batch whose ack was lost is sent
-//! again, so delivery is at least once; analytics dedupes by event id. On
-//! shutdown the buffer is flushed within the grace period.
+//! The one task that sends clicks to click-logger: live batches from the
+//! buffer and, while the spool holds clicks, replayed chunks from it, each
+//! retried with jittered backoff until acknowledged (see the module docs of
+//! [`super`]).
 
-use std::time::Duration;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use shortfleet_common::amqp::Backoff;
 use shortfleet_proto::v1::{
     ClickAck, ClickBatch, ClickEvent, click_logger_client::ClickLoggerClient,
 };
@@ -20,28 +13,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Streaming, transport::Channel};
 
-#[derive(Clone)]
-pub struct ClickSink {
-    tx: mpsc::Sender<ClickEvent>,
-}
+use super::spill::Spill;
 
-impl ClickSink {
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<ClickEvent>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx }, rx)
-    }
+/// Clicks per replayed batch (and per live batch while a backlog drains):
+/// large, so a backlog drains many times faster than clicks arrive, yet
+/// under click-logger's 10,000-click batch limit.
+const REPLAY_BATCH: usize = 5_000;
 
-    /// Never blocks: a full buffer drops the click. The click is first fit
-    /// to the fleet's click rule (referrer and user agent cut to their
-    /// bounds, a malformed trace context or country dropped), so one
-    /// redirect with a huge `Referer` never gets a whole batch refused.
-    pub fn record(&self, mut event: ClickEvent) {
-        shortfleet_common::click::fit(&mut event);
-        if self.tx.try_send(event).is_err() {
-            metrics::counter!("shortfleet_clicks_dropped_total").increment(1);
-        }
-    }
-}
+/// Delivery retries: 50 ms doubling to 1 s, equal jitter, so a restarted
+/// click-logger is noticed within about a second and many gateways do not
+/// reconnect in step.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// One open stream to click-logger.
 struct Session {
@@ -66,8 +49,19 @@ pub struct ClickForwarder {
     pub timeout: Duration,
     /// How long shutdown may spend flushing.
     pub grace: Duration,
+    /// The overflow spool, replayed whenever it holds clicks.
+    spill: Option<Arc<Spill>>,
+    /// The spool segment being replayed and how far.
+    replaying: Option<Replay>,
     session: Option<Session>,
     sequence: u64,
+}
+
+/// One spool segment in memory (at most the spool's 8 MiB segment size).
+struct Replay {
+    path: PathBuf,
+    events: Vec<ClickEvent>,
+    sent: usize,
 }
 
 impl ClickForwarder {
@@ -78,6 +72,7 @@ impl ClickForwarder {
         batch_wait: Duration,
         timeout: Duration,
         grace: Duration,
+        spill: Option<Arc<Spill>>,
     ) -> Self {
         Self {
             rx,
@@ -86,13 +81,29 @@ impl ClickForwarder {
             batch_wait,
             timeout,
             grace,
+            spill,
+            replaying: None,
             session: None,
             sequence: 0,
         }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
-        loop {
+        while !shutdown.is_cancelled() {
+            if self.backlog().await {
+                // Alternate a replayed chunk with whatever is buffered, so
+                // the spool drains while live clicks keep moving.
+                self.replay_chunk(&shutdown).await;
+                let mut live = Vec::new();
+                while live.len() < REPLAY_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(event) => live.push(event),
+                        Err(_) => break,
+                    }
+                }
+                self.deliver_live(live, &shutdown).await;
+                continue;
+            }
             let first = tokio::select! {
                 next = self.rx.recv() => match next {
                     Some(event) => event,
@@ -101,9 +112,80 @@ impl ClickForwarder {
                 () = shutdown.cancelled() => break,
             };
             let batch = self.fill(first).await;
-            self.deliver(batch, &shutdown).await;
+            self.deliver_live(batch, &shutdown).await;
         }
         self.flush().await;
+    }
+
+    /// Whether spooled clicks wait for replay.
+    async fn backlog(&self) -> bool {
+        match &self.spill {
+            Some(spill) => self.replaying.is_some() || spill.spool.bytes().await > 0,
+            None => false,
+        }
+    }
+
+    /// Replays the next chunk of the oldest spool segment; the segment is
+    /// deleted once all of it was acknowledged. Unacknowledged at shutdown,
+    /// it stays for the next start (sent again then; analytics dedupes).
+    async fn replay_chunk(&mut self, shutdown: &CancellationToken) {
+        let Some(spill) = self.spill.clone() else {
+            return;
+        };
+        if self.replaying.is_none() {
+            match spill.spool.oldest().await {
+                Ok(Some((path, events))) => {
+                    self.replaying = Some(Replay {
+                        path,
+                        events,
+                        sent: 0,
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the click spool; replay paused");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_MAX) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(replay) = self.replaying.as_ref() else {
+            return;
+        };
+        let end = (replay.sent + REPLAY_BATCH).min(replay.events.len());
+        let chunk = replay.events[replay.sent..end].to_vec();
+        if !chunk.is_empty() && !self.deliver(&chunk, shutdown).await {
+            return;
+        }
+        metrics::counter!("shortfleet_clicks_replayed_total").increment(chunk.len() as u64);
+        let Some(replay) = self.replaying.as_mut() else {
+            return;
+        };
+        replay.sent = end;
+        if replay.sent >= replay.events.len() {
+            let path = replay.path.clone();
+            self.replaying = None;
+            if let Err(e) = spill.spool.remove(&path).await {
+                tracing::error!(error = %e, segment = %path.display(), "cannot delete a replayed spool segment");
+            }
+        }
+    }
+
+    /// Delivers a live batch; if shutdown stops it first, the batch goes to
+    /// the spool (or is counted dropped without one).
+    async fn deliver_live(&mut self, batch: Vec<ClickEvent>, shutdown: &CancellationToken) {
+        if batch.is_empty() || self.deliver(&batch, shutdown).await {
+            return;
+        }
+        match &self.spill {
+            Some(spill) => spill.write(&batch).await,
+            None => {
+                metrics::counter!("shortfleet_clicks_dropped_total").increment(batch.len() as u64)
+            }
+        }
     }
 
     /// Collects up to `batch_max` clicks or until `batch_wait` passed.
@@ -121,27 +203,21 @@ impl ClickForwarder {
         batch
     }
 
-    /// Sends one batch, retrying with backoff until it is acknowledged or
-    /// shutdown begins (then one last try).
-    async fn deliver(&mut self, events: Vec<ClickEvent>, shutdown: &CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
+    /// Sends one batch, retrying with backoff until it is acknowledged (or
+    /// refused as invalid, counted dropped): `true`. If shutdown begins
+    /// first, one last try; `false` if that fails too.
+    async fn deliver(&mut self, events: &[ClickEvent], shutdown: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
-            match self.send(&events).await {
-                Sent::Accepted | Sent::Refused => return,
+            match self.send(events).await {
+                Sent::Accepted | Sent::Refused => return true,
                 Sent::Retry(why) => {
                     tracing::warn!(error = %why, clicks = events.len(), "click batch not acknowledged; retrying");
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => {
-                    if !matches!(self.send(&events).await, Sent::Accepted | Sent::Refused) {
-                        metrics::counter!("shortfleet_clicks_dropped_total").increment(events.len() as u64);
-                    }
-                    return;
-                }
+            if !backoff.wait(shutdown).await {
+                return matches!(self.send(events).await, Sent::Accepted | Sent::Refused);
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -214,7 +290,9 @@ impl ClickForwarder {
         }
     }
 
-    /// Shutdown: send what is buffered, bounded by the grace period.
+    /// Shutdown: send what is buffered, bounded by the grace period; what
+    /// cannot be sent in time is spooled (or, without a spool, dropped and
+    /// counted).
     async fn flush(mut self) {
         let deadline = tokio::time::Instant::now() + self.grace;
         self.rx.close();
@@ -229,9 +307,16 @@ impl ClickForwarder {
         for chunk in chunks {
             let accepted = tokio::time::Instant::now() < deadline
                 && matches!(self.send(&chunk).await, Sent::Accepted | Sent::Refused);
-            if !accepted {
-                tracing::warn!(clicks = chunk.len(), "clicks lost at shutdown");
-                metrics::counter!("shortfleet_clicks_dropped_total").increment(chunk.len() as u64);
+            if accepted {
+                continue;
+            }
+            match &self.spill {
+                Some(spill) => spill.write(&chunk).await,
+                None => {
+                    tracing::warn!(clicks = chunk.len(), "clicks lost at shutdown");
+                    metrics::counter!("shortfleet_clicks_dropped_total")
+                        .increment(chunk.len() as u64);
+                }
             }
         }
     }

@@ -1,0 +1,398 @@
+//! Chaos under load: the real fleet takes a steady stream of redirects
+//! (open loop, `SHORTFLEET_CHAOS_RATE` req/s, 12,000 by default, loopback
+//! only) while read-svc, click-logger, analytics-svc and write-svc are each
+//! killed (SIGKILL) and restarted after an outage, and then RabbitMQ is cut
+//! and restored (through a proxy of our own, so the shared broker other
+//! tests use is never touched).
+//!
+//! Afterwards: not one redirect of a link resolved before the outages
+//! failed, the sum of click totals over the test's links equals the
+//! redirects answered (nothing dropped, nothing counted twice), and the
+//! gateway dropped no click. Rates and recovery times are printed, never
+//! asserted: the machine is shared.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, ensure};
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Full;
+use reqwest::{Client, StatusCode, redirect::Policy};
+use serde_json::{Value, json};
+use shortfleet_e2e::{
+    Fleet, FleetOptions, Infra, SERVICES,
+    load::{self, Mode, RequestFactory},
+    proxy::FaultProxy,
+};
+
+const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+/// Links the load cycles over, all resolved before the first outage.
+const LINKS: usize = 200;
+/// How long each dependency stays away.
+const OUTAGE: Duration = Duration::from_secs(3);
+/// Load between one recovery and the next outage.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Upper bound of the load phase whatever happens.
+const MAX_LOAD: Duration = Duration::from_secs(150);
+/// Polling step while waiting for a recovery signal.
+const POLL: Duration = Duration::from_millis(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_under_load_cost_no_redirect_and_no_click() {
+    let broker = broker_addr(&Infra::default().amqp).expect("SHORTFLEET_TEST_AMQP has host:port");
+    let proxy = FaultProxy::start(broker).await.expect("proxy starts");
+    let rate: u64 = std::env::var("SHORTFLEET_CHAOS_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(12_000);
+    let mut fleet = Fleet::start(FleetOptions {
+        all_env: vec![
+            (
+                "SHORTFLEET_AMQP_URL".into(),
+                amqp_via(&Infra::default().amqp, proxy.addr),
+            ),
+            ("SHORTFLEET_LOG".into(), "warn".into()),
+        ],
+        gateway_env: vec![
+            ("SHORTFLEET_ANONYMOUS_LIMIT".into(), "1000000000/1".into()),
+            // Small enough that a click-logger outage overflows it at this
+            // rate: the spool must carry the rest.
+            ("SHORTFLEET_CLICK_BUFFER".into(), "20000".into()),
+        ],
+    })
+    .await
+    .expect("fleet starts");
+    let result = run(&mut fleet, &proxy, rate).await;
+    if result.is_err() {
+        for svc in SERVICES {
+            eprintln!("--- {svc} ---\n{}", fleet.log_tail(svc, 15));
+        }
+    }
+    fleet.shutdown().await.unwrap();
+    result.unwrap();
+}
+
+/// `host:port` of the broker in an `amqp://user:pass@host:port/vhost` URL.
+fn broker_addr(url: &str) -> Option<SocketAddr> {
+    let rest = url.split_once('@')?.1;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// The same URL pointing at `proxy`.
+fn amqp_via(url: &str, proxy: SocketAddr) -> String {
+    let (userinfo, rest) = url.split_once('@').unwrap_or(("amqp://guest:guest", url));
+    let vhost = rest.split_once('/').map_or("", |(_, v)| v);
+    format!("{userinfo}@{proxy}/{vhost}")
+}
+
+/// What the test measured, printed at the end.
+#[derive(Default)]
+struct Figures {
+    recoveries: BTreeMap<&'static str, String>,
+}
+
+async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result<()> {
+    let http = Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let base = fleet.gateway_url.clone();
+    let key = fleet.create_key("chaos", "bench")?;
+    let mut codes = Vec::with_capacity(LINKS);
+    for i in 0..LINKS {
+        codes.push(
+            create(
+                &http,
+                &base,
+                &key,
+                &format!("https://example.com/chaos/{i}"),
+            )
+            .await?,
+        );
+    }
+    // Never resolved before read-svc goes away: it answers only once
+    // read-svc is back, which times the gateway's recovery.
+    let probe = create(&http, &base, &key, "https://example.com/chaos/probe").await?;
+    let mut answered = 0u64;
+    for code in &codes {
+        let r = http.get(format!("{base}/{code}")).send().await?;
+        ensure!(
+            r.status() == StatusCode::FOUND,
+            "warm-up {code}: {}",
+            r.status()
+        );
+        answered += 1;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
+    let load = tokio::spawn(load::run_until(
+        addr,
+        Mode::Open {
+            connections: 64,
+            rate,
+        },
+        MAX_LOAD,
+        redirects(Arc::new(codes.clone())),
+        stop.clone(),
+    ));
+    let mut figures = Figures::default();
+    let faults = inject_faults(
+        fleet,
+        proxy,
+        &http,
+        &base,
+        &key,
+        &probe,
+        &codes,
+        &mut figures,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let outcome = load.await.context("load task")?;
+    faults?;
+    // The read-svc probe's one 302 is a click too.
+    answered += 1;
+
+    let failed = outcome.errors + outcome.requests - outcome.count(302);
+    answered += outcome.count(302);
+    let achieved = outcome.requests as f64 / outcome.elapsed.as_secs_f64();
+    let counted = wait_for_totals(&http, &base, &key, answered).await?;
+    let dropped = fleet
+        .metric("gateway", "shortfleet_clicks_dropped_total", &[])
+        .await?;
+    let spooled = fleet
+        .metric("gateway", "shortfleet_clicks_spooled_total", &[])
+        .await?;
+    let stale = fleet
+        .metric("gateway", "shortfleet_stale_redirects_total", &[])
+        .await?;
+    eprintln!(
+        "chaos: target {rate} req/s, achieved {achieved:.0} req/s over {:.1} s; load requests {}, \
+         failed {failed} (statuses {:?}, connection errors {}); answered in all {answered}, \
+         counted {counted}, gateway dropped {dropped}, spooled by the gateway {spooled}, \
+         stale answers {stale}; p99 {:.1} ms",
+        outcome.elapsed.as_secs_f64(),
+        outcome.requests,
+        outcome.statuses,
+        outcome.errors,
+        outcome.latency.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    for (what, took) in &figures.recoveries {
+        eprintln!("chaos: {what}: {took}");
+    }
+    if failed > 0 {
+        let text = reqwest::get(format!("{}/metrics", fleet.gateway_ops_url))
+            .await?
+            .text()
+            .await?;
+        for line in text.lines().filter(|l| {
+            l.contains("status=\"4")
+                || l.contains("status=\"5")
+                || l.contains("ratelimit_decisions")
+        }) {
+            eprintln!("chaos: gateway metric {line}");
+        }
+    }
+    ensure!(
+        failed == 0,
+        "{failed} redirects of links resolved before the outages failed: {:?}, {} connection errors",
+        outcome.statuses,
+        outcome.errors
+    );
+    ensure!(
+        counted == answered,
+        "answered {answered}, counted {counted}"
+    );
+    ensure!(dropped == 0.0, "the gateway dropped {dropped} clicks");
+    Ok(())
+}
+
+async fn create(http: &Client, base: &str, key: &str, url: &str) -> anyhow::Result<String> {
+    let link: Value = http
+        .post(format!("{base}/api/v1/links"))
+        .bearer_auth(key)
+        .json(&json!({ "url": url }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(link["code"]
+        .as_str()
+        .context("link without a code")?
+        .to_owned())
+}
+
+/// GET `/{code}` over `codes`, as a browser (so analytics counts it human).
+fn redirects(codes: Arc<Vec<String>>) -> RequestFactory {
+    Arc::new(move |_, seq| {
+        let code = &codes[(seq as usize) % codes.len()];
+        Request::get(format!("/{code}"))
+            .header(header::HOST, "127.0.0.1")
+            .header(header::USER_AGENT, USER_AGENT)
+            .body(Full::new(Bytes::new()))
+            .expect("static request parts")
+    })
+}
+
+/// Each dependency away for [`OUTAGE`] in turn, then back; the time from
+/// its restart to the first call through the gateway that succeeded again
+/// is recorded. The read-svc probe gets exactly one redirect (a click).
+#[allow(clippy::too_many_arguments)]
+async fn inject_faults(
+    fleet: &mut Fleet,
+    proxy: &FaultProxy,
+    http: &Client,
+    base: &str,
+    key: &str,
+    probe: &str,
+    codes: &[String],
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    tokio::time::sleep(SETTLE).await;
+    let stats = format!("{base}/api/v1/links/{}/stats", codes[0]);
+    let link = format!("{base}/api/v1/links/{}", codes[0]);
+    let probe_url = format!("{base}/{probe}");
+    for svc in ["read-svc", "click-logger", "analytics-svc", "write-svc"] {
+        fleet.kill(svc).await?;
+        tokio::time::sleep(OUTAGE).await;
+        fleet.spawn(svc)?;
+        let took = match svc {
+            // The first Resolve through the gateway: a code it never saw.
+            "read-svc" => until(|| status_is(http, &probe_url, None, StatusCode::FOUND)).await?,
+            // The first batch click-logger acknowledged to the gateway.
+            "click-logger" => {
+                let before = forwarded(fleet).await?;
+                until(|| async { Ok(forwarded(fleet).await? > before) }).await?
+            }
+            "analytics-svc" => until(|| status_is(http, &stats, Some(key), StatusCode::OK)).await?,
+            _ => until(|| status_is(http, &link, Some(key), StatusCode::OK)).await?,
+        };
+        fleet.wait_ready(svc, Duration::from_secs(30)).await?;
+        figures.recoveries.insert(
+            svc,
+            format!(
+                "first successful call {} ms after the restart (process start included)",
+                took.as_millis()
+            ),
+        );
+        tokio::time::sleep(SETTLE).await;
+    }
+    proxy.cut();
+    tokio::time::sleep(OUTAGE).await;
+    proxy.restore();
+    let took = until(|| async {
+        Ok(fleet
+            .metric(
+                "gateway",
+                "shortfleet_dependency_up",
+                &["dependency=\"rabbitmq\""],
+            )
+            .await?
+            == 1.0)
+    })
+    .await?;
+    figures.recoveries.insert(
+        "rabbitmq",
+        format!(
+            "the gateway resubscribed to link events {} ms after the restore",
+            took.as_millis()
+        ),
+    );
+    tokio::time::sleep(SETTLE).await;
+    Ok(())
+}
+
+async fn forwarded(fleet: &Fleet) -> anyhow::Result<f64> {
+    fleet
+        .metric("gateway", "shortfleet_clicks_forwarded_total", &[])
+        .await
+}
+
+async fn status_is(
+    http: &Client,
+    url: &str,
+    key: Option<&str>,
+    want: StatusCode,
+) -> anyhow::Result<bool> {
+    let mut request = http.get(url).timeout(Duration::from_secs(2));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    Ok(request.send().await.is_ok_and(|r| r.status() == want))
+}
+
+/// Polls `check` until it holds (within 30 s); returns how long it took.
+async fn until<F, Fut>(mut check: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        if check().await.unwrap_or(false) {
+            return Ok(started.elapsed());
+        }
+        ensure!(Instant::now() < deadline, "no recovery within 30 s");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Sums `clicks` over the key's links until it reaches `answered` (or 120 s
+/// pass), then once more after a short window in which a redelivered batch
+/// counted twice would show.
+async fn wait_for_totals(
+    http: &Client,
+    base: &str,
+    key: &str,
+    answered: u64,
+) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let counted = total_clicks(http, base, key).await.unwrap_or(0);
+        if counted >= answered || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    total_clicks(http, base, key).await
+}
+
+async fn total_clicks(http: &Client, base: &str, key: &str) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let mut url = format!("{base}/api/v1/links?limit=100");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = http
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for link in page["items"].as_array().context("items")? {
+            sum += link["clicks"].as_u64().context("clicks unknown")?;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Ok(sum),
+        }
+    }
+    anyhow::bail!("more than 100 pages of links")
+}
