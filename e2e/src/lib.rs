@@ -134,13 +134,22 @@ pub struct FleetOptions {
     /// Mutual TLS between the services, from material `deploy/tls/mint`
     /// wrote to this directory (`<dir>/<service>/tls.{crt,key}`, `ca.crt`).
     pub tls_dir: Option<PathBuf>,
+    /// Where the service binaries are; [`bin_dir`] when `None`.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// The release binaries `deploy/local/test` builds (and exports as
+/// `SHORTFLEET_RELEASE_BIN_DIR`) for tests that need the fleet at full
+/// speed; `None` when run outside it (then such tests use the debug build).
+pub fn release_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("SHORTFLEET_RELEASE_BIN_DIR").map(PathBuf::from)
 }
 
 impl Fleet {
     pub async fn start(options: FleetOptions) -> anyhow::Result<Self> {
         let infra = Infra::default();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let bin_dir = bin_dir();
+        let bin_dir = options.bin_dir.clone().unwrap_or_else(bin_dir);
         for svc in SERVICES {
             if !bin_dir.join(svc).exists() {
                 bail!(

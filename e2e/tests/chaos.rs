@@ -67,6 +67,9 @@ async fn restarts_under_load_cost_no_redirect_and_no_click() {
             // rate: the spool must carry the rest.
             ("SHORTFLEET_CLICK_BUFFER".into(), "20000".into()),
         ],
+        // Full load needs the release build (deploy/local/test provides it).
+        bin_dir: shortfleet_e2e::release_bin_dir(),
+        ..Default::default()
     })
     .await
     .expect("fleet starts");
