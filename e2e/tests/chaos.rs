@@ -172,13 +172,13 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
     let counted = wait_for_totals(&http, &base, &key, answered).await?;
     let dropped = fleet
         .metric("gateway", "shortfleet_clicks_dropped_total", &[])
-        .await?;
+        .await? as u64;
     let spooled = fleet
         .metric("gateway", "shortfleet_clicks_spooled_total", &[])
-        .await?;
+        .await? as u64;
     let stale = fleet
         .metric("gateway", "shortfleet_stale_redirects_total", &[])
-        .await?;
+        .await? as u64;
     eprintln!(
         "chaos: target {rate} req/s, achieved {achieved:.0} req/s over {:.1} s; load requests {}, \
          failed {failed} (statuses {:?}, connection errors {}); answered in all {answered}, \
@@ -216,7 +216,7 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
         counted == answered,
         "answered {answered}, counted {counted}"
     );
-    ensure!(dropped == 0.0, "the gateway dropped {dropped} clicks");
+    ensure!(dropped == 0, "the gateway dropped {dropped} clicks");
     Ok(())
 }
 
