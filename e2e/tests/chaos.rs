@@ -138,16 +138,23 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
 
     let stop = Arc::new(AtomicBool::new(false));
     let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
-    let load = tokio::spawn(load::run_until(
-        addr,
-        Mode::Open {
-            connections: 64,
-            rate,
-        },
-        MAX_LOAD,
-        redirects(Arc::new(codes.clone())),
-        stop.clone(),
-    ));
+    let load = match std::env::var_os("SHORTFLEET_CHAOS_WRK") {
+        // The hand run at full load (BENCHMARKS.md): wrk, closed loop.
+        Some(wrk) => tokio::spawn(wrk_until(wrk, base.clone(), codes.clone(), stop.clone())),
+        None => {
+            let generator = load::run_until(
+                addr,
+                Mode::Open {
+                    connections: 64,
+                    rate,
+                },
+                MAX_LOAD,
+                redirects(Arc::new(codes.clone())),
+                stop.clone(),
+            );
+            tokio::spawn(async move { Ok(Load::from(generator.await)) })
+        }
+    };
     let mut figures = Figures::default();
     let faults = inject_faults(
         fleet,
@@ -161,13 +168,13 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
     )
     .await;
     stop.store(true, Ordering::Relaxed);
-    let outcome = load.await.context("load task")?;
+    let outcome = load.await.context("load task")??;
     faults?;
     // The read-svc probe's one 302 is a click too.
     answered += 1;
 
-    let failed = outcome.errors + outcome.requests - outcome.count(302);
-    answered += outcome.count(302);
+    let failed = outcome.errors + outcome.requests - outcome.redirected;
+    answered += outcome.redirected;
     let achieved = outcome.requests as f64 / outcome.elapsed.as_secs_f64();
     let counted = wait_for_totals(&http, &base, &key, answered).await?;
     let dropped = fleet
@@ -179,16 +186,24 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
     let stale = fleet
         .metric("gateway", "shortfleet_stale_redirects_total", &[])
         .await? as u64;
+    let served = fleet
+        .metric(
+            "gateway",
+            "shortfleet_http_requests_total",
+            &["endpoint=\"redirect\"", "status=\"302\""],
+        )
+        .await? as u64;
     eprintln!(
-        "chaos: target {rate} req/s, achieved {achieved:.0} req/s over {:.1} s; load requests {}, \
-         failed {failed} (statuses {:?}, connection errors {}); answered in all {answered}, \
-         counted {counted}, gateway dropped {dropped}, spooled by the gateway {spooled}, \
+        "chaos: {} target {rate} req/s, achieved {achieved:.0} req/s over {:.1} s; load requests {}, \
+         failed {failed} (statuses {}, connection errors {}); answered in all {answered}, \
+         the gateway's own 302s {served}, counted {counted}, gateway dropped {dropped}, spooled by the gateway {spooled}, \
          stale answers {stale}; p99 {:.1} ms",
+        outcome.generator,
         outcome.elapsed.as_secs_f64(),
         outcome.requests,
         outcome.statuses,
         outcome.errors,
-        outcome.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        outcome.p99_ms,
     );
     for (what, took) in &figures.recoveries {
         eprintln!("chaos: {what}: {took}");
@@ -208,16 +223,149 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
     }
     ensure!(
         failed == 0,
-        "{failed} redirects of links resolved before the outages failed: {:?}, {} connection errors",
+        "{failed} redirects of links resolved before the outages failed: {}, {} connection errors",
         outcome.statuses,
         outcome.errors
     );
+    // Every 302 the gateway sent is a click: the totals must match its own
+    // count exactly. The client's count matches it too, except that wrk
+    // abandons the requests in flight when it stops (at most one per
+    // connection) without counting them.
     ensure!(
-        counted == answered,
-        "answered {answered}, counted {counted}"
+        counted == served,
+        "the gateway answered {served} redirects, analytics counted {counted}"
+    );
+    ensure!(
+        served >= answered && served - answered <= outcome.abandoned_at_stop,
+        "the client saw {answered} redirects answered, the gateway {served}"
     );
     ensure!(dropped == 0, "the gateway dropped {dropped} clicks");
     Ok(())
+}
+
+/// What the load phase saw, from either generator.
+struct Load {
+    generator: &'static str,
+    requests: u64,
+    /// Answered 302.
+    redirected: u64,
+    /// Connection-level failures (no HTTP answer).
+    errors: u64,
+    statuses: String,
+    elapsed: Duration,
+    p99_ms: f64,
+    /// Requests that may have been answered but not seen when the load
+    /// stopped.
+    abandoned_at_stop: u64,
+}
+
+impl From<load::Outcome> for Load {
+    fn from(o: load::Outcome) -> Self {
+        Self {
+            generator: "in-test generator,",
+            requests: o.requests,
+            redirected: o.count(302),
+            errors: o.errors,
+            statuses: format!("{:?}", o.statuses),
+            elapsed: o.elapsed,
+            p99_ms: o.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            // It waits for every request in flight before it returns.
+            abandoned_at_stop: 0,
+        }
+    }
+}
+
+/// wrk's Lua: GET over the codes (one per line of `CHAOS_CODES`) as a
+/// browser, and a parseable summary at the end. wrk counts a status above
+/// 399 as an error and everything else as answered; here that is 302.
+const WRK_SCRIPT: &str = r#"
+local codes = {}
+for line in io.lines(os.getenv("CHAOS_CODES")) do codes[#codes + 1] = line end
+local i = math.random(#codes)
+request = function()
+  i = i % #codes + 1
+  return wrk.format("GET", "/" .. codes[i], { ["User-Agent"] = os.getenv("CHAOS_UA") })
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("wrk-summary %d %d %d %d %d %d %d %d\n", summary.requests, e.status,
+    e.connect, e.read, e.write, e.timeout, summary.duration, latency:percentile(99)))
+end
+"#;
+
+const WRK_CONNECTIONS: u64 = 16;
+
+/// Runs wrk (`-t2 -c16`, the issue's setting) until `stop`, then asks it to
+/// finish (SIGINT: wrk prints its summary) and reads the summary.
+async fn wrk_until(
+    wrk: std::ffi::OsString,
+    base: String,
+    codes: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Load> {
+    let dir = std::env::temp_dir().join(format!("sf-chaos-wrk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (script, list) = (dir.join("chaos.lua"), dir.join("codes.txt"));
+    std::fs::write(&script, WRK_SCRIPT)?;
+    std::fs::write(&list, codes.join("\n") + "\n")?;
+    let child = tokio::process::Command::new(wrk)
+        .args(["-t2", "--timeout", "10s"])
+        .arg(format!("-c{WRK_CONNECTIONS}"))
+        .arg(format!("-d{}s", MAX_LOAD.as_secs()))
+        .arg("-s")
+        .arg(&script)
+        .arg(&base)
+        .env("CHAOS_CODES", &list)
+        .env("CHAOS_UA", USER_AGENT)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting wrk")?;
+    let pid = child.id().context("wrk has a pid")?;
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LOAD {
+        tokio::time::sleep(POLL).await;
+    }
+    tokio::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .await?;
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .context("wrk did not stop")??;
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("wrk-summary "))
+        .with_context(|| format!("no summary from wrk:\n{text}"))?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [
+        requests,
+        status,
+        connect,
+        read,
+        write,
+        timeout,
+        duration_us,
+        p99_us,
+    ] = n[..]
+    else {
+        anyhow::bail!("wrk summary {line:?}");
+    };
+    Ok(Load {
+        generator: "wrk -t2 -c16,",
+        requests,
+        redirected: requests - status,
+        errors: connect + read + write + timeout,
+        statuses: format!("{{302: {}, >399: {status}}}", requests - status),
+        elapsed: Duration::from_micros(duration_us),
+        p99_ms: p99_us as f64 / 1000.0,
+        abandoned_at_stop: WRK_CONNECTIONS,
+    })
 }
 
 async fn create(http: &Client, base: &str, key: &str, url: &str) -> anyhow::Result<String> {
