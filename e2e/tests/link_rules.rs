@@ -192,7 +192,10 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
             "expired_url",
         ),
         (json!({"url": "https://e.com", "password": ""}), "password"),
-        (json!({"url": "https://e.com", "crawlable": "yes"}), "crawlable"),
+        (
+            json!({"url": "https://e.com", "crawlable": "yes"}),
+            "crawlable",
+        ),
     ] {
         let (status, problem) = api.create(body.clone()).await?;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -235,7 +238,10 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         }
     }
     let (_, loc) = location(go(ANDROID_PHONE)).await?;
-    assert_eq!(loc, "https://example.com/default", "the other rules are gone");
+    assert_eq!(
+        loc, "https://example.com/default",
+        "the other rules are gone"
+    );
 
     // --- passwords -------------------------------------------------------
     let secret_target = "https://example.com/very-secret-target";
@@ -268,8 +274,14 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         );
         let headers = format!("{:?}", form.headers());
         let page = form.text().await?;
-        assert!(page.contains(&format!("action=\"/{pcode}?utm=1\"")), "{page}");
-        assert!(!leaks(&page) && !leaks(&headers), "no target before the check");
+        assert!(
+            page.contains(&format!("action=\"/{pcode}?utm=1\"")),
+            "{page}"
+        );
+        assert!(
+            !leaks(&page) && !leaks(&headers),
+            "no target before the check"
+        );
     }
     let head = http.head(format!("{base}/{pcode}")).send().await?;
     assert_eq!(head.status(), StatusCode::OK);
@@ -289,7 +301,11 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         .form(&[("password", "s3cret pass")])
         .send()
         .await?;
-    assert_eq!(right.status(), StatusCode::SEE_OTHER, "303: never re-posted");
+    assert_eq!(
+        right.status(),
+        StatusCode::SEE_OTHER,
+        "303: never re-posted"
+    );
     assert_eq!(
         right.headers()["location"],
         "https://example.com/secret-ios",
@@ -398,7 +414,9 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         "over max_clicks"
     );
     let (_, disabled) = api
-        .create(json!({"url": "https://example.com/off", "expired_url": "https://example.com/sorry"}))
+        .create(
+            json!({"url": "https://example.com/off", "expired_url": "https://example.com/sorry"}),
+        )
         .await?;
     let dcode = code_of(&disabled);
     api.patch(&dcode, json!({"disabled": true})).await?;
@@ -408,7 +426,10 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         if loc == "https://example.com/sorry" {
             break;
         }
-        assert!(Instant::now() < deadline, "disabled link still answers {loc}");
+        assert!(
+            Instant::now() < deadline,
+            "disabled link still answers {loc}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let deleted = api

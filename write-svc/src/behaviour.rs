@@ -107,9 +107,8 @@ fn conditions(when: Option<&RuleConditions>) -> Result<RuleConditions, WriteErro
         }
     };
     let country = when.country.trim().to_ascii_uppercase();
-    if !country.is_empty()
-        && !(country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase()))
-    {
+    let is_alpha2 = country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase());
+    if !country.is_empty() && !is_alpha2 {
         return Err(WriteError::invalid(
             "rules",
             "when.country must be an ISO 3166-1 alpha-2 code",
