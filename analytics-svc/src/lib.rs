@@ -10,7 +10,8 @@
 //! - [`geoip`]: country of a client IP from a MaxMind DB file, if configured.
 //! - [`partitions`]: daily partitions ahead, retention behind.
 
-pub mod agent;
+/// Moved to `shortfleet_common` (the gateway's redirect rules classify with it too).
+pub use shortfleet_common::agent;
 pub mod app;
 pub mod config;
 pub mod consumer;

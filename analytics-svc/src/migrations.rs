@@ -76,4 +76,15 @@ SELECT code, (hour AT TIME ZONE 'UTC')::date, min(owner), sum(clicks), sum(bots)
 FROM rollup_hourly GROUP BY 1, 2;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "the redirect rule of each click",
+        sql: r#"
+-- Index of the link's redirect rule that chose the target; NULL when the
+-- link's own url did. Rollups keep it as the dimension "rule"; stats
+-- filtered by one rule are summed from raw clicks (within retention).
+ALTER TABLE clicks ADD COLUMN rule smallint;
+CREATE INDEX clicks_code_rule ON clicks (code, rule, occurred_at);
+"#,
+    },
 ];

@@ -8,7 +8,7 @@
 //! period starting mid-hour includes that whole hour), visitors and the
 //! top-10 dimensions from daily rows (the days the period touches).
 
-use std::{future::Future, time::Duration as StdDuration};
+use std::{collections::HashMap, future::Future, time::Duration as StdDuration};
 
 use chrono::{DateTime, Duration, DurationRound, TimeDelta, Utc};
 use deadpool_postgres::Pool;
@@ -141,6 +141,51 @@ fn named(counts: &[(String, i64)]) -> Vec<NamedCount> {
         .collect()
 }
 
+/// Series rows, visitors and dimensions of a whole link.
+type StatsParts = (
+    Vec<(DateTime<Utc>, i64, i64)>,
+    i64,
+    HashMap<String, Vec<(String, i64)>>,
+);
+
+impl AnalyticsService {
+    /// A whole link's stats from the rollups (no rule filter).
+    async fn rollup_stats(
+        &self,
+        code: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        step: TimeDelta,
+    ) -> Result<StatsParts, Status> {
+        // Whole UTC days at a daily interval read the daily rollup (one row a
+        // day); anything else is summed from hourly rows.
+        let whole_days = step == TimeDelta::days(1)
+            && from.duration_trunc(step).ok() == Some(from)
+            && to.duration_trunc(step).ok() == Some(to);
+        let rows = if whole_days {
+            let last = (to - TimeDelta::days(1)).date_naive();
+            self.query(store::daily(&self.pool, code, from.date_naive(), last))
+                .await?
+        } else {
+            let first_hour = from.duration_trunc(TimeDelta::hours(1)).unwrap_or(from);
+            self.query(store::hourly(&self.pool, code, first_hour, to))
+                .await?
+        };
+        // `to` is exclusive: a period ending at midnight does not touch the
+        // next day.
+        let last_day = (to - TimeDelta::microseconds(1)).max(from).date_naive();
+        let (visitors, dims) = self
+            .query(store::audience(
+                &self.pool,
+                code,
+                from.date_naive(),
+                last_day,
+            ))
+            .await?;
+        Ok((rows, visitors, dims))
+    }
+}
+
 #[tonic::async_trait]
 impl Analytics for AnalyticsService {
     async fn get_link_stats(
@@ -159,31 +204,19 @@ impl Analytics for AnalyticsService {
             )
             .into());
         }
-        // Whole UTC days at a daily interval read the daily rollup (one row a
-        // day); anything else is summed from hourly rows.
-        let whole_days = step == TimeDelta::days(1)
-            && from.duration_trunc(step).ok() == Some(from)
-            && to.duration_trunc(step).ok() == Some(to);
-        let rows = if whole_days {
-            let last = (to - TimeDelta::days(1)).date_naive();
-            self.query(store::daily(&self.pool, &req.code, from.date_naive(), last))
+        // `?rule=`: -1 is "no rule matched", 0.. a rule's index.
+        let rule = match req.rule {
+            None => None,
+            Some(-1) => Some(None),
+            Some(r @ 0..64) => Some(Some(r as i16)),
+            Some(_) => return Err(invalid("rule", "must be a rule index (0-19) or none").into()),
+        };
+        let (rows, visitors, dims) = if let Some(rule) = rule {
+            self.query(store::by_rule(&self.pool, &req.code, rule, from, to))
                 .await?
         } else {
-            let first_hour = from.duration_trunc(TimeDelta::hours(1)).unwrap_or(from);
-            self.query(store::hourly(&self.pool, &req.code, first_hour, to))
-                .await?
+            self.rollup_stats(&req.code, from, to, step).await?
         };
-        // `to` is exclusive: a period ending at midnight does not touch the
-        // next day.
-        let last_day = (to - TimeDelta::microseconds(1)).max(from).date_naive();
-        let (visitors, dims) = self
-            .query(store::audience(
-                &self.pool,
-                &req.code,
-                from.date_naive(),
-                last_day,
-            ))
-            .await?;
         let mut series: Vec<SeriesPoint> = slots
             .iter()
             .map(|t| SeriesPoint {
@@ -215,6 +248,7 @@ impl Analytics for AnalyticsService {
             os: dim("os"),
             devices: dim("device"),
             countries: dim("country"),
+            rules: dim("rule"),
         }))
     }
 

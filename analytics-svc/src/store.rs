@@ -35,6 +35,13 @@ pub struct Click {
     pub device: String,
     pub country: String,
     pub visitor: Vec<u8>,
+    /// The redirect rule that sent the click; `None`: the link's own url.
+    pub rule: Option<i16>,
+}
+
+/// A rule index as the "rule" dimension and the REST `?rule=` name it.
+pub fn rule_name(rule: Option<i16>) -> String {
+    rule.map_or_else(|| "none".to_owned(), |r| r.to_string())
 }
 
 /// PostgreSQL text cannot hold NUL; anything else is kept as sent.
@@ -100,6 +107,11 @@ pub fn enrich(
         },
         country,
         visitor,
+        // Links have at most 20 rules; anything else is not a rule index.
+        rule: event
+            .rule
+            .and_then(|r| i16::try_from(r).ok())
+            .filter(|r| *r < 64),
     })
 }
 
@@ -141,6 +153,7 @@ pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups {
             ("os", &c.os),
             ("device", &c.device),
             ("country", &c.country),
+            ("rule", &rule_name(c.rule)),
         ] {
             if !value.is_empty() {
                 *r.dimensions
@@ -189,9 +202,10 @@ async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteE
     let visitors: Vec<Vec<u8>> = clicks.iter().map(|c| c.visitor.clone()).collect();
     let inserted = tx
         .query(
-            "INSERT INTO clicks (occurred_at, event_id, code, owner, is_bot, referrer_host, browser, os, device, country, visitor)
+            "INSERT INTO clicks (occurred_at, event_id, code, owner, is_bot, referrer_host, browser, os, device, country, visitor, rule)
              SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bool[],
-                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
+                                  $12::int2[])
              ON CONFLICT DO NOTHING
              RETURNING event_id",
             &[
@@ -206,6 +220,7 @@ async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteE
                 &col(|c| c.device.clone()),
                 &col(|c| c.country.clone()),
                 &visitors,
+                &clicks.iter().map(|c| c.rule).collect::<Vec<_>>(),
             ],
         )
         .await?;
@@ -409,6 +424,72 @@ pub async fn audience(
         dims.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
     }
     Ok((visitors, dims))
+}
+
+/// The clicks of one link sent by one rule (`None`: by no rule) in
+/// `[from, to)`, summed from raw clicks: hourly (hour, clicks, bots),
+/// distinct visitors per day, and dimension counts, in the shapes of
+/// [`hourly`] and [`audience`].
+pub async fn by_rule(
+    pool: &Pool,
+    code: &str,
+    rule: Option<i16>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> anyhow::Result<(
+    Vec<(DateTime<Utc>, i64, i64)>,
+    i64,
+    HashMap<String, Vec<(String, i64)>>,
+)> {
+    let client = pool.get().await?;
+    let filter =
+        "code = $1 AND rule IS NOT DISTINCT FROM $2 AND occurred_at >= $3 AND occurred_at < $4";
+    let hours = client
+        .query(
+            &format!(
+                "SELECT date_trunc('hour', occurred_at), count(*) FILTER (WHERE NOT is_bot),
+                        count(*) FILTER (WHERE is_bot)
+                 FROM clicks WHERE {filter} GROUP BY 1 ORDER BY 1"
+            ),
+            &[&code, &rule, &from, &to],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let visitors: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(DISTINCT ((occurred_at AT TIME ZONE 'UTC')::date, visitor))
+                 FROM clicks WHERE {filter} AND NOT is_bot"
+            ),
+            &[&code, &rule, &from, &to],
+        )
+        .await?
+        .get(0);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT dimension, value, count(*) FROM clicks,
+                   LATERAL (VALUES ('referrer', referrer_host), ('browser', browser), ('os', os),
+                                   ('device', device), ('country', country)) AS d(dimension, value)
+                 WHERE {filter} AND NOT is_bot AND value <> ''
+                 GROUP BY 1, 2 ORDER BY 3 DESC, 2"
+            ),
+            &[&code, &rule, &from, &to],
+        )
+        .await?;
+    let mut dims: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    for r in rows {
+        dims.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+    }
+    let human: i64 = dims
+        .get("device")
+        .map_or(0, |d| d.iter().map(|(_, n)| n).sum());
+    if human > 0 {
+        dims.insert("rule".into(), vec![(rule_name(rule), human)]);
+    }
+    Ok((hours, visitors, dims))
 }
 
 /// All-time human clicks of `owner`'s `codes`, from the daily rollup (one

@@ -228,6 +228,7 @@ async fn stats(
             from: Some(to_proto(from)),
             to: Some(to_proto(to)),
             interval: interval as i32,
+            rule: None,
         })
         .await
         .unwrap()

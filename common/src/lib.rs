@@ -25,10 +25,15 @@
 //! - [`click`]: the one definition of a storable click, shared by the
 //!   gateway, click-logger and analytics-svc.
 //!
+//! - [`agent`]: the one user-agent classifier (analytics' dimensions and
+//!   the gateway's redirect rules must agree on what "iOS" is) and the
+//!   rule vocabulary write-svc validates against.
+//!
 //! It must never hold domain logic: a service's rules live in that service.
 //! The exception is a wire rule both sides of a contract must agree on
 //! ([`input`] bounds, [`click`]), which would drift if each side kept a copy.
 
+pub mod agent;
 pub mod amqp;
 pub mod click;
 pub mod click_counts;

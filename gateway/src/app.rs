@@ -38,6 +38,8 @@ pub struct State {
     pub health: Health,
     /// This replica's live event streams.
     pub live: Arc<Hub>,
+    /// The cached `GET /robots.txt` body.
+    pub robots: crate::handlers::robots::Robots,
 }
 
 pub struct App {
@@ -142,6 +144,7 @@ impl Service for App {
             live,
             microcache,
             health,
+            robots: crate::handlers::robots::Robots::default(),
         });
         Ok(Self {
             listener,

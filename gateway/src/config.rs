@@ -53,6 +53,9 @@ pub struct Config {
     /// Failed authentications allowed per client address; beyond that 429,
     /// so keys cannot be guessed at line rate.
     pub auth_failures: Policy,
+    /// Password attempts allowed per client address and link code; beyond
+    /// that 429, so a link's password cannot be guessed at line rate.
+    pub password_attempts: Policy,
     /// How often each replica reloads API keys (revocation latency).
     pub key_refresh: Duration,
     /// Clicks held in memory while click-logger is slow or down; the rest
@@ -114,6 +117,12 @@ impl Config {
             Policy::parse("auth-failures", &auth_failures_raw).unwrap_or_else(|e| {
                 r.invalid("SHORTFLEET_AUTH_FAILURE_LIMIT", e);
                 Policy::parse("auth-failures", "30/60").expect("default policy parses")
+            });
+        let password_attempts_raw = r.string("SHORTFLEET_LINK_PASSWORD_LIMIT", "10/300");
+        let password_attempts = Policy::parse("link-password", &password_attempts_raw)
+            .unwrap_or_else(|e| {
+                r.invalid("SHORTFLEET_LINK_PASSWORD_LIMIT", e);
+                Policy::parse("link-password", "10/300").expect("default policy parses")
             });
         let trusted_proxies = r
             .raw("SHORTFLEET_TRUSTED_PROXIES")
@@ -199,6 +208,7 @@ impl Config {
                 max_per_ip: r.get("SHORTFLEET_MAX_CONNECTIONS_PER_IP", 256),
             },
             auth_failures,
+            password_attempts,
             key_refresh: r.millis("SHORTFLEET_KEY_REFRESH_MS", 1000),
             click_buffer: r.get("SHORTFLEET_CLICK_BUFFER", 100_000),
             click_spool_dir: r

@@ -193,11 +193,16 @@ impl Fields {
         Self { map, errors }
     }
 
-    fn fail(&mut self, field: &str, message: &str) {
+    pub fn fail(&mut self, field: &str, message: &str) {
         self.errors.push(FieldError {
             field: field.to_owned(),
             message: message.to_owned(),
         });
+    }
+
+    /// The field's JSON as sent, for shapes the typed getters do not cover.
+    pub fn raw(&self, field: &str) -> Option<&Value> {
+        self.map.get(field)
     }
 
     pub fn has(&self, field: &str) -> bool {

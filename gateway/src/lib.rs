@@ -17,21 +17,27 @@
 //! - [`proxies`]: trusted proxies (addresses or CIDR blocks) and the client IP.
 //! - [`sockets`]: first-byte and idle deadlines, connections per client address.
 //! - [`admin`]: the `keys` admin commands.
+//! - What a link does on redirect, decided from the link the gateway holds:
+//!   [`rules`] (device, OS, browser, country, language), [`forward`] (query
+//!   forwarding), [`password`] (the form and the one hash check).
 
 pub mod admin;
 pub mod app;
 pub mod clicks;
 pub mod config;
+pub mod forward;
 pub mod handlers;
 pub mod input;
 pub mod keys;
 pub mod live;
 pub mod microcache;
+pub mod password;
 pub mod problem;
 pub mod proxies;
 pub mod ratelimit;
 pub mod resilience;
 pub mod routes;
+pub mod rules;
 pub mod server;
 pub mod sockets;
 pub mod upstream;

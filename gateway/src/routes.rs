@@ -28,6 +28,9 @@ pub enum Endpoint {
     AppAsset,
     LinkQr,
     Events,
+    /// `POST /{code}`: a password-protected link's form.
+    Unlock,
+    Robots,
 }
 
 impl Endpoint {
@@ -50,6 +53,8 @@ impl Endpoint {
             Self::AppAsset => "app_asset",
             Self::LinkQr => "link_qr",
             Self::Events => "events",
+            Self::Unlock => "unlock",
+            Self::Robots => "robots",
         }
     }
 
@@ -62,6 +67,7 @@ impl Endpoint {
             | Self::LinkStats
             | Self::LinkQr
             | Self::AppAsset
+            | Self::Unlock
             | Self::Redirect => 1,
             _ => 0,
         }
@@ -89,6 +95,8 @@ impl FromStr for Endpoint {
             Self::AppAsset,
             Self::LinkQr,
             Self::Events,
+            Self::Unlock,
+            Self::Robots,
         ]
         .into_iter()
         .find(|e| e.name() == s)
@@ -115,7 +123,9 @@ GET,HEAD  /healthz                    healthz
 GET,HEAD  /readyz                     readyz
 GET       /metrics                    metrics
 GET       /api/v1/openapi.json        openapi
+GET,HEAD  /robots.txt                 robots
 GET,HEAD  /{code}                     redirect
+POST      /{code}                     unlock
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,11 +368,20 @@ mod tests {
             ]))
         );
         assert_eq!(
-            t.route(&Method::POST, "/abc"),
+            t.route(&Method::PUT, "/abc"),
             Err(RouteError::MethodNotAllowed(vec![
                 Method::GET,
-                Method::HEAD
+                Method::HEAD,
+                Method::POST
             ]))
+        );
+        assert_eq!(
+            t.route(&Method::POST, "/abc"),
+            Ok((Endpoint::Unlock, vec!["abc"]))
+        );
+        assert_eq!(
+            t.route(&Method::GET, "/robots.txt"),
+            Ok((Endpoint::Robots, vec![]))
         );
     }
 

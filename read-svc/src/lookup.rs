@@ -32,6 +32,9 @@ pub fn state_at(link: &Link, now: DateTime<Utc>) -> LinkState {
     }
 }
 
+/// The answer for `link`: everything the gateway needs to decide the
+/// redirect itself (rules, password hash, query forwarding, robots), so a
+/// redirect never needs a second hop.
 pub fn response(link: &Link, now: DateTime<Utc>) -> ResolveResponse {
     ResolveResponse {
         code: link.code.clone(),
@@ -41,6 +44,16 @@ pub fn response(link: &Link, now: DateTime<Utc>) -> ResolveResponse {
         owner: link.owner.clone(),
         expires_at: link.expires_at,
         uncacheable: link.max_clicks.is_some(),
+        password_hash: link.password_hash.clone(),
+        rules: link.rules.clone(),
+        forward_query: link.forward_query,
+        crawlable: link.crawlable,
+        // A deleted link is gone for good: 410, never a fallback.
+        expired_url: if link.deleted {
+            String::new()
+        } else {
+            link.expired_url.clone()
+        },
     }
 }
 

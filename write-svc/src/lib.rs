@@ -12,6 +12,7 @@
 //! - [`error`]: the boundary error and its gRPC mapping.
 
 pub mod app;
+pub mod behaviour;
 pub mod code;
 pub mod config;
 pub mod cursor;

@@ -3,10 +3,11 @@
 
 use shortfleet_common::postgres::Migration;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "links, idempotency keys, outbox",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "links, idempotency keys, outbox",
+        sql: r#"
 CREATE TABLE links (
     code          text PRIMARY KEY,
     owner         text NOT NULL,
@@ -54,4 +55,31 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_pending ON outbox (id) WHERE published_at IS NULL;
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "link behaviour: password, rules, forward_query, crawlable, expired_url",
+        sql: r#"
+ALTER TABLE links
+    -- Argon2id PHC string; NULL when the link has no password.
+    ADD COLUMN password_hash text,
+    -- The ordered redirect rules as JSON: [{"when": {...}, "url": "..."}].
+    ADD COLUMN rules         jsonb NOT NULL DEFAULT '[]',
+    ADD COLUMN forward_query boolean NOT NULL DEFAULT false,
+    ADD COLUMN crawlable     boolean NOT NULL DEFAULT false,
+    ADD COLUMN expired_url   text,
+    -- Whether this link answers "same owner + same URL" creates. Aliases
+    -- never did; links created with their own behaviour (a password, rules…)
+    -- are their own link too, so a plain create never hands them out.
+    ADD COLUMN dedupe        boolean;
+UPDATE links SET dedupe = NOT is_alias;
+ALTER TABLE links ALTER COLUMN dedupe SET NOT NULL;
+DROP INDEX links_owner_url_dedupe;
+CREATE UNIQUE INDEX links_owner_url_dedupe ON links (owner, url_sha256)
+    WHERE dedupe AND deleted_at IS NULL;
+-- robots.txt lists the crawlable codes, newest first.
+CREATE INDEX links_crawlable ON links (created_at DESC)
+    WHERE crawlable AND deleted_at IS NULL;
+"#,
+    },
+];

@@ -5,11 +5,13 @@
 use shortfleet_common::input::prefix;
 use shortfleet_proto::v1::{
     CreateLinkRequest, CreateLinkResponse, DeleteLinkRequest, DeleteLinkResponse, GetLinkRequest,
-    Link, ListLinksRequest, ListLinksResponse, UpdateLinkRequest, link_writer_server::LinkWriter,
+    Link, ListCrawlableRequest, ListCrawlableResponse, ListLinksRequest, ListLinksResponse,
+    UpdateLinkRequest, link_writer_server::LinkWriter,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
+    behaviour,
     cursor::{Cursor, CursorKey},
     error::WriteError,
     store::Store,
@@ -19,6 +21,8 @@ use crate::{
 
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
+/// robots.txt names at most this many crawlable codes (about 100 KB).
+const MAX_CRAWLABLE: u32 = 10_000;
 
 pub struct LinkWriterService {
     store: Store,
@@ -46,8 +50,11 @@ impl LinkWriter for LinkWriterService {
         request: Request<CreateLinkRequest>,
     ) -> Result<Response<CreateLinkResponse>, Status> {
         let req = request.into_inner();
-        let new = validate::new_link(&req, &self.targets)?;
+        let mut new = validate::new_link(&req, &self.targets)?;
         let idempotency = validate::idempotency_key(&req)?;
+        if let Some(plain) = new.behaviour.password_hash.take() {
+            new.behaviour.password_hash = Some(behaviour::hash_password(plain).await?);
+        }
         let response = self.store.create(new, idempotency).await?;
         if response.created {
             metrics::counter!("shortfleet_links_created_total").increment(1);
@@ -71,7 +78,12 @@ impl LinkWriter for LinkWriterService {
         let req = request.into_inner();
         let code = validate::code(&req.code)?;
         let owner = validate::owner(&req.owner)?;
-        let change = validate::change(&req, &self.targets)?;
+        let mut change = validate::change(&req, &self.targets)?;
+        if let Some(Some(plain)) = change.password_hash.take() {
+            change.password_hash = Some(Some(behaviour::hash_password(plain).await?));
+        } else if req.clear_password {
+            change.password_hash = Some(None);
+        }
         Ok(Response::new(
             self.store.update(code, &owner, change).await?,
         ))
@@ -87,6 +99,20 @@ impl LinkWriter for LinkWriterService {
         let owner = validate::owner(&req.owner)?;
         self.store.delete(code, &owner).await?;
         Ok(Response::new(DeleteLinkResponse {}))
+    }
+
+    async fn list_crawlable(
+        &self,
+        request: Request<ListCrawlableRequest>,
+    ) -> Result<Response<ListCrawlableResponse>, Status> {
+        let limit = match request.get_ref().limit {
+            0 => MAX_CRAWLABLE,
+            n @ 1..=MAX_CRAWLABLE => n,
+            _ => return Err(WriteError::invalid("limit", "must be between 1 and 10000").into()),
+        };
+        Ok(Response::new(ListCrawlableResponse {
+            codes: self.store.crawlable_codes(limit).await?,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(owner = %prefix(&request.get_ref().owner)))]

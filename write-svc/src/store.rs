@@ -18,7 +18,8 @@ use crate::{code::ShortCode, cursor::Cursor, error::WriteError, target::TargetUr
 /// How many random codes to try before giving up; see `code.rs` for odds.
 const CODE_ATTEMPTS: usize = 5;
 const LINK_COLUMNS: &str = "code, owner, url, created_at, updated_at, expires_at, redirect_type, \
-                            max_clicks, tags, disabled, deleted_at";
+                            max_clicks, tags, disabled, deleted_at, password_hash, rules, \
+                            forward_query, crawlable, expired_url";
 
 /// A validated request to create a link.
 #[derive(Debug, Clone)]
@@ -30,6 +31,26 @@ pub struct NewLink {
     pub redirect_type: i16,
     pub max_clicks: Option<i64>,
     pub tags: Vec<String>,
+    pub behaviour: Behaviour,
+}
+
+/// What a link does besides redirecting to `url` (see [`crate::behaviour`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Behaviour {
+    /// Argon2id PHC string.
+    pub password_hash: Option<String>,
+    pub rules: Vec<shortfleet_proto::v1::RedirectRule>,
+    pub forward_query: bool,
+    pub crawlable: bool,
+    pub expired_url: Option<String>,
+}
+
+impl Behaviour {
+    /// A link created with any of these is its own link: a later plain
+    /// create of the same URL must not hand it out (and vice versa).
+    fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A validated change; `None` fields stay as they are.
@@ -41,6 +62,12 @@ pub struct LinkChange {
     pub max_clicks: Option<Option<i64>>,
     pub tags: Option<Vec<String>>,
     pub disabled: Option<bool>,
+    /// `Some(None)` removes the password.
+    pub password_hash: Option<Option<String>>,
+    pub rules: Option<Vec<shortfleet_proto::v1::RedirectRule>>,
+    pub forward_query: Option<bool>,
+    pub crawlable: Option<bool>,
+    pub expired_url: Option<Option<String>>,
 }
 
 /// The idempotency key of a create and the digest of its request.
@@ -156,11 +183,20 @@ impl Store {
         let max_clicks = change.max_clicks.unwrap_or(row.get("max_clicks"));
         let tags = change.tags.unwrap_or(current.tags.clone());
         let disabled = change.disabled.unwrap_or(current.disabled);
+        let password_hash = change.password_hash.unwrap_or(row.get("password_hash"));
+        let rules = change
+            .rules
+            .map_or_else(|| row.get("rules"), |r| crate::behaviour::rules_to_json(&r));
+        let forward_query = change.forward_query.unwrap_or(current.forward_query);
+        let crawlable = change.crawlable.unwrap_or(current.crawlable);
+        let expired_url = change.expired_url.unwrap_or(row.get("expired_url"));
         let updated = tx
             .query_one(
                 &format!(
                     "UPDATE links SET url = $2, url_sha256 = $3, expires_at = $4, redirect_type = $5,
-                         max_clicks = $6, tags = $7, disabled = $8, updated_at = now()
+                         max_clicks = $6, tags = $7, disabled = $8, password_hash = $9,
+                         rules = $10, forward_query = $11, crawlable = $12, expired_url = $13,
+                         updated_at = now()
                      WHERE code = $1 RETURNING {LINK_COLUMNS}"
                 ),
                 &[
@@ -172,6 +208,11 @@ impl Store {
                     &max_clicks,
                     &tags,
                     &disabled,
+                    &password_hash,
+                    &rules,
+                    &forward_query,
+                    &crawlable,
+                    &expired_url,
                 ],
             )
             .await
@@ -249,6 +290,23 @@ impl Store {
             None
         };
         Ok((links.into_iter().map(|(l, _)| l).collect(), next))
+    }
+
+    /// Codes of live crawlable links, newest first, at most `limit`.
+    pub async fn crawlable_codes(&self, limit: u32) -> Result<Vec<String>, WriteError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT code FROM links WHERE crawlable AND deleted_at IS NULL
+                         ORDER BY created_at DESC LIMIT $1",
+                    )
+                    .await?,
+                &[&i64::from(limit)],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Deletes idempotency keys older than 24 h; returns how many.
@@ -344,9 +402,13 @@ async fn insert_link(
     new: &NewLink,
 ) -> Result<CreateLinkResponse, WriteError> {
     let url_sha = sha256(new.url.as_str());
+    let b = &new.behaviour;
+    let dedupe = new.alias.is_none() && b.is_plain();
+    let rules = crate::behaviour::rules_to_json(&b.rules);
     let insert = format!(
-        "INSERT INTO links (code, owner, url, url_sha256, is_alias, expires_at, redirect_type, max_clicks, tags)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        "INSERT INTO links (code, owner, url, url_sha256, is_alias, expires_at, redirect_type, max_clicks, tags,
+                            dedupe, password_hash, rules, forward_query, crawlable, expired_url)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT DO NOTHING RETURNING {LINK_COLUMNS}"
     );
     if let Some(alias) = &new.alias {
@@ -363,6 +425,12 @@ async fn insert_link(
                     &new.redirect_type,
                     &new.max_clicks,
                     &new.tags,
+                    &dedupe,
+                    &b.password_hash,
+                    &rules,
+                    &b.forward_query,
+                    &b.crawlable,
+                    &b.expired_url,
                 ],
             )
             .await?;
@@ -386,6 +454,12 @@ async fn insert_link(
                     &new.redirect_type,
                     &new.max_clicks,
                     &new.tags,
+                    &dedupe,
+                    &b.password_hash,
+                    &rules,
+                    &b.forward_query,
+                    &b.crawlable,
+                    &b.expired_url,
                 ],
             )
             .await?;
@@ -393,11 +467,15 @@ async fn insert_link(
             return Ok(created(link_from_row(&row), true));
         }
         // Either the owner already shortened this URL, or the code collided.
+        if !dedupe {
+            metrics::counter!("shortfleet_code_collisions_total").increment(1);
+            continue;
+        }
         let existing = tx
             .query_opt(
                 &format!(
                     "SELECT {LINK_COLUMNS} FROM links
-                     WHERE owner = $1 AND url_sha256 = $2 AND NOT is_alias AND deleted_at IS NULL"
+                     WHERE owner = $1 AND url_sha256 = $2 AND dedupe AND deleted_at IS NULL"
                 ),
                 &[&new.owner, &url_sha],
             )
@@ -469,5 +547,14 @@ fn link_from_row(row: &Row) -> Link {
         tags: row.get("tags"),
         disabled: row.get("disabled"),
         deleted: deleted_at.is_some(),
+        password_hash: row
+            .get::<_, Option<String>>("password_hash")
+            .unwrap_or_default(),
+        rules: crate::behaviour::rules_from_json(&row.get::<_, serde_json::Value>("rules")),
+        forward_query: row.get("forward_query"),
+        crawlable: row.get("crawlable"),
+        expired_url: row
+            .get::<_, Option<String>>("expired_url")
+            .unwrap_or_default(),
     }
 }

@@ -14,9 +14,10 @@ use shortfleet_common::{
 use shortfleet_proto::v1::{CreateLinkRequest, UpdateLinkRequest};
 
 use crate::{
+    behaviour,
     code::ShortCode,
     error::WriteError,
-    store::{IdempotencyKey, LinkChange, NewLink, sha256},
+    store::{Behaviour, IdempotencyKey, LinkChange, NewLink, sha256},
     target::{TargetRules, TargetUrl},
 };
 
@@ -40,6 +41,22 @@ pub fn new_link(req: &CreateLinkRequest, targets: &TargetRules) -> Result<NewLin
         redirect_type: redirect_type(req.redirect_type)?,
         max_clicks: req.max_clicks.map(max_clicks).transpose()?,
         tags: tags(&req.tags)?,
+        behaviour: Behaviour {
+            // Hashed by the service (off the async workers) once valid.
+            password_hash: req
+                .password
+                .as_deref()
+                .map(behaviour::password)
+                .transpose()?,
+            rules: behaviour::rules(&req.rules, targets)?,
+            forward_query: req.forward_query,
+            crawlable: req.crawlable,
+            expired_url: req
+                .expired_url
+                .as_deref()
+                .map(|u| behaviour::expired_url(u, targets))
+                .transpose()?,
+        },
     })
 }
 
@@ -82,6 +99,30 @@ pub fn change(req: &UpdateLinkRequest, targets: &TargetRules) -> Result<LinkChan
             None
         },
         disabled: req.disabled,
+        password_hash: if req.clear_password {
+            Some(None)
+        } else {
+            // Hashed by the service once valid.
+            req.password
+                .as_deref()
+                .map(|p| behaviour::password(p).map(Some))
+                .transpose()?
+        },
+        rules: if req.set_rules {
+            Some(behaviour::rules(&req.rules, targets)?)
+        } else {
+            None
+        },
+        forward_query: req.forward_query,
+        crawlable: req.crawlable,
+        expired_url: if req.clear_expired_url {
+            Some(None)
+        } else {
+            req.expired_url
+                .as_deref()
+                .map(|u| behaviour::expired_url(u, targets).map(Some))
+                .transpose()?
+        },
     })
 }
 

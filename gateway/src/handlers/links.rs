@@ -12,7 +12,7 @@ use shortfleet_proto::v1::{
     ListLinksRequest, UpdateLinkRequest,
 };
 
-use super::{Ctx, view};
+use super::{Ctx, link_fields, view};
 use crate::{
     input::{Fields, bounded, json_object, query, query_param, read_body},
     keys::Principal,
@@ -26,6 +26,11 @@ pub(crate) const CREATE_FIELDS: &[&str] = &[
     "redirect_type",
     "max_clicks",
     "tags",
+    "password",
+    "rules",
+    "forward_query",
+    "crawlable",
+    "expired_url",
 ];
 pub(crate) const UPDATE_FIELDS: &[&str] = &[
     "url",
@@ -34,6 +39,11 @@ pub(crate) const UPDATE_FIELDS: &[&str] = &[
     "max_clicks",
     "tags",
     "disabled",
+    "password",
+    "rules",
+    "forward_query",
+    "crawlable",
+    "expired_url",
 ];
 
 /// The caller's link `code`: another owner's or a deleted one is 404.
@@ -109,6 +119,11 @@ pub async fn create(
         max_clicks: f.u64("max_clicks"),
         tags: f.strings("tags").unwrap_or_default(),
         idempotency_key,
+        password: f.string("password"),
+        rules: link_fields::rules(&mut f).unwrap_or_default(),
+        forward_query: f.bool("forward_query").unwrap_or(false),
+        crawlable: f.bool("crawlable").unwrap_or(false),
+        expired_url: f.string("expired_url"),
     };
     f.finish()?;
     let upstreams = &ctx.state.upstreams;
@@ -252,11 +267,30 @@ pub async fn update(
         set_tags: f.has("tags"),
         tags: f.strings("tags").unwrap_or_default(),
         disabled: f.bool("disabled"),
+        // `"password": null` removes the password.
+        clear_password: f.is_null("password"),
+        password: f.string("password"),
+        // `null` and `[]` both remove every rule.
+        set_rules: f.has("rules"),
+        rules: link_fields::rules(&mut f).unwrap_or_default(),
+        forward_query: f.bool("forward_query"),
+        crawlable: f.bool("crawlable"),
+        clear_expired_url: f.is_null("expired_url"),
+        expired_url: f.string("expired_url"),
     };
-    if f.is_null("url") || f.is_null("redirect_type") || f.is_null("disabled") {
+    if [
+        "url",
+        "redirect_type",
+        "disabled",
+        "forward_query",
+        "crawlable",
+    ]
+    .iter()
+    .any(|field| f.is_null(field))
+    {
         return Err(Problem::field(
             "body",
-            "url, redirect_type and disabled cannot be null",
+            "url, redirect_type, disabled, forward_query and crawlable cannot be null",
         ));
     }
     f.finish()?;

@@ -5,10 +5,12 @@
 mod dashboard;
 mod events;
 mod framing;
+mod link_fields;
 pub(crate) mod links;
 pub mod openapi;
 mod qr;
 mod redirect;
+pub mod robots;
 mod stats;
 pub(crate) mod view;
 
@@ -142,7 +144,9 @@ async fn dispatch(
                 .unwrap_or_else(|| Problem::not_found("no such endpoint").into_response())
         }
         Endpoint::OpenApi => openapi::document(req.headers()),
-        Endpoint::Redirect => redirect::redirect(ctx, param(), &req, peer).await,
+        Endpoint::Redirect => redirect::redirect(ctx, param(), req, peer).await,
+        Endpoint::Unlock => redirect::unlock(ctx, param(), req, peer).await,
+        Endpoint::Robots => robots::robots(ctx).await,
         Endpoint::App => dashboard::app(req.uri().path(), req.headers()),
         Endpoint::AppAsset => dashboard::asset(param(), req.headers()),
         _ => {

@@ -1,6 +1,19 @@
-//! The hot path: `GET|HEAD /{code}` → rate limit by client IP → read-svc →
-//! redirect, handing the click to the click buffer without waiting.
-//! Everything here is on every redirect, so each step is deliberate.
+//! The hot path: `GET|HEAD /{code}` → rate limit by client IP → the link
+//! (micro-cache, else one read-svc `Resolve`) → decide → redirect, handing
+//! the click to the click buffer without waiting. Everything here is on
+//! every redirect, so each step is deliberate.
+//!
+//! Every decision is taken from the one `ResolveResponse` (no second hop):
+//! - gone (expired, disabled, over `max_clicks`) → `expired_url` if the
+//!   link has one, else 410;
+//! - password → the form ([`crate::password`]) until the right password
+//!   arrives by `POST /{code}` or in `X-Link-Password`; the micro-cache may
+//!   hold a protected link, but nothing below answers with its target (or a
+//!   rule's) before the check passed;
+//! - rules → the first matching rule's url ([`crate::rules`]), recorded on
+//!   the click as its index;
+//! - `forward_query` → the request's query merged in ([`crate::forward`]);
+//! - not `crawlable` → `X-Robots-Tag: noindex`.
 //!
 //! When read-svc cannot answer (unreachable, breaker open, saturated, too
 //! slow, connection broken) a code resolved before is answered from the
@@ -8,26 +21,79 @@
 //! [`crate::microcache`]); without one, 503 with `Retry-After` (504 on a
 //! deadline), as before.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use chrono::Utc;
-use http::{HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderValue, Method, Request, StatusCode, header, request::Parts};
 use hyper::body::Incoming;
 use shortfleet_common::time::to_proto;
-use shortfleet_proto::v1::{ClickEvent, LinkState, ResolveRequest};
+use shortfleet_proto::v1::{ClickEvent, LinkState, ResolveRequest, ResolveResponse};
 use tonic::Code;
 
 use super::{Ctx, rate_limit_headers, too_many_requests};
-use crate::problem::{HttpResponse, Problem};
+use crate::{
+    forward, password,
+    problem::{HttpResponse, Problem},
+    rules::{self, Visitor},
+};
+
+const NOINDEX: HeaderValue = HeaderValue::from_static("noindex");
+/// A password form body is one short field.
+const FORM_MAX_BYTES: usize = 4 * 1024;
+
+/// How the request tries to pass a link's password check.
+enum Attempt {
+    /// `GET`/`HEAD`: maybe the API header.
+    Header,
+    /// `POST /{code}` from the form, with the field's value.
+    Form(Option<String>),
+}
 
 pub async fn redirect(
     ctx: &Ctx<'_>,
     code: &str,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
 ) -> HttpResponse {
+    let (parts, _body) = req.into_parts();
+    limited(ctx, code, &parts, peer, Attempt::Header).await
+}
+
+/// `POST /{code}`: the password form's submission. Always answered with
+/// 303 on success, so the browser follows with a GET and the password never
+/// travels on to the target (307/308 would re-post it there).
+pub async fn unlock(
+    ctx: &Ctx<'_>,
+    code: &str,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> HttpResponse {
+    let (parts, body) = req.into_parts();
+    let body = match crate::input::read_body(
+        &parts.headers,
+        body,
+        FORM_MAX_BYTES,
+        ctx.state.config.body_read_timeout,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(problem) => return problem.into_response(),
+    };
+    let attempt = Attempt::Form(password::form_password(&body));
+    limited(ctx, code, &parts, peer, attempt).await
+}
+
+/// The anonymous per-IP limit, then the answer.
+async fn limited(
+    ctx: &Ctx<'_>,
+    code: &str,
+    parts: &Parts,
+    peer: SocketAddr,
+    attempt: Attempt,
+) -> HttpResponse {
     let state = ctx.state;
-    let client = state.config.trusted_proxies.client(peer, req.headers());
+    let client = state.config.trusted_proxies.client(peer, &parts.headers);
     let policy = &state.config.anonymous;
     // No Redis round trip per redirect: a leased slice of the shared bucket.
     let decision = state
@@ -36,7 +102,22 @@ pub async fn redirect(
         .await;
     let mut response = if decision.allowed {
         // A country header is believed only from a trusted proxy.
-        resolve_and_redirect(ctx, code, req, client.ip, client.via_trusted_proxy).await
+        let country = match &state.config.country_header {
+            Some(name) if client.via_trusted_proxy => parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            _ => "",
+        };
+        let who = Who {
+            ip: client.ip,
+            country,
+        };
+        match resolve(ctx, code).await {
+            Ok(link) => answer(ctx, &link, parts, &who, attempt).await,
+            Err(response) => response,
+        }
     } else {
         too_many_requests(&decision)
     };
@@ -44,98 +125,241 @@ pub async fn redirect(
     response
 }
 
-async fn resolve_and_redirect(
-    ctx: &Ctx<'_>,
-    code: &str,
-    req: &Request<Incoming>,
+/// The client as the redirect sees it.
+struct Who<'a> {
     ip: std::net::IpAddr,
-    trusted_peer: bool,
-) -> HttpResponse {
-    // The micro-cache answers hot codes with no gRPC hop at all.
-    let link = match ctx.state.microcache.get(code).await {
-        Some(hit) => hit,
-        None => {
-            let upstreams = &ctx.state.upstreams;
-            let resolved = upstreams
-                .resolver(|mut c| {
-                    let r = upstreams.request(
-                        ResolveRequest {
-                            code: code.to_owned(),
-                        },
-                        ctx.request_id,
-                    );
-                    async move { c.resolve(r).await }
-                })
-                .await;
-            match resolved {
-                Ok(link) => {
-                    let link = std::sync::Arc::new(link);
-                    // Links counted against max_clicks must reach read-svc.
-                    if !link.uncacheable {
-                        ctx.state.microcache.insert(code, link.clone()).await;
-                    }
-                    link
-                }
-                Err(s) if s.code() == Code::NotFound => {
-                    // Echo only what could be a code (aliases are at most
-                    // 64 characters), not whatever path a scanner sent.
-                    let detail = if code.len() <= 64 {
-                        format!("no link with code {code:?}")
-                    } else {
-                        "no link with that code".to_owned()
-                    };
-                    return Problem::not_found(detail).into_response();
-                }
-                Err(s) if crate::resilience::is_failure(s.code()) => {
-                    match ctx.state.microcache.stale(code, s.code()).await {
-                        Some(stale) => stale,
-                        None => return Problem::from_grpc(&s).into_response(),
-                    }
-                }
-                Err(s) => return Problem::from_grpc(&s).into_response(),
+    /// From the trusted country header, or empty.
+    country: &'a str,
+}
+
+/// The link: the micro-cache answers hot codes with no gRPC hop at all.
+async fn resolve(ctx: &Ctx<'_>, code: &str) -> Result<Arc<ResolveResponse>, HttpResponse> {
+    if let Some(hit) = ctx.state.microcache.get(code).await {
+        return Ok(hit);
+    }
+    let upstreams = &ctx.state.upstreams;
+    let resolved = upstreams
+        .resolver(|mut c| {
+            let r = upstreams.request(
+                ResolveRequest {
+                    code: code.to_owned(),
+                },
+                ctx.request_id,
+            );
+            async move { c.resolve(r).await }
+        })
+        .await;
+    match resolved {
+        Ok(link) => {
+            let link = Arc::new(link);
+            // Links counted against max_clicks must reach read-svc.
+            if !link.uncacheable {
+                ctx.state.microcache.insert(code, link.clone()).await;
+            }
+            Ok(link)
+        }
+        Err(s) if s.code() == Code::NotFound => {
+            // Echo only what could be a code (aliases are at most
+            // 64 characters), not whatever path a scanner sent.
+            let detail = if code.len() <= 64 {
+                format!("no link with code {code:?}")
+            } else {
+                "no link with that code".to_owned()
+            };
+            Err(Problem::not_found(detail).into_response())
+        }
+        Err(s) if crate::resilience::is_failure(s.code()) => {
+            match ctx.state.microcache.stale(code, s.code()).await {
+                Some(stale) => Ok(stale),
+                None => Err(Problem::from_grpc(&s).into_response()),
             }
         }
-    };
-    if link.state != LinkState::Active as i32 {
-        return Problem::new(
-            StatusCode::GONE,
-            "gone",
-            "Link gone",
-            "this link expired, was disabled or deleted",
-        )
-        .into_response();
+        Err(s) => Err(Problem::from_grpc(&s).into_response()),
     }
-    let Ok(location) = HeaderValue::from_str(&link.url) else {
+}
+
+async fn answer(
+    ctx: &Ctx<'_>,
+    link: &ResolveResponse,
+    parts: &Parts,
+    who: &Who<'_>,
+    attempt: Attempt,
+) -> HttpResponse {
+    if link.state != LinkState::Active as i32 {
+        return gone(link);
+    }
+    let query = parts.uri.query();
+    let posted = matches!(attempt, Attempt::Form(_));
+    if !link.password_hash.is_empty() {
+        let offered = match attempt {
+            Attempt::Form(p) => Some(p.unwrap_or_default()),
+            Attempt::Header => parts
+                .headers
+                .get(password::PASSWORD_HEADER)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        };
+        let Some(offered) = offered else {
+            // Shown, not followed: no click yet.
+            return password::form(&link.code, query, false);
+        };
+        if let Err(refused) = check_password(ctx, link, who, &offered, posted, query).await {
+            return refused;
+        }
+    }
+    // Only past this point may a target be answered.
+    let headers = &parts.headers;
+    let text = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    let rule = if link.rules.is_empty() {
+        None
+    } else {
+        let visitor = Visitor::new(
+            text(header::USER_AGENT),
+            text(header::ACCEPT_LANGUAGE),
+            who.country,
+        );
+        rules::choose(&link.rules, &visitor)
+    };
+    let target = rule.map_or(link.url.as_str(), |i| link.rules[i].url.as_str());
+    let target = if link.forward_query {
+        match forward::merge(target, query) {
+            Ok(t) => t,
+            Err(forward::TooLong) => {
+                return Problem::new(
+                    StatusCode::URI_TOO_LONG,
+                    "uri-too-long",
+                    "URI too long",
+                    format!(
+                        "the target with this query would exceed {} bytes",
+                        forward::MAX_LOCATION
+                    ),
+                )
+                .into_response();
+            }
+        }
+    } else {
+        std::borrow::Cow::Borrowed(target)
+    };
+    let Ok(location) = HeaderValue::from_str(&target) else {
         return Problem::from_grpc(&tonic::Status::internal("stored URL is not a header value"))
             .into_response();
     };
-    let status = StatusCode::from_u16(link.redirect_type as u16)
-        .ok()
-        .filter(StatusCode::is_redirection)
-        .unwrap_or(StatusCode::FOUND);
-    record_click(ctx, req, &link.code, &link.owner, ip, trusted_peer);
+    let status = if posted {
+        StatusCode::SEE_OTHER
+    } else {
+        StatusCode::from_u16(link.redirect_type as u16)
+            .ok()
+            .filter(StatusCode::is_redirection)
+            .unwrap_or(StatusCode::FOUND)
+    };
+    record_click(ctx, parts, link, who, rule);
     let mut response = HttpResponse::new(Default::default());
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, location);
-    // Browsers must come back through us, or the click is never counted.
+    // Browsers must come back through us, or the click is never counted;
+    // an unlocked target is nobody else's to keep.
     headers.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=0"),
+        if link.password_hash.is_empty() {
+            HeaderValue::from_static("private, max-age=0")
+        } else {
+            HeaderValue::from_static("no-store")
+        },
     );
+    if !link.crawlable {
+        headers.insert("x-robots-tag", NOINDEX);
+    }
     response
+}
+
+/// 410, or the link's `expired_url` (expired, disabled, over-limit; read-svc
+/// leaves it empty for deleted links).
+fn gone(link: &ResolveResponse) -> HttpResponse {
+    if !link.expired_url.is_empty()
+        && let Ok(location) = HeaderValue::from_str(&link.expired_url)
+    {
+        let mut response = HttpResponse::new(Default::default());
+        *response.status_mut() = StatusCode::FOUND;
+        let h = response.headers_mut();
+        h.insert(header::LOCATION, location);
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, max-age=0"),
+        );
+        h.insert("x-robots-tag", NOINDEX);
+        return response;
+    }
+    Problem::new(
+        StatusCode::GONE,
+        "gone",
+        "Link gone",
+        "this link expired, was disabled or deleted",
+    )
+    .into_response()
+}
+
+/// Attempts are limited per client address and code (every attempt takes
+/// a token, right or wrong, before any hashing), then one verification.
+async fn check_password(
+    ctx: &Ctx<'_>,
+    link: &ResolveResponse,
+    who: &Who<'_>,
+    offered: &str,
+    posted: bool,
+    query: Option<&str>,
+) -> Result<(), HttpResponse> {
+    let policy = &ctx.state.config.password_attempts;
+    let decision = ctx
+        .state
+        .limiter
+        .check(policy, &format!("{}:{}", who.ip, link.code))
+        .await;
+    if !decision.allowed {
+        metrics::counter!("shortfleet_link_password_attempts_total", "result" => "limited")
+            .increment(1);
+        let mut response = too_many_requests(&decision);
+        rate_limit_headers(&mut response, policy, &decision);
+        return Err(response);
+    }
+    if password::verify(&link.password_hash, offered).await {
+        metrics::counter!("shortfleet_link_password_attempts_total", "result" => "right")
+            .increment(1);
+        return Ok(());
+    }
+    metrics::counter!("shortfleet_link_password_attempts_total", "result" => "wrong").increment(1);
+    let mut response = if posted {
+        password::form(&link.code, query, true)
+    } else {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "link-password",
+            "Wrong link password",
+            format!(
+                "this link needs its password in {}",
+                password::PASSWORD_HEADER
+            ),
+        )
+        .into_response()
+    };
+    rate_limit_headers(&mut response, policy, &decision);
+    Err(response)
 }
 
 fn record_click(
     ctx: &Ctx<'_>,
-    req: &Request<Incoming>,
-    code: &str,
-    owner: &str,
-    ip: std::net::IpAddr,
-    trusted_peer: bool,
+    parts: &Parts,
+    link: &ResolveResponse,
+    who: &Who<'_>,
+    rule: Option<usize>,
 ) {
     let header = |name: http::header::HeaderName| {
-        req.headers()
+        parts
+            .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
@@ -143,13 +367,13 @@ fn record_click(
     };
     ctx.state.clicks.record(ClickEvent {
         event_id: super::fast_uuid(),
-        code: code.to_owned(),
-        owner: owner.to_owned(),
+        code: link.code.clone(),
+        owner: link.owner.clone(),
         occurred_at: Some(to_proto(Utc::now())),
         referrer: header(header::REFERER),
         user_agent: header(header::USER_AGENT),
-        client_ip: ip.to_string(),
-        head_request: req.method() == Method::HEAD,
+        client_ip: who.ip.to_string(),
+        head_request: parts.method == Method::HEAD,
         // The redirect's own span when spans are exported (its click then
         // continues the same trace); otherwise the caller's context, if any,
         // passed through without building a propagation context.
@@ -158,9 +382,7 @@ fn record_click(
         } else {
             header(http::header::HeaderName::from_static("traceparent"))
         },
-        country: match &ctx.state.config.country_header {
-            Some(name) if trusted_peer => header(name.clone()),
-            _ => String::new(),
-        },
+        country: who.country.to_owned(),
+        rule: rule.map(|i| i as u32),
     });
 }

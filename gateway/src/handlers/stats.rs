@@ -64,6 +64,22 @@ pub async fn link_stats(
             Interval::Day
         }
     };
+    // `?rule=2`: clicks sent by the link's third rule; `?rule=none`: by
+    // none (the link's own url).
+    let rule = match query_param(&params, "rule") {
+        None => None,
+        Some("none") => Some(-1),
+        Some(raw) => match raw.parse::<i32>() {
+            Ok(n @ 0..20) => Some(n),
+            _ => {
+                errors.push(FieldError {
+                    field: "rule".into(),
+                    message: "must be a rule index from 0 to 19, or none".into(),
+                });
+                None
+            }
+        },
+    };
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
@@ -75,6 +91,7 @@ pub async fn link_stats(
         from: Some(to_proto(from)),
         to: Some(to_proto(to)),
         interval: interval as i32,
+        rule,
     };
     let stats = upstreams
         .analytics(|mut c| {
@@ -101,6 +118,7 @@ pub async fn link_stats(
         "os": view::named(&stats.os),
         "devices": view::named(&stats.devices),
         "countries": view::named(&stats.countries),
+        "rules": view::named(&stats.rules),
     });
     Ok(view::json_response(StatusCode::OK, &body))
 }

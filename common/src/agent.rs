@@ -1,6 +1,11 @@
 //! What a click's user agent and referrer say: bot or human, browser, OS,
 //! device class, referrer host. A small, honest classifier: the common
 //! families by their documented tokens, "Other" for the rest.
+//!
+//! Shared because two sides must agree: analytics names a click's browser,
+//! OS and device with it, and a redirect rule's `device`/`os`/`browser`
+//! (validated by write-svc against [`DEVICES`], [`OSES`], [`BROWSERS`],
+//! matched by the gateway through [`rule_key`]) means the same families.
 
 /// Tokens of crawlers, link previewers, monitors and HTTP libraries: a
 /// human does not send these. Matched case-insensitively.
@@ -39,6 +44,40 @@ pub struct Agent {
     pub browser: &'static str,
     pub os: &'static str,
     pub device: &'static str,
+}
+
+/// The values a redirect rule's `when.device` may take.
+pub const DEVICES: &[&str] = &["mobile", "tablet", "desktop"];
+/// The values a redirect rule's `when.os` may take ([`rule_key`] of the
+/// OS names [`classify`] gives).
+pub const OSES: &[&str] = &["android", "ios", "windows", "macos", "chromeos", "linux"];
+/// The values a redirect rule's `when.browser` may take.
+pub const BROWSERS: &[&str] = &[
+    "chrome",
+    "firefox",
+    "safari",
+    "edge",
+    "opera",
+    "samsung-internet",
+];
+
+/// A classified name as a rule names it: "Samsung Internet" →
+/// "samsung-internet", "iOS" → "ios". Allocation-free comparison with a
+/// rule's stored (already lower-case) value.
+pub fn rule_key_is(name: &str, key: &str) -> bool {
+    name.len() == key.len()
+        && name.bytes().zip(key.bytes()).all(|(n, k)| {
+            (if n == b' ' {
+                b'-'
+            } else {
+                n.to_ascii_lowercase()
+            }) == k
+        })
+}
+
+/// [`rule_key_is`]'s key, owned (tests and documentation).
+pub fn rule_key(name: &str) -> String {
+    name.to_ascii_lowercase().replace(' ', "-")
 }
 
 pub fn classify(user_agent: &str) -> Agent {
@@ -160,6 +199,23 @@ mod tests {
             assert!(classify(ua).bot, "{ua:?}");
             assert_eq!(classify(ua).device, "bot");
         }
+    }
+
+    #[test]
+    fn every_classified_name_is_in_the_rule_vocabulary() {
+        for ua in [
+            "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 SamsungBrowser/23.0 Chrome/115.0 Mobile Safari/537.36",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 Version/17.0 Safari/605.1.15",
+            "Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36 OPR/100",
+        ] {
+            let a = classify(ua);
+            assert!(BROWSERS.contains(&rule_key(a.browser).as_str()), "{a:?}");
+            assert!(OSES.contains(&rule_key(a.os).as_str()), "{a:?}");
+            assert!(DEVICES.contains(&a.device), "{a:?}");
+            assert!(rule_key_is(a.browser, &rule_key(a.browser)));
+        }
+        assert!(rule_key_is("Samsung Internet", "samsung-internet"));
+        assert!(!rule_key_is("Chrome", "chromeos"));
     }
 
     #[test]
