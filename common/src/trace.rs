@@ -111,3 +111,43 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     continue_from_headers(&span, request.headers());
     span
 }
+
+/// What a [`messaging_span`] does with its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Messaging {
+    /// A producer handing the message to the broker.
+    Publish,
+    /// A consumer handling a message it received.
+    Process,
+}
+
+/// The span of one message crossing the broker, named
+/// `"<destination> <operation>"` after OpenTelemetry's messaging
+/// conventions, continuing `traceparent`. `destination` is the exchange the
+/// message is published to, as configured. A `link.code` field is declared
+/// empty for the caller to record.
+pub fn messaging_span(
+    destination: &str,
+    operation: Messaging,
+    message_id: &str,
+    traceparent: &str,
+) -> tracing::Span {
+    let (operation, kind) = match operation {
+        Messaging::Publish => ("publish", "producer"),
+        Messaging::Process => ("process", "consumer"),
+    };
+    let span = tracing::info_span!(
+        "messaging",
+        otel.name = %format_args!("{destination} {operation}"),
+        otel.kind = kind,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = operation,
+        messaging.destination.name = %destination,
+        messaging.message.id = %message_id,
+        link.code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    continue_from_traceparent(&span, traceparent);
+    span
+}
