@@ -352,6 +352,7 @@ fn process_span(destination: &str, traceparent: &str, click: &Click) -> Option<t
         return None;
     }
     let span = trace::messaging_span(
+        amqp::CLICKS_EXCHANGE,
         destination,
         trace::Messaging::Process,
         &click.event_id,

@@ -201,6 +201,7 @@ pub fn encode_batch(events: &[ClickEvent]) -> Vec<u8> {
 /// span that continues the redirect's trace.
 fn through_publish_span(exchange: &str, event: &ClickEvent) -> ClickEvent {
     let span = trace::messaging_span(
+        amqp::CLICKS_EXCHANGE,
         exchange,
         Messaging::Publish,
         &event.event_id,

@@ -121,12 +121,15 @@ pub enum Messaging {
     Process,
 }
 
-/// The span of one message crossing the broker, named
-/// `"<destination> <operation>"` after OpenTelemetry's messaging
-/// conventions, continuing `traceparent`. `destination` is the exchange the
-/// message is published to, as configured. A `link.code` field is declared
-/// empty for the caller to record.
+/// The span of one message crossing the broker, continuing `traceparent`.
+/// It is named `"<channel> <operation>"` after OpenTelemetry's messaging
+/// conventions, where `channel` is the low-cardinality name of the
+/// destination (its default, e.g. `amqp::CLICKS_EXCHANGE`) and
+/// `destination` the exchange as configured, recorded as
+/// `messaging.destination.name`. A `link.code` field is declared empty for
+/// the caller to record.
 pub fn messaging_span(
+    channel: &str,
     destination: &str,
     operation: Messaging,
     message_id: &str,
@@ -138,7 +141,7 @@ pub fn messaging_span(
     };
     let span = tracing::info_span!(
         "messaging",
-        otel.name = %format_args!("{destination} {operation}"),
+        otel.name = %format_args!("{channel} {operation}"),
         otel.kind = kind,
         messaging.system = "rabbitmq",
         messaging.operation.type = operation,
