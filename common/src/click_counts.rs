@@ -27,8 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{self, SessionUp};
 
-/// The exchange's default name (`SHORTFLEET_CLICK_COUNTS_EXCHANGE`).
-pub const DEFAULT_EXCHANGE: &str = amqp::CLICK_COUNTS_EXCHANGE;
 /// The AMQP `type` of a message on it.
 pub const CLICK_COUNTS_TYPE: &str = "shortener.v1.ClickCounts";
 /// Bounds every broker round trip (connect, declare, publish).

@@ -214,10 +214,13 @@ impl Config {
                 "SHORTFLEET_AMQP_URL",
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
             ),
-            link_events_exchange: r.string("SHORTFLEET_LINK_EVENTS_EXCHANGE", "links.events"),
+            link_events_exchange: r.string(
+                "SHORTFLEET_LINK_EVENTS_EXCHANGE",
+                shortfleet_common::amqp::LINK_EVENTS_EXCHANGE,
+            ),
             click_counts_exchange: r.string(
                 "SHORTFLEET_CLICK_COUNTS_EXCHANGE",
-                shortfleet_common::click_counts::DEFAULT_EXCHANGE,
+                shortfleet_common::amqp::CLICK_COUNTS_EXCHANGE,
             ),
             live: crate::live::LiveConfig {
                 max_per_key: r.get("SHORTFLEET_LIVE_MAX_STREAMS_PER_KEY", 5),

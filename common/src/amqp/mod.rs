@@ -30,6 +30,10 @@ pub use topology::{
     declare_exchange, subscribe_private,
 };
 
+// The broker names every service agrees on, and the defaults of the
+// `SHORTFLEET_*_EXCHANGE` / `_QUEUE` settings that rename them (tests run
+// each against names of their own).
+
 /// The exchange write-svc's outbox publishes `LinkEvent`s to (topic,
 /// routing keys `link.created|updated|deleted`).
 pub const LINK_EVENTS_EXCHANGE: &str = "links.events";
