@@ -361,3 +361,27 @@ fn process_span(destination: &str, traceparent: &str, click: &Click) -> Option<t
     span.record("link.code", tracing::field::display(&click.code));
     Some(span)
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_clicks_stored_total",
+        metrics::Unit::Count,
+        "Clicks stored for the first time (duplicates excluded)."
+    );
+    metrics::describe_histogram!(
+        "shortfleet_click_lag_seconds",
+        metrics::Unit::Seconds,
+        "Time from the redirect to its click being stored."
+    );
+    metrics::describe_counter!(
+        "shortfleet_clicks_duplicates_total",
+        metrics::Unit::Count,
+        "Redelivered clicks recognised by event id and not counted again."
+    );
+    metrics::describe_counter!(
+        "shortfleet_clicks_dead_lettered_total",
+        metrics::Unit::Count,
+        "Clicks dead-lettered as undecodable or unstorable."
+    );
+}

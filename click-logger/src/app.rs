@@ -45,6 +45,8 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
+        crate::publisher::describe_metrics();
+        crate::service::describe_metrics();
         // Not critical: the spool takes clicks while RabbitMQ is away.
         health.register("rabbitmq", false);
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)

@@ -220,6 +220,20 @@ async fn pause(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_clicks_published_total",
+        metrics::Unit::Count,
+        "Clicks published to RabbitMQ and confirmed."
+    );
+    metrics::describe_histogram!(
+        "shortfleet_click_publish_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to publish a batch of clicks and receive every confirm."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -223,6 +223,20 @@ fn live_queue_arguments() -> FieldTable {
     args
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_click_counts_dropped_total",
+        metrics::Unit::Count,
+        "Click count announcements dropped because the broker was slow or away (live dashboards reload instead)."
+    );
+    metrics::describe_counter!(
+        "shortfleet_click_counts_published_total",
+        metrics::Unit::Count,
+        "Click count announcements published to the clicks.counted exchange."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,3 +129,12 @@ impl LinkEventSubscriber {
         }
     }
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_link_events_total",
+        metrics::Unit::Count,
+        "Link events received from the links.events exchange."
+    );
+}

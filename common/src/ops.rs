@@ -196,6 +196,14 @@ fn not_found() -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "shortfleet_dependency_up",
+        "Whether each dependency of this service is reachable (1) or not (0), by dependency."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

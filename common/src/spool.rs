@@ -223,6 +223,20 @@ async fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_clicks_spooled_total",
+        metrics::Unit::Count,
+        "Clicks written to this process's on-disk spool."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_spool_bytes",
+        metrics::Unit::Bytes,
+        "Bytes in this process's on-disk click spool."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

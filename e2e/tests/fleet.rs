@@ -230,5 +230,9 @@ async fn run_flows(fleet: &Fleet) -> anyhow::Result<()> {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
+
+    // Flow last: after all that traffic every service's /metrics is full;
+    // each series is described (HELP) and promtool finds nothing to report.
+    fleet.check_metrics().await?;
     Ok(())
 }

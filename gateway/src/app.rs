@@ -89,6 +89,12 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
+        crate::keys::describe_metrics();
+        crate::live::describe_metrics();
+        crate::ratelimit::describe_metrics();
+        crate::resilience::describe_metrics();
+        crate::server::describe_metrics();
+        crate::handlers::describe_metrics();
         clicks::describe_metrics();
         crate::microcache::describe_metrics();
         // Not critical once the key snapshot is loaded: with PostgreSQL down

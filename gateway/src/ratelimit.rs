@@ -396,6 +396,19 @@ fn record(policy: &Policy, decision: Decision) -> Decision {
     decision
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_ratelimit_decisions_total",
+        metrics::Unit::Count,
+        "Rate-limit decisions, by policy and decision."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_ratelimit_degraded",
+        "Whether rate limiting runs on per-replica local buckets because Redis is unreachable (1) or on shared Redis buckets (0)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,8 @@ impl Service for App {
     async fn build(config: Config) -> anyhow::Result<Self> {
         // Every dependency is optional for serving: caches cover the others.
         let health = Health::new();
+        crate::resolver::describe_metrics();
+        crate::service::describe_metrics();
         health.register("redis", false);
         health.register("rabbitmq", false);
         let redis = redis::connect(&config.redis_url, config.redis_timeout)?;

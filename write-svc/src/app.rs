@@ -53,6 +53,9 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
+        crate::outbox::describe_metrics();
+        crate::store::describe_metrics();
+        crate::service::describe_metrics();
         health.register("postgres", true);
         health.register("rabbitmq", false);
         let pool = postgres::open(

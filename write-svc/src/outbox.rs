@@ -194,3 +194,12 @@ enum RelayError {
 fn db(e: impl Into<anyhow::Error>) -> RelayError {
     RelayError::Database(e.into())
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_outbox_published_total",
+        metrics::Unit::Count,
+        "Outbox link events published and confirmed."
+    );
+}

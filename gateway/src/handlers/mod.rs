@@ -329,3 +329,22 @@ fn status_label(status: u16) -> &'static str {
         _ => "other",
     }
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_histogram!(
+        "shortfleet_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency, by endpoint and method."
+    );
+    metrics::describe_counter!(
+        "shortfleet_http_requests_total",
+        metrics::Unit::Count,
+        "HTTP requests answered, by endpoint and status."
+    );
+    metrics::describe_counter!(
+        "shortfleet_auth_failures_limited_total",
+        metrics::Unit::Count,
+        "Failed authentications answered 429 because the client kept failing."
+    );
+}
