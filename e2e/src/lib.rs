@@ -565,19 +565,6 @@ pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sums_matching_samples_only() {
-        let text = "# TYPE x counter\nx{level=\"local\",result=\"hit\"} 3\nx{level=\"redis\",result=\"hit\"} 4\nxy 9\nx 1\n";
-        assert_eq!(sum_metric(text, "x", &["level=\"local\""]), 3.0);
-        assert_eq!(sum_metric(text, "x", &["result=\"hit\""]), 7.0);
-        assert_eq!(sum_metric(text, "x", &[]), 8.0);
-    }
-}
-
 /// The `shortfleet_*` metric families in a Prometheus text exposition that
 /// have a `# TYPE` line but no `# HELP` line.
 pub fn undescribed_metrics(text: &str) -> Vec<String> {
@@ -601,4 +588,17 @@ fn which(program: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(program))
             .find(|p| p.is_file())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_matching_samples_only() {
+        let text = "# TYPE x counter\nx{level=\"local\",result=\"hit\"} 3\nx{level=\"redis\",result=\"hit\"} 4\nxy 9\nx 1\n";
+        assert_eq!(sum_metric(text, "x", &["level=\"local\""]), 3.0);
+        assert_eq!(sum_metric(text, "x", &["result=\"hit\""]), 7.0);
+        assert_eq!(sum_metric(text, "x", &[]), 8.0);
+    }
 }
