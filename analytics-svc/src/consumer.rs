@@ -271,7 +271,9 @@ impl ClickConsumer {
         // grow within a channel and batches are processed in order, so one
         // cumulative ack covers exactly this batch (rejected poison tags
         // are no longer outstanding).
-        let last = pending.iter().map(|p| p.tag).max().expect("not empty");
+        let Some(last) = pending.iter().map(|p| p.tag).max() else {
+            return Ok(());
+        };
         amqp::bounded(
             AMQP_TIMEOUT,
             "acknowledging a batch",

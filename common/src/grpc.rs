@@ -122,6 +122,8 @@ pub struct Listeners {
     pub grpc: tokio::net::TcpListener,
     /// `/healthz`, `/readyz` and `/metrics`.
     pub ops: tokio::net::TcpListener,
+    /// Read once at bind time, so asking later cannot fail.
+    addrs: (std::net::SocketAddr, std::net::SocketAddr),
 }
 
 impl Listeners {
@@ -129,22 +131,18 @@ impl Listeners {
         grpc_addr: std::net::SocketAddr,
         ops_addr: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
-        Ok(Self {
-            grpc: bind(grpc_addr, "gRPC").await?,
-            ops: bind(ops_addr, "ops HTTP").await?,
-        })
+        let grpc = bind(grpc_addr, "gRPC").await?;
+        let ops = bind(ops_addr, "ops HTTP").await?;
+        let addrs = (grpc.local_addr()?, ops.local_addr()?);
+        Ok(Self { grpc, ops, addrs })
     }
 
     pub fn grpc_addr(&self) -> std::net::SocketAddr {
-        self.grpc
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addrs.0
     }
 
     pub fn ops_addr(&self) -> std::net::SocketAddr {
-        self.ops
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addrs.1
     }
 }
 

@@ -150,6 +150,7 @@ pub fn respond(path: &str, health: &Health) -> Option<Response<Full<Bytes>>> {
         ),
         _ => return None,
     };
+    #[allow(clippy::expect_used)] // reason: a known status and header name, a fixed content type
     let response = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
@@ -189,6 +190,7 @@ pub async fn serve(listener: TcpListener, health: Health, shutdown: Cancellation
     let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
 }
 
+#[allow(clippy::expect_used)] // reason: static response parts
 fn not_found() -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::NOT_FOUND)

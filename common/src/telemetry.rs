@@ -107,6 +107,7 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus handle, installing the recorder on first use.
 /// Several services may share one process in tests; they share one registry.
+#[allow(clippy::expect_used)] // reason: the bucket list is a non-empty constant
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {

@@ -7,6 +7,9 @@
 //! service's `/readyz` (a readiness signal, never a fixed sleep) and, when
 //! dropped, kills what it started and drops its databases.
 
+// The whole crate is test harness: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     collections::HashMap,
     net::TcpListener,

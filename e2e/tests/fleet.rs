@@ -1,6 +1,9 @@
 //! The whole fleet, end to end, as a user drives it over HTTP: keys, links,
 //! redirects, clicks reaching analytics, rate limits and error shapes.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode, redirect::Policy};

@@ -42,6 +42,9 @@ pub struct State {
 
 pub struct App {
     listener: TcpListener,
+    /// The listeners' addresses, read once at bind time.
+    http_addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
     /// The operator port, when `SHORTFLEET_OPS_ADDR` asks for one.
     ops_listener: Option<TcpListener>,
     state: Arc<State>,
@@ -53,15 +56,11 @@ pub struct App {
 
 impl App {
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.http_addr
     }
 
     pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.ops_listener
-            .as_ref()
-            .map(|l| l.local_addr().expect("bound listener has an address"))
+        self.ops_addr
     }
 }
 
@@ -149,8 +148,15 @@ impl Service for App {
             microcache,
             health,
         });
+        let http_addr = listener.local_addr()?;
+        let ops_addr = match &ops_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         Ok(Self {
             listener,
+            http_addr,
+            ops_addr,
             ops_listener,
             state,
             key_store,

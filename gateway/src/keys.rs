@@ -336,6 +336,7 @@ impl KeyStore {
     }
 }
 
+#[allow(clippy::expect_used)] // reason: a constant, parsed in this module's tests
 fn miss_policy() -> crate::ratelimit::Policy {
     crate::ratelimit::Policy::parse("key-lookups", MISS_LOOKUPS).expect("static policy parses")
 }

@@ -60,6 +60,18 @@ impl Policy {
         })
     }
 
+    /// Stands in for a policy whose setting was invalid while the rest of
+    /// the configuration is read; that configuration is refused as a whole
+    /// (every invalid key reported), so this value never limits anything.
+    pub fn placeholder(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            capacity: 1,
+            window: Duration::from_secs(1),
+            header_value: http::HeaderValue::from_static("invalid"),
+        }
+    }
+
     /// Tokens added per second.
     pub fn rate(&self) -> f64 {
         self.capacity as f64 / self.window.as_secs_f64()

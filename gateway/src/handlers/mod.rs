@@ -150,13 +150,7 @@ async fn dispatch(
                 Some(p) => p,
                 None => return full(refuse_authentication(ctx, &req, peer).await),
             };
-            let policy = ctx
-                .state
-                .config
-                .tiers
-                .get(&principal.tier)
-                .or_else(|| ctx.state.config.tiers.get("free"))
-                .expect("the free tier always exists");
+            let policy = ctx.state.config.tiers.policy(&principal.tier);
             let decision = ctx.state.limiter.check(policy, &principal.key_id).await;
             if endpoint == Endpoint::Events && decision.allowed {
                 let mut response = match events::events(ctx, &principal, &req) {
