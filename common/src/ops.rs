@@ -85,10 +85,6 @@ impl Health {
             .set(f64::from(u8::from(up)));
     }
 
-    pub fn is_up(&self, name: &str) -> bool {
-        self.read().get(name).is_some_and(|s| s.up)
-    }
-
     pub fn readiness(&self) -> Readiness {
         let states = self.read();
         if states.values().any(|s| s.critical && !s.up) {

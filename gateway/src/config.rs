@@ -278,15 +278,6 @@ impl Config {
         }
         r.finish(config)
     }
-
-    /// Host (and port) of `public_url`, refused as a link target.
-    pub fn public_host(&self) -> &str {
-        let rest = self
-            .public_url
-            .split_once("://")
-            .map_or(self.public_url.as_str(), |(_, rest)| rest);
-        rest.split('/').next().unwrap_or(rest)
-    }
 }
 
 /// Rate-limit policies by tier name. The free tier always exists (a
