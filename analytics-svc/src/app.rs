@@ -9,13 +9,12 @@ use shortfleet_common::{
     click_counts::{CountsPublisher, CountsSender},
     config::{ConfigError, ConfigSource},
     grpc::{self, Listeners},
-    ops,
     ops::Health,
     postgres,
     service::Service,
 };
 use shortfleet_proto::v1::analytics_server::AnalyticsServer;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::{
@@ -51,6 +50,8 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
+        crate::consumer::describe_metrics();
+        crate::geoip::describe_metrics();
         health.register("postgres", true);
         // Not critical: stats are served while clicks wait in RabbitMQ.
         health.register("rabbitmq", false);
@@ -84,68 +85,48 @@ impl Service for App {
 
     async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
-        let tracker = TaskTracker::new();
-        let background = CancellationToken::new();
         let c = &self.config;
-        tracker.spawn(ops::serve(
-            self.listeners.ops,
-            self.health.clone(),
-            background.clone(),
-        ));
-        tracker.spawn(postgres::track(
-            self.pool.clone(),
-            self.health.clone(),
-            "postgres",
-            background.clone(),
-        ));
-        tracker.spawn(partitions::maintain(
-            self.pool.clone(),
-            c.retention_days,
-            background.clone(),
-        ));
+        let background = grpc::Background::with_ops(self.listeners.ops, self.health.clone());
+        let (pool, health) = (self.pool.clone(), self.health.clone());
+        background.spawn(|stop| postgres::track(pool, health, "postgres", stop));
+        let (pool, retention_days) = (self.pool.clone(), c.retention_days);
+        background.spawn(|stop| partitions::maintain(pool, retention_days, stop));
         let (counts, counts_rx) = CountsSender::new();
-        tracker.spawn(
-            CountsPublisher {
-                amqp_url: c.amqp_url.clone(),
-                exchange: c.click_counts_exchange.clone(),
-                rx: counts_rx,
-            }
-            .run(background.clone()),
-        );
+        let publisher = CountsPublisher {
+            amqp_url: c.amqp_url.clone(),
+            exchange: c.click_counts_exchange.clone(),
+            rx: counts_rx,
+        };
+        background.spawn(|stop| publisher.run(stop));
         // The consumer stops with the shutdown signal: a batch in hand is
         // either committed and acked, or left unacked for redelivery.
-        tracker.spawn(
-            ClickConsumer {
-                pool: self.pool.clone(),
-                amqp_url: c.amqp_url.clone(),
-                exchange: c.clicks_exchange.clone(),
-                queue: c.clicks_queue.clone(),
-                prefetch: c.prefetch,
-                batch_max: c.batch_max,
-                batch_max_wait: c.batch_max_wait,
-                visitor_secret: c.visitor_secret.expose().to_owned(),
-                geoip: self.geoip.clone(),
-                db_timeout: c.db_timeout,
-                health: self.health.clone(),
-                counts,
-            }
-            .run(shutdown.clone()),
-        );
-        let grace = c.shutdown_grace;
-        let served = grpc::serve(
-            &[shortfleet_proto::v1::analytics_server::SERVICE_NAME],
-            self.listeners.grpc,
-            Routes::new(AnalyticsServer::new(AnalyticsService {
+        let consumer = ClickConsumer {
+            pool: self.pool.clone(),
+            amqp_url: c.amqp_url.clone(),
+            exchange: c.clicks_exchange.clone(),
+            queue: c.clicks_queue.clone(),
+            prefetch: c.prefetch,
+            batch_max: c.batch_max,
+            batch_max_wait: c.batch_max_wait,
+            visitor_secret: c.visitor_secret.expose().to_owned(),
+            geoip: self.geoip.clone(),
+            db_timeout: c.db_timeout,
+            health: self.health.clone(),
+            counts,
+        };
+        let stop_consuming = shutdown.clone();
+        background.spawn(|_| consumer.run(stop_consuming));
+        grpc::Server {
+            services: &[shortfleet_proto::v1::analytics_server::SERVICE_NAME],
+            routes: Routes::new(AnalyticsServer::new(AnalyticsService {
                 pool: self.pool.clone(),
                 db_timeout: c.db_timeout,
             })),
-            self.health.clone(),
-            shutdown,
-            grace,
-            c.tls.as_ref(),
-        )
-        .await;
-        grpc::stop_background(tracker, background, grace).await;
-        served
+            health: self.health.clone(),
+            grace: c.shutdown_grace,
+            tls: c.tls.as_ref(),
+        }
+        .serve_then_stop(self.listeners.grpc, shutdown, background)
+        .await
     }
 }

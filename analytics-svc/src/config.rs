@@ -56,11 +56,17 @@ impl Config {
                 "SHORTFLEET_AMQP_URL",
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
             ),
-            clicks_exchange: r.string("SHORTFLEET_CLICKS_EXCHANGE", "clicks"),
-            clicks_queue: r.string("SHORTFLEET_CLICKS_QUEUE", "clicks.analytics"),
+            clicks_exchange: r.string(
+                "SHORTFLEET_CLICKS_EXCHANGE",
+                shortfleet_common::amqp::CLICKS_EXCHANGE,
+            ),
+            clicks_queue: r.string(
+                "SHORTFLEET_CLICKS_QUEUE",
+                shortfleet_common::amqp::CLICKS_QUEUE,
+            ),
             click_counts_exchange: r.string(
                 "SHORTFLEET_CLICK_COUNTS_EXCHANGE",
-                shortfleet_common::click_counts::DEFAULT_EXCHANGE,
+                shortfleet_common::amqp::CLICK_COUNTS_EXCHANGE,
             ),
             // Messages, each up to 500 clicks: several batches' worth, so
             // the next batch is already here while one commits, yet a

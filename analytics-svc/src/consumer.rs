@@ -115,10 +115,16 @@ impl ClickConsumer {
     pub async fn run(self, shutdown: CancellationToken) {
         let health = self.health.clone();
         let this = &self;
-        amqp::supervise("rabbitmq", health, shutdown.clone(), |up| {
-            let shutdown = shutdown.clone();
-            async move { this.consume(up, &shutdown).await }
-        })
+        amqp::supervise(
+            "rabbitmq",
+            "click consumer",
+            Some(health),
+            shutdown.clone(),
+            |up| {
+                let shutdown = shutdown.clone();
+                async move { this.consume(up, &shutdown).await }
+            },
+        )
         .await;
     }
 
@@ -128,12 +134,14 @@ impl ClickConsumer {
         amqp::declare_click_topology(&connection, &self.exchange, &self.queue, AMQP_TIMEOUT)
             .await?;
         let channel = amqp::open_channel(&connection, AMQP_TIMEOUT).await?;
-        within(
+        amqp::bounded(
+            AMQP_TIMEOUT,
             "setting the prefetch window",
             channel.basic_qos(self.prefetch, BasicQosOptions::default()),
         )
         .await?;
-        let mut deliveries = within(
+        let mut deliveries = amqp::bounded(
+            AMQP_TIMEOUT,
             "starting the consumer",
             channel.basic_consume(
                 self.queue.as_str().into(),
@@ -204,7 +212,7 @@ impl ClickConsumer {
                             store::enrich(event, now, &self.visitor_secret, self.geoip.as_deref())?;
                         Some(Pending {
                             tag,
-                            _span: process_span(&event.traceparent, &click),
+                            _span: process_span(&self.exchange, &event.traceparent, &click),
                             click,
                         })
                     })
@@ -263,8 +271,11 @@ impl ClickConsumer {
         // grow within a channel and batches are processed in order, so one
         // cumulative ack covers exactly this batch (rejected poison tags
         // are no longer outstanding).
-        let last = pending.iter().map(|p| p.tag).max().expect("not empty");
-        within(
+        let Some(last) = pending.iter().map(|p| p.tag).max() else {
+            return Ok(());
+        };
+        amqp::bounded(
+            AMQP_TIMEOUT,
             "acknowledging a batch",
             channel.basic_ack(last, BasicAckOptions { multiple: true }),
         )
@@ -285,7 +296,8 @@ impl ClickConsumer {
             match store::write_batch(&self.pool, &clicks, self.db_timeout).await {
                 Ok(stored) => {
                     self.announce(stored);
-                    within(
+                    amqp::bounded(
+                        AMQP_TIMEOUT,
                         "acknowledging a message",
                         channel.basic_ack(tag, BasicAckOptions::default()),
                     )
@@ -327,41 +339,51 @@ impl ClickConsumer {
 async fn reject(channel: &Channel, tag: u64, clicks: usize, why: &str) -> anyhow::Result<()> {
     tracing::warn!(delivery_tag = tag, clicks, why, "dead-lettering a message");
     metrics::counter!("shortfleet_clicks_dead_lettered_total").increment(clicks as u64);
-    within(
+    amqp::bounded(
+        AMQP_TIMEOUT,
         "dead-lettering a message",
         channel.basic_reject(tag, BasicRejectOptions { requeue: false }),
     )
     .await
 }
 
-/// One broker round trip, bounded by [`AMQP_TIMEOUT`].
-async fn within<T>(
-    what: &'static str,
-    call: impl std::future::Future<Output = lapin::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(AMQP_TIMEOUT, call)
-        .await
-        .map_err(|_| anyhow::anyhow!("{what}: no answer within {AMQP_TIMEOUT:?}"))?
-        .map_err(|e| anyhow::Error::new(e).context(what))
-}
-
 /// A `clicks process` span continuing the click's trace, when spans leave
 /// the process.
-fn process_span(traceparent: &str, click: &Click) -> Option<tracing::Span> {
+fn process_span(destination: &str, traceparent: &str, click: &Click) -> Option<tracing::Span> {
     if !telemetry::exporting_traces() {
         return None;
     }
-    let span = tracing::info_span!(
-        "clicks process",
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.destination.name = "clicks",
-        messaging.message.id = %click.event_id,
-        link.code = %click.code,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
+    let span = trace::messaging_span(
+        amqp::CLICKS_EXCHANGE,
+        destination,
+        trace::Messaging::Process,
+        &click.event_id,
+        traceparent,
     );
-    trace::continue_from_traceparent(&span, traceparent);
+    span.record("link.code", tracing::field::display(&click.code));
     Some(span)
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_clicks_stored_total",
+        metrics::Unit::Count,
+        "Clicks stored for the first time (duplicates excluded)."
+    );
+    metrics::describe_histogram!(
+        "shortfleet_click_lag_seconds",
+        metrics::Unit::Seconds,
+        "Time from the redirect to its click being stored."
+    );
+    metrics::describe_counter!(
+        "shortfleet_clicks_duplicates_total",
+        metrics::Unit::Count,
+        "Redelivered clicks recognised by event id and not counted again."
+    );
+    metrics::describe_counter!(
+        "shortfleet_clicks_dead_lettered_total",
+        metrics::Unit::Count,
+        "Clicks dead-lettered as undecodable or unstorable."
+    );
 }

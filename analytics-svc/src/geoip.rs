@@ -67,3 +67,12 @@ fn counted(code: Option<String>, result: &'static str) -> Option<String> {
     metrics::counter!("shortfleet_geoip_lookups_total", "result" => result).increment(1);
     code
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_geoip_lookups_total",
+        metrics::Unit::Count,
+        "GeoIP country lookups, by result."
+    );
+}

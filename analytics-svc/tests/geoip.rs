@@ -2,6 +2,9 @@
 //! IPv6 and IPv4-mapped clients, the registered-country fallback, misses,
 //! and files that must stop the service from starting.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod mmdb;
 
 use std::path::PathBuf;

@@ -6,12 +6,11 @@ use anyhow::Context;
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
     grpc::{self, Listeners},
-    ops,
     ops::Health,
     service::Service,
 };
 use shortfleet_proto::v1::click_logger_server::ClickLoggerServer;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::{config::Config, publisher::Publisher, service::ClickLoggerService, spool::Spool};
@@ -46,6 +45,8 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
+        crate::publisher::describe_metrics();
+        crate::service::describe_metrics();
         // Not critical: the spool takes clicks while RabbitMQ is away.
         health.register("rabbitmq", false);
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)
@@ -70,38 +71,27 @@ impl Service for App {
 
     async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
-        let tracker = TaskTracker::new();
-        let background = CancellationToken::new();
-        tracker.spawn(ops::serve(
-            self.listeners.ops,
-            self.health.clone(),
-            background.clone(),
-        ));
-        tracker.spawn(
-            self.publisher
-                .clone()
-                .run(self.spool.clone(), background.clone()),
-        );
+        let background = grpc::Background::with_ops(self.listeners.ops, self.health.clone());
+        let (publisher, spool) = (self.publisher.clone(), self.spool.clone());
+        background.spawn(|stop| publisher.run(spool, stop));
         let service = ClickLoggerService {
             publisher: self.publisher.clone(),
             spool: self.spool.clone(),
             draining: shutdown.clone(),
         };
-        let grace = self.config.shutdown_grace;
         // A full batch (MAX_BATCH clicks with long user agents) is larger
         // than tonic's 4 MiB default. Every acknowledged click is already
         // confirmed or on disk when the server has drained.
-        let served = grpc::serve(
-            &[shortfleet_proto::v1::click_logger_server::SERVICE_NAME],
-            self.listeners.grpc,
-            Routes::new(ClickLoggerServer::new(service).max_decoding_message_size(MAX_MESSAGE)),
-            self.health.clone(),
-            shutdown,
-            grace,
-            self.config.tls.as_ref(),
-        )
-        .await;
-        grpc::stop_background(tracker, background, grace).await;
-        served
+        grpc::Server {
+            services: &[shortfleet_proto::v1::click_logger_server::SERVICE_NAME],
+            routes: Routes::new(
+                ClickLoggerServer::new(service).max_decoding_message_size(MAX_MESSAGE),
+            ),
+            health: self.health.clone(),
+            grace: self.config.shutdown_grace,
+            tls: self.config.tls.as_ref(),
+        }
+        .serve_then_stop(self.listeners.grpc, shutdown, background)
+        .await
     }
 }

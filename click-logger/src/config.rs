@@ -36,8 +36,14 @@ impl Config {
                 "SHORTFLEET_AMQP_URL",
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
             ),
-            clicks_exchange: r.string("SHORTFLEET_CLICKS_EXCHANGE", "clicks"),
-            clicks_queue: r.string("SHORTFLEET_CLICKS_QUEUE", "clicks.analytics"),
+            clicks_exchange: r.string(
+                "SHORTFLEET_CLICKS_EXCHANGE",
+                shortfleet_common::amqp::CLICKS_EXCHANGE,
+            ),
+            clicks_queue: r.string(
+                "SHORTFLEET_CLICKS_QUEUE",
+                shortfleet_common::amqp::CLICKS_QUEUE,
+            ),
             spool_dir: PathBuf::from(r.string("SHORTFLEET_SPOOL_DIR", ".local/spool/click-logger")),
             spool_max_bytes: r.get("SHORTFLEET_SPOOL_MAX_BYTES", 1 << 30),
             amqp_timeout: r.millis("SHORTFLEET_AMQP_TIMEOUT_MS", 5000),

@@ -1,5 +1,5 @@
-//! The link to RabbitMQ: keeps one confirm-mode channel, reconnecting with
-//! backoff, and replays the spool oldest first whenever the broker is back.
+//! The link to RabbitMQ: keeps one confirm-mode channel, reconnecting
+//! through [`amqp::supervise`], and replays the spool oldest first whenever the broker is back.
 //!
 //! RabbitMQ down or refusing: `publish` fails fast (no channel), callers
 //! spool, and readiness reports "rabbitmq" down; click-logger stays ready
@@ -11,9 +11,12 @@ use anyhow::Context;
 use lapin::Connection;
 use prost::Message;
 use shortfleet_common::{
-    amqp::{self, Backoff, CLICK_BATCH_TYPE, CLICK_ROUTING_KEY, ConfirmedPublisher, Outgoing},
+    amqp::{
+        self, Backoff, CLICK_BATCH_TYPE, CLICK_ROUTING_KEY, ConfirmedPublisher, Outgoing, SessionUp,
+    },
     ops::Health,
-    telemetry, trace,
+    telemetry,
+    trace::{self, Messaging},
 };
 use shortfleet_proto::v1::ClickEvent;
 use tokio::sync::RwLock;
@@ -76,8 +79,12 @@ impl Publisher {
         let started = std::time::Instant::now();
         // With spans exported, each click continues its trace through a
         // `clicks publish` span, and carries that span's context onwards.
-        let traced: Option<Vec<ClickEvent>> = telemetry::exporting_traces()
-            .then(|| events.iter().map(through_publish_span).collect());
+        let traced: Option<Vec<ClickEvent>> = telemetry::exporting_traces().then(|| {
+            events
+                .iter()
+                .map(|e| through_publish_span(&self.exchange, e))
+                .collect()
+        });
         let events = traced.as_deref().unwrap_or(events);
         let payloads: Vec<(Vec<u8>, &ClickEvent)> = events
             .chunks(CLICKS_PER_MESSAGE)
@@ -122,37 +129,48 @@ impl Publisher {
 
     /// Keeps the link up and drains the spool until shutdown.
     pub async fn run(self: Arc<Self>, spool: Arc<Spool>, shutdown: CancellationToken) {
+        let (this, spool) = (&self, &spool);
+        amqp::supervise(
+            "rabbitmq",
+            "RabbitMQ link (clicks go to the spool)",
+            Some(self.health.clone()),
+            shutdown.clone(),
+            |up| {
+                let shutdown = shutdown.clone();
+                async move { this.session(up, spool, &shutdown).await }
+            },
+        )
+        .await;
+    }
+
+    /// One broker session: connects, then replays the spool until shutdown
+    /// (`Ok`) or until a failed publish dropped the link (`Err`).
+    async fn session(
+        &self,
+        up: SessionUp,
+        spool: &Spool,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        self.connect().await?;
+        tracing::info!("connected to RabbitMQ");
+        up.up();
+        // Retries of a replay that failed with the link still up (a spool
+        // read error): not a reconnect, so not the supervisor's backoff.
         let mut backoff = Backoff::reconnect();
         while !shutdown.is_cancelled() {
-            if self.channel().await.is_none() {
-                match self.connect().await {
-                    Ok(()) => {
-                        tracing::info!("connected to RabbitMQ");
-                        self.health.set("rabbitmq", true);
-                        backoff.reset();
-                    }
-                    Err(e) => {
-                        self.health.set("rabbitmq", false);
-                        tracing::warn!(
-                            error = format!("{e:#}"),
-                            "RabbitMQ unreachable; clicks go to the spool"
-                        );
-                        backoff.wait(&shutdown).await;
-                        continue;
-                    }
-                }
-            }
-            match self.replay_one(&spool).await {
-                Ok(true) => continue,
+            match self.replay_one(spool).await {
+                Ok(true) => backoff.reset(),
                 // Idle: the spool only grows while the link is down, and a
                 // failed publish drops the link, so polling is cheap.
-                Ok(false) => pause(Duration::from_millis(200), &shutdown).await,
+                Ok(false) => pause(Duration::from_millis(200), shutdown).await,
+                Err(e) if self.channel().await.is_none() => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), "spool replay interrupted");
-                    backoff.wait(&shutdown).await;
+                    backoff.wait(shutdown).await;
                 }
             }
         }
+        Ok(())
     }
 
     /// Replays the oldest segment; `Ok(false)` when the spool is empty.
@@ -181,18 +199,14 @@ pub fn encode_batch(events: &[ClickEvent]) -> Vec<u8> {
 
 /// The click as it leaves: its `traceparent` now names a `clicks publish`
 /// span that continues the redirect's trace.
-fn through_publish_span(event: &ClickEvent) -> ClickEvent {
-    let span = tracing::info_span!(
-        "clicks publish",
-        otel.kind = "producer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "publish",
-        messaging.destination.name = "clicks",
-        messaging.message.id = %event.event_id,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
+fn through_publish_span(exchange: &str, event: &ClickEvent) -> ClickEvent {
+    let span = trace::messaging_span(
+        amqp::CLICKS_EXCHANGE,
+        exchange,
+        Messaging::Publish,
+        &event.event_id,
+        &event.traceparent,
     );
-    trace::continue_from_traceparent(&span, &event.traceparent);
     ClickEvent {
         traceparent: span.in_scope(trace::current_traceparent),
         ..event.clone()
@@ -204,6 +218,20 @@ async fn pause(d: Duration, shutdown: &CancellationToken) {
         () = tokio::time::sleep(d) => {}
         () = shutdown.cancelled() => {}
     }
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_clicks_published_total",
+        metrics::Unit::Count,
+        "Clicks published to RabbitMQ and confirmed."
+    );
+    metrics::describe_histogram!(
+        "shortfleet_click_publish_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to publish a batch of clicks and receive every confirm."
+    );
 }
 
 #[cfg(test)]

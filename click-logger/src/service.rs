@@ -190,6 +190,15 @@ impl ClickLogger for ClickLoggerService {
     }
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_clicks_refused_total",
+        metrics::Unit::Count,
+        "Clicks refused because RabbitMQ was away and the spool was full."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,11 +16,8 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use lapin::{
-    BasicProperties, Channel, ExchangeKind,
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
+    BasicProperties, ExchangeKind,
+    options::BasicPublishOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
 use prost::Message;
@@ -28,42 +25,14 @@ use shortfleet_proto::v1::ClickCounts;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{self, Backoff};
+use crate::amqp::{self, SessionUp};
 
-/// The exchange's default name (`SHORTFLEET_CLICK_COUNTS_EXCHANGE`).
-pub const DEFAULT_EXCHANGE: &str = "clicks.counted";
 /// The AMQP `type` of a message on it.
 pub const CLICK_COUNTS_TYPE: &str = "shortener.v1.ClickCounts";
 /// Bounds every broker round trip (connect, declare, publish).
 const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Batches waiting for the broker; beyond this they are dropped.
 const QUEUE: usize = 256;
-
-async fn declare(channel: &Channel, exchange: &str) -> anyhow::Result<()> {
-    bounded(
-        "declaring the click counts exchange",
-        channel.exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-}
-
-async fn bounded<T>(
-    what: &'static str,
-    call: impl Future<Output = lapin::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(BROKER_TIMEOUT, call)
-        .await
-        .map_err(|_| anyhow::anyhow!("{what}: no answer within {BROKER_TIMEOUT:?}"))?
-        .map_err(|e| anyhow::Error::new(e).context(what))
-}
 
 /// The storing side's handle: never blocks, never fails.
 #[derive(Clone)]
@@ -100,69 +69,83 @@ pub struct CountsPublisher {
 }
 
 impl CountsPublisher {
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::reconnect();
-        while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &mut backoff).await {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(
-                    error = format!("{e:#}"),
-                    "click counts publisher interrupted; live updates pause"
-                ),
-            }
-            let deadline = tokio::time::Instant::now() + backoff.next_delay();
-            // Drain (and drop) while waiting, so the storing side never
-            // finds a queue full of stale batches.
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => break,
-                    () = shutdown.cancelled() => return,
-                    next = self.rx.recv() => match next {
-                        Some(_) => metrics::counter!("shortfleet_click_counts_dropped_total").increment(1),
-                        None => return,
-                    },
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            amqp_url,
+            exchange,
+            rx,
+        } = self;
+        let rx = tokio::sync::Mutex::new(rx);
+        // Set when a session failed: what queued up while disconnected is
+        // stale by the time the broker is back, and is dropped.
+        let lost = std::sync::atomic::AtomicBool::new(false);
+        let (amqp_url, exchange, rx, lost) = (&amqp_url, &exchange, &rx, &lost);
+        amqp::supervise(
+            "rabbitmq",
+            "click counts publisher (live updates pause)",
+            None,
+            shutdown.clone(),
+            |up| {
+                let shutdown = shutdown.clone();
+                async move {
+                    let mut rx = rx.lock().await;
+                    if lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        while rx.try_recv().is_ok() {
+                            metrics::counter!("shortfleet_click_counts_dropped_total").increment(1);
+                        }
+                    }
+                    let result = publish_session(amqp_url, exchange, &mut rx, up, &shutdown).await;
+                    if result.is_err() {
+                        lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    result
                 }
-            }
-        }
+            },
+        )
+        .await;
     }
+}
 
-    async fn session(
-        &mut self,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> anyhow::Result<()> {
-        let connection = amqp::connect(&self.amqp_url, BROKER_TIMEOUT).await?;
-        let channel = amqp::open_channel(&connection, BROKER_TIMEOUT).await?;
-        declare(&channel, &self.exchange).await?;
-        backoff.reset();
-        tracing::info!(exchange = %self.exchange, "publishing click counts");
-        loop {
-            let counts = tokio::select! {
-                next = self.rx.recv() => match next {
-                    Some(c) => c,
-                    None => return Ok(()),
-                },
-                () = shutdown.cancelled() => return Ok(()),
-            };
-            let body = counts.encode_to_vec();
-            let properties = BasicProperties::default()
-                .with_type(CLICK_COUNTS_TYPE.into())
-                .with_message_id(counts.event_id.as_str().into());
-            // Without confirms the publish completes once written to the
-            // socket; the timeout covers a broker applying back-pressure.
-            bounded(
-                "publishing click counts",
-                channel.basic_publish(
-                    self.exchange.as_str().into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                ),
-            )
-            .await?;
-            metrics::counter!("shortfleet_click_counts_published_total").increment(1);
-        }
+/// One broker session of a [`CountsPublisher`].
+async fn publish_session(
+    amqp_url: &str,
+    exchange: &str,
+    rx: &mut mpsc::Receiver<ClickCounts>,
+    up: SessionUp,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let connection = amqp::connect(amqp_url, BROKER_TIMEOUT).await?;
+    let channel = amqp::open_channel(&connection, BROKER_TIMEOUT).await?;
+    amqp::declare_exchange(&channel, exchange, ExchangeKind::Fanout, BROKER_TIMEOUT).await?;
+    up.up();
+    tracing::info!(exchange = %exchange, "publishing click counts");
+    loop {
+        let counts = tokio::select! {
+            next = rx.recv() => match next {
+                Some(c) => c,
+                None => return Ok(()),
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let body = counts.encode_to_vec();
+        let properties = BasicProperties::default()
+            .with_type(CLICK_COUNTS_TYPE.into())
+            .with_message_id(counts.event_id.as_str().into());
+        // Best effort, so no confirms: the publish completes once written
+        // to the socket; the timeout covers a broker applying back-pressure.
+        amqp::bounded(
+            BROKER_TIMEOUT,
+            "publishing click counts",
+            channel.basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            ),
+        )
+        .await?;
+        metrics::counter!("shortfleet_click_counts_published_total").increment(1);
     }
 }
 
@@ -178,71 +161,39 @@ pub struct CountsSubscriber {
 
 impl CountsSubscriber {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::reconnect();
-        while !shutdown.is_cancelled() {
-            match self.consume(&shutdown, &mut backoff).await {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(
-                    error = format!("{e:#}"),
-                    "click counts subscription interrupted; live updates pause"
-                ),
-            }
-            if !backoff.wait(&shutdown).await {
-                return;
-            }
-        }
+        let this = &self;
+        amqp::supervise(
+            "rabbitmq",
+            "click counts subscription (live updates pause)",
+            None,
+            shutdown.clone(),
+            |up| {
+                let shutdown = shutdown.clone();
+                async move { this.consume(up, &shutdown).await }
+            },
+        )
+        .await;
     }
 
-    async fn consume(
-        &self,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> anyhow::Result<()> {
+    async fn consume(&self, up: SessionUp, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let connection = amqp::connect(&self.amqp_url, BROKER_TIMEOUT).await?;
         let channel = amqp::open_channel(&connection, BROKER_TIMEOUT).await?;
-        declare(&channel, &self.exchange).await?;
-        let queue = bounded(
-            "declaring this replica's click counts queue",
-            channel.queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                // Live counts are worthless once old: a replica that cannot
-                // keep up loses the oldest, never the broker's memory.
-                live_queue_arguments(),
-            ),
+        let mut deliveries = amqp::subscribe_private(
+            &channel,
+            &self.exchange,
+            ExchangeKind::Fanout,
+            "",
+            // Live counts are worthless once old: a replica that cannot
+            // keep up loses the oldest, never the broker's memory.
+            live_queue_arguments(),
+            "gateway-live",
+            true,
+            BROKER_TIMEOUT,
         )
         .await?;
-        bounded(
-            "binding the click counts queue",
-            channel.queue_bind(
-                queue.name().clone(),
-                self.exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        let mut deliveries = bounded(
-            "consuming click counts",
-            channel.basic_consume(
-                queue.name().clone(),
-                "gateway-live".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        backoff.reset();
+        up.up();
         self.subscribed.notify_one();
-        tracing::info!(queue = %queue.name(), "consuming click counts");
+        tracing::info!(queue = %deliveries.queue(), "consuming click counts");
         loop {
             let delivery = tokio::select! {
                 next = deliveries.next() => match next {
@@ -270,6 +221,20 @@ fn live_queue_arguments() -> FieldTable {
         AMQPValue::LongLongInt(10_000),
     );
     args
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_click_counts_dropped_total",
+        metrics::Unit::Count,
+        "Click count announcements dropped because the broker was slow or away (live dashboards reload instead)."
+    );
+    metrics::describe_counter!(
+        "shortfleet_click_counts_published_total",
+        metrics::Unit::Count,
+        "Click count announcements published to the clicks.counted exchange."
+    );
 }
 
 #[cfg(test)]

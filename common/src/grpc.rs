@@ -122,6 +122,8 @@ pub struct Listeners {
     pub grpc: tokio::net::TcpListener,
     /// `/healthz`, `/readyz` and `/metrics`.
     pub ops: tokio::net::TcpListener,
+    /// Read once at bind time, so asking later cannot fail.
+    addrs: (std::net::SocketAddr, std::net::SocketAddr),
 }
 
 impl Listeners {
@@ -129,22 +131,18 @@ impl Listeners {
         grpc_addr: std::net::SocketAddr,
         ops_addr: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
-        Ok(Self {
-            grpc: bind(grpc_addr, "gRPC").await?,
-            ops: bind(ops_addr, "ops HTTP").await?,
-        })
+        let grpc = bind(grpc_addr, "gRPC").await?;
+        let ops = bind(ops_addr, "ops HTTP").await?;
+        let addrs = (grpc.local_addr()?, ops.local_addr()?);
+        Ok(Self { grpc, ops, addrs })
     }
 
     pub fn grpc_addr(&self) -> std::net::SocketAddr {
-        self.grpc
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addrs.0
     }
 
     pub fn ops_addr(&self) -> std::net::SocketAddr {
-        self.ops
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addrs.1
     }
 }
 
@@ -229,16 +227,90 @@ pub fn channel(
     Ok(endpoint.connect_lazy())
 }
 
-/// Stops a service's background tasks (after the server drained, so they
-/// can finish what the last calls started), waiting at most `grace`.
-pub async fn stop_background(
+/// A service's background work (relays, consumers, trackers, the ops
+/// endpoints): started before serving, stopped only after the server
+/// drained, so it can finish what the last calls started.
+pub struct Background {
     tracker: tokio_util::task::TaskTracker,
-    background: CancellationToken,
-    grace: Duration,
-) {
-    background.cancel();
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("background tasks did not stop within the grace period");
+    stop: CancellationToken,
+}
+
+impl Background {
+    pub fn new() -> Self {
+        Self {
+            tracker: tokio_util::task::TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Background work that starts with the ops endpoints (`/healthz`,
+    /// `/readyz`, `/metrics`) served on `ops`, so they answer until the
+    /// very end.
+    pub fn with_ops(ops: tokio::net::TcpListener, health: Health) -> Self {
+        let background = Self::new();
+        background.spawn(|stop| crate::ops::serve(ops, health, stop));
+        background
+    }
+
+    /// Runs `task`, handing it the signal that background work must stop.
+    pub fn spawn<F>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task(self.stop.clone()));
+    }
+
+    /// Stops every task, waiting at most `grace`.
+    pub async fn stop(self, grace: Duration) {
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within the grace period");
+        }
+    }
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a service serves over gRPC, for [`Server::serve_then_stop`].
+pub struct Server<'a> {
+    /// The fully-qualified names of the services in `routes`.
+    pub services: &'static [&'static str],
+    pub routes: tonic::service::Routes,
+    pub health: Health,
+    /// How long in-flight calls, then background work, may take to finish.
+    pub grace: Duration,
+    pub tls: Option<&'a FleetTls>,
+}
+
+impl Server<'_> {
+    /// The tail of every gRPC service's `run_until`: serves on `listener`
+    /// until `shutdown` (see [`serve`]), then stops `background`, each
+    /// within the grace period.
+    pub async fn serve_then_stop(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+        background: Background,
+    ) -> anyhow::Result<()> {
+        let served = serve(
+            self.services,
+            listener,
+            self.routes,
+            self.health,
+            shutdown,
+            self.grace,
+            self.tls,
+        )
+        .await;
+        background.stop(self.grace).await;
+        served
     }
 }

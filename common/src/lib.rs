@@ -1,8 +1,9 @@
 //! Runtime plumbing shared by every Shortfleet service, and nothing else.
 //!
 //! # Layout
-//! - [`amqp`]: RabbitMQ connect, the click topology, confirmed publishing,
-//!   reconnecting with jittered backoff.
+//! - [`amqp`]: RabbitMQ connect and bounded round trips, with one module
+//!   each for the topology, confirmed publishing (mandatory or not) and the
+//!   supervised reconnect loop (jittered backoff); the wire names.
 //! - [`config`]: typed, layered configuration (defaults → file → `SHORTFLEET_*`
 //!   environment) read through one function, every invalid key reported at once.
 //! - [`telemetry`]: JSON logs with `EnvFilter` and the Prometheus recorder.

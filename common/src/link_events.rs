@@ -3,22 +3,18 @@
 //! must see every event to keep its own in-process cache fresh. read-svc and
 //! the gateway both use it.
 //!
-//! RabbitMQ down: the subscriber reconnects with the fleet's jittered
-//! backoff (at most a second apart) and reports the
+//! RabbitMQ down: the subscriber reconnects through [`amqp::supervise`]
+//! (jittered backoff, at most a second apart) and reports the
 //! "rabbitmq" dependency down; the caller's caches fall back on their TTLs.
 //! After every (re)subscription the caller is told, since events published
 //! during a gap never reach this replica's queue.
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use futures::StreamExt;
 use lapin::{
-    Connection, ConnectionProperties, ExchangeKind,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-        QueueBindOptions, QueueDeclareOptions,
-    },
+    ExchangeKind,
+    options::{BasicAckOptions, BasicQosOptions},
     types::FieldTable,
 };
 use prost::Message;
@@ -26,7 +22,13 @@ use shortfleet_proto::v1::LinkEvent;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::Health;
+use crate::{
+    amqp::{self, SessionUp},
+    ops::Health,
+};
+
+/// Bounds every broker round trip (connect, declare, consume, ack).
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -56,84 +58,51 @@ pub struct LinkEventSubscriber {
 
 impl LinkEventSubscriber {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = crate::amqp::Backoff::reconnect();
-        while !shutdown.is_cancelled() {
-            match self.consume(&shutdown, &mut backoff).await {
-                Ok(()) => return,
-                Err(e) => {
-                    self.health.set("rabbitmq", false);
-                    (self.handlers.on_lost)();
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "link event subscription interrupted"
-                    );
+        let this = &self;
+        amqp::supervise(
+            "rabbitmq",
+            "link event subscription",
+            Some(self.health.clone()),
+            shutdown.clone(),
+            |up| {
+                let shutdown = shutdown.clone();
+                async move {
+                    let result = this.consume(up, &shutdown).await;
+                    if result.is_err() {
+                        (this.handlers.on_lost)();
+                    }
+                    result
                 }
-            }
-            if !backoff.wait(&shutdown).await {
-                return;
-            }
-        }
+            },
+        )
+        .await;
     }
 
     /// Consumes until shutdown (`Ok`) or a broker failure (`Err`).
-    async fn consume(
-        &self,
-        shutdown: &CancellationToken,
-        backoff: &mut crate::amqp::Backoff,
-    ) -> anyhow::Result<()> {
-        let connection = tokio::time::timeout(
-            Duration::from_secs(5),
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()),
+    async fn consume(&self, up: SessionUp, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let connection = amqp::connect(&self.amqp_url, BROKER_TIMEOUT).await?;
+        let channel = amqp::open_channel(&connection, BROKER_TIMEOUT).await?;
+        amqp::bounded(
+            BROKER_TIMEOUT,
+            "setting the prefetch window",
+            channel.basic_qos(256, BasicQosOptions::default()),
         )
-        .await
-        .context("connecting to RabbitMQ timed out")?
-        .context("connecting to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.exchange.as_str().into(),
-                "link.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel.basic_qos(256, BasicQosOptions::default()).await?;
-        let mut deliveries = channel
-            .basic_consume(
-                queue.name().clone(),
-                self.consumer_tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        self.health.set("rabbitmq", true);
-        backoff.reset();
+        .await?;
+        let mut deliveries = amqp::subscribe_private(
+            &channel,
+            &self.exchange,
+            ExchangeKind::Topic,
+            amqp::LINK_EVENTS_BINDING,
+            FieldTable::default(),
+            self.consumer_tag,
+            false,
+            BROKER_TIMEOUT,
+        )
+        .await?;
+        up.up();
         (self.handlers.on_subscribed)().await;
         self.subscribed.notify_one();
-        tracing::info!(queue = %queue.name(), "consuming link events");
+        tracing::info!(queue = %deliveries.queue(), "consuming link events");
         loop {
             let delivery = tokio::select! {
                 next = deliveries.next() => match next {
@@ -151,7 +120,21 @@ impl LinkEventSubscriber {
                 // with redelivery, and caches fall back on their TTLs.
                 Err(e) => tracing::warn!(error = %e, "undecodable link event, ignored"),
             }
-            delivery.ack(BasicAckOptions::default()).await?;
+            amqp::bounded(
+                BROKER_TIMEOUT,
+                "acknowledging a link event",
+                delivery.ack(BasicAckOptions::default()),
+            )
+            .await?;
         }
     }
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_link_events_total",
+        metrics::Unit::Count,
+        "Link events received from the links.events exchange."
+    );
 }

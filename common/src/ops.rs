@@ -85,10 +85,6 @@ impl Health {
             .set(f64::from(u8::from(up)));
     }
 
-    pub fn is_up(&self, name: &str) -> bool {
-        self.read().get(name).is_some_and(|s| s.up)
-    }
-
     pub fn readiness(&self) -> Readiness {
         let states = self.read();
         if states.values().any(|s| s.critical && !s.up) {
@@ -150,6 +146,7 @@ pub fn respond(path: &str, health: &Health) -> Option<Response<Full<Bytes>>> {
         ),
         _ => return None,
     };
+    #[allow(clippy::expect_used)] // reason: a known status and header name, a fixed content type
     let response = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
@@ -189,11 +186,20 @@ pub async fn serve(listener: TcpListener, health: Health, shutdown: Cancellation
     let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
 }
 
+#[allow(clippy::expect_used)] // reason: static response parts
 fn not_found() -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::NOT_FOUND)
         .body(Full::new(Bytes::from_static(b"not found\n")))
         .expect("static response parts are valid")
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "shortfleet_dependency_up",
+        "Whether each dependency of this service is reachable (1) or not (0), by dependency."
+    );
 }
 
 #[cfg(test)]

@@ -182,3 +182,22 @@ pub async fn open(
         .context("migrating the database")?;
     Ok(pool)
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "shortfleet_db_pool_connections",
+        metrics::Unit::Count,
+        "PostgreSQL pool connections, by state (in_use, idle)."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_db_pool_max_connections",
+        metrics::Unit::Count,
+        "The PostgreSQL pool's connection limit."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_db_pool_waiting",
+        metrics::Unit::Count,
+        "Callers waiting for a PostgreSQL pool connection."
+    );
+}

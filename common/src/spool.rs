@@ -139,21 +139,21 @@ impl Spool {
         if state.bytes + record.len() as u64 > self.max_bytes {
             return Err(SpoolError::Full(state.bytes));
         }
-        if state
-            .open
-            .as_ref()
-            .is_none_or(|(_, _, size)| *size >= SEGMENT_BYTES)
-        {
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            let file = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(segment_name(seq)))
-                .await?;
-            state.open = Some((seq, file, 0));
-        }
-        let (_, file, size) = state.open.as_mut().expect("opened above");
+        let state = &mut *state;
+        let open = match state.open.take() {
+            Some(open) if open.2 < SEGMENT_BYTES => open,
+            _ => {
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                let file = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(segment_name(seq)))
+                    .await?;
+                (seq, file, 0)
+            }
+        };
+        let (_, file, size) = state.open.insert(open);
         file.write_all(&record).await?;
         file.sync_data().await?;
         *size += record.len() as u64;
@@ -221,6 +221,20 @@ async fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
     }
     found.sort();
     Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_clicks_spooled_total",
+        metrics::Unit::Count,
+        "Clicks written to this process's on-disk spool."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_spool_bytes",
+        metrics::Unit::Bytes,
+        "Bytes in this process's on-disk click spool."
+    );
 }
 
 #[cfg(test)]

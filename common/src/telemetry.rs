@@ -107,6 +107,7 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus handle, installing the recorder on first use.
 /// Several services may share one process in tests; they share one registry.
+#[allow(clippy::expect_used)] // reason: the bucket list is a non-empty constant
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
@@ -120,7 +121,19 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Another recorder may already be installed (a test harness); then
             // this handle renders an empty registry, which is harmless.
             let _ = metrics::set_global_recorder(recorder);
+            describe_common_metrics();
             handle
         })
         .clone()
+}
+
+/// The HELP text of the metrics `common` itself records, registered with
+/// the recorder; each service registers its own at start-up.
+fn describe_common_metrics() {
+    crate::ops::describe_metrics();
+    crate::postgres::describe_metrics();
+    crate::spool::describe_metrics();
+    crate::tls::describe_metrics();
+    crate::link_events::describe_metrics();
+    crate::click_counts::describe_metrics();
 }

@@ -321,6 +321,15 @@ where
     }
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_grpc_calls_refused_total",
+        metrics::Unit::Count,
+        "gRPC calls refused because the caller is not allowed, by reason."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

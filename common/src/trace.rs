@@ -111,3 +111,46 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     continue_from_headers(&span, request.headers());
     span
 }
+
+/// What a [`messaging_span`] does with its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Messaging {
+    /// A producer handing the message to the broker.
+    Publish,
+    /// A consumer handling a message it received.
+    Process,
+}
+
+/// The span of one message crossing the broker, continuing `traceparent`.
+/// It is named `"<channel> <operation>"` after OpenTelemetry's messaging
+/// conventions, where `channel` is the low-cardinality name of the
+/// destination (its default, e.g. `amqp::CLICKS_EXCHANGE`) and
+/// `destination` the exchange as configured, recorded as
+/// `messaging.destination.name`. A `link.code` field is declared empty for
+/// the caller to record.
+pub fn messaging_span(
+    channel: &str,
+    destination: &str,
+    operation: Messaging,
+    message_id: &str,
+    traceparent: &str,
+) -> tracing::Span {
+    let (operation, kind) = match operation {
+        Messaging::Publish => ("publish", "producer"),
+        Messaging::Process => ("process", "consumer"),
+    };
+    let span = tracing::info_span!(
+        "messaging",
+        otel.name = %format_args!("{channel} {operation}"),
+        otel.kind = kind,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = operation,
+        messaging.destination.name = %destination,
+        messaging.message.id = %message_id,
+        link.code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    continue_from_traceparent(&span, traceparent);
+    span
+}

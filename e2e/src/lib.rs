@@ -7,6 +7,9 @@
 //! service's `/readyz` (a readiness signal, never a fixed sleep) and, when
 //! dropped, kills what it started and drops its databases.
 
+// The whole crate is test harness: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     collections::HashMap,
     net::TcpListener,
@@ -446,6 +449,56 @@ impl Fleet {
         Ok(sum_metric(&text, metric, labels))
     }
 
+    /// Lints every service's `/metrics`: each `shortfleet_*` series
+    /// carries HELP text, and, where `promtool` is installed (deploy/k8s-check
+    /// installs Debian's `prometheus` package for it), `promtool check
+    /// metrics` finds nothing to report.
+    pub async fn check_metrics(&self) -> anyhow::Result<()> {
+        let promtool = which("promtool");
+        if promtool.is_none() {
+            eprintln!("promtool not installed: checking HELP lines only");
+        }
+        for svc in SERVICES {
+            let base = match svc {
+                "gateway" => &self.gateway_ops_url,
+                _ => &self.ops_urls[svc],
+            };
+            let text = reqwest::Client::new()
+                .get(format!("{base}/metrics"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await?
+                .text()
+                .await?;
+            let undescribed = undescribed_metrics(&text);
+            anyhow::ensure!(
+                undescribed.is_empty(),
+                "{svc}: no HELP text for {undescribed:?}"
+            );
+            if let Some(promtool) = &promtool {
+                let mut child = std::process::Command::new(promtool)
+                    .args(["check", "metrics"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()?;
+                {
+                    use std::io::Write as _;
+                    let mut stdin = child.stdin.take().context("promtool's stdin")?;
+                    stdin.write_all(text.as_bytes())?;
+                }
+                let out = child.wait_with_output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "{svc}: promtool check metrics: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn log_tail(&self, svc: &str, lines: usize) -> String {
         let text =
             std::fs::read_to_string(self.log_dir.join(format!("{svc}.log"))).unwrap_or_default();
@@ -513,6 +566,31 @@ pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// The `shortfleet_*` metric families in a Prometheus text exposition that
+/// have a `# TYPE` line but no `# HELP` line.
+pub fn undescribed_metrics(text: &str) -> Vec<String> {
+    let described: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with("shortfleet_") && !described.contains(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The path of `program` on `PATH`, if any.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@
 //! gateway dropped no click. Rates and recovery times are printed, never
 //! asserted: the machine is shared.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,

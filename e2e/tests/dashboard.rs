@@ -7,6 +7,9 @@
 //! rise live, edits, deletes, signs out, and checks the console stayed
 //! clean. It saves the screenshots the README shows (`docs/screenshots/`).
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use shortfleet_e2e::{Fleet, FleetOptions, tools_python, workspace_root};

@@ -1,6 +1,9 @@
 //! Faults across real processes: analytics-svc killed with SIGKILL while
 //! clicks stream in, then restarted: every click is counted exactly once.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode, redirect::Policy};

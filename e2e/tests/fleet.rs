@@ -1,6 +1,9 @@
 //! The whole fleet, end to end, as a user drives it over HTTP: keys, links,
 //! redirects, clicks reaching analytics, rate limits and error shapes.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode, redirect::Policy};
@@ -230,5 +233,9 @@ async fn run_flows(fleet: &Fleet) -> anyhow::Result<()> {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
+
+    // Flow last: after all that traffic every service's /metrics is full;
+    // each series is described (HELP) and promtool finds nothing to report.
+    fleet.check_metrics().await?;
     Ok(())
 }

@@ -3,6 +3,9 @@
 //! another owner's; streams per key are bounded; a reader that stops
 //! reading is dropped while redirects and the other streams carry on.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     sync::{
         Arc,

@@ -4,6 +4,9 @@
 //! Python grpcio (e2e/outside/mtls_probe.py) checking who gets a handshake
 //! and which caller may call which method.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     path::Path,
     process::Command,

@@ -6,6 +6,9 @@
 //! generated strings. Zero failures; a fixed seed keeps CI reproducible
 //! (`SHORTFLEET_SCHEMATHESIS_SEED` picks another, `..._EXAMPLES` the budget).
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use shortfleet_e2e::{Fleet, FleetOptions, tools_python, workspace_root};

@@ -4,6 +4,9 @@
 //! The script (`e2e/outside/grpc_tools.py`) knows only the addresses and the
 //! service each should serve; everything else it learns from reflection.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use shortfleet_e2e::{Fleet, FleetOptions, tools_python, workspace_root};

@@ -3,6 +3,9 @@
 //! read-svc, click-logger and analytics-svc that share the trace id the
 //! client sent in `traceparent`.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},

@@ -8,12 +8,12 @@ use shortfleet_common::{
     config::{ConfigError, ConfigSource},
     grpc,
     link_events::LinkEventSubscriber,
-    ops::{self, Health},
+    ops::Health,
     postgres, redis,
     service::Service,
 };
 use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     clicks::{self, ClickForwarder, ClickSink, Spill, Spiller},
@@ -44,6 +44,9 @@ pub struct State {
 
 pub struct App {
     listener: TcpListener,
+    /// The listeners' addresses, read once at bind time.
+    http_addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
     /// The operator port, when `SHORTFLEET_OPS_ADDR` asks for one.
     ops_listener: Option<TcpListener>,
     state: Arc<State>,
@@ -55,15 +58,11 @@ pub struct App {
 
 impl App {
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.http_addr
     }
 
     pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.ops_listener
-            .as_ref()
-            .map(|l| l.local_addr().expect("bound listener has an address"))
+        self.ops_addr
     }
 }
 
@@ -91,6 +90,12 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
+        crate::keys::describe_metrics();
+        crate::live::describe_metrics();
+        crate::ratelimit::describe_metrics();
+        crate::resilience::describe_metrics();
+        crate::server::describe_metrics();
+        crate::handlers::describe_metrics();
         clicks::describe_metrics();
         crate::microcache::describe_metrics();
         // Not critical once the key snapshot is loaded: with PostgreSQL down
@@ -146,8 +151,15 @@ impl Service for App {
             health,
             robots: crate::handlers::robots::Robots::default(),
         });
+        let http_addr = listener.local_addr()?;
+        let ops_addr = match &ops_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         Ok(Self {
             listener,
+            http_addr,
+            ops_addr,
             ops_listener,
             state,
             key_store,
@@ -159,45 +171,43 @@ impl Service for App {
     async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(http = %self.http_addr(), "listening");
         let config = &self.state.config;
-        let tracker = TaskTracker::new();
-        let background = CancellationToken::new();
-        tracker.spawn(self.key_store.keep_fresh(
-            self.state.keys.clone(),
-            config.key_refresh,
-            self.state.health.clone(),
-            background.clone(),
-        ));
-        tracker.spawn(self.forwarder.run(background.clone()));
+        let background = match self.ops_listener {
+            Some(ops_listener) => {
+                tracing::info!(ops = %ops_listener.local_addr()?, "serving /metrics on the ops port only");
+                grpc::Background::with_ops(ops_listener, self.state.health.clone())
+            }
+            None => grpc::Background::new(),
+        };
+        let keys = self.state.keys.clone();
+        let health = self.state.health.clone();
+        let key_store = self.key_store;
+        let key_refresh = config.key_refresh;
+        background.spawn(|stop| async move {
+            key_store.keep_fresh(keys, key_refresh, health, stop).await
+        });
+        let forwarder = self.forwarder;
+        background.spawn(|stop| forwarder.run(stop));
         if let Some(spiller) = self.spiller {
-            tracker.spawn(spiller.run(background.clone()));
-        }
-        if let Some(ops_listener) = self.ops_listener {
-            tracing::info!(ops = %ops_listener.local_addr()?, "serving /metrics on the ops port only");
-            tracker.spawn(ops::serve(
-                ops_listener,
-                self.state.health.clone(),
-                background.clone(),
-            ));
+            background.spawn(|stop| spiller.run(stop));
         }
         if config.microcache_capacity > 0 {
-            tracker.spawn(
-                LinkEventSubscriber {
-                    amqp_url: config.amqp_url.clone(),
-                    exchange: config.link_events_exchange.clone(),
-                    consumer_tag: "gateway",
-                    handlers: self.state.microcache.handlers(),
-                    health: self.state.health.clone(),
-                    subscribed: Arc::new(tokio::sync::Notify::new()),
-                }
-                .run(background.clone()),
-            );
+            let subscriber = LinkEventSubscriber {
+                amqp_url: config.amqp_url.clone(),
+                exchange: config.link_events_exchange.clone(),
+                consumer_tag: "gateway",
+                handlers: self.state.microcache.handlers(),
+                health: self.state.health.clone(),
+                subscribed: Arc::new(tokio::sync::Notify::new()),
+            };
+            background.spawn(|stop| subscriber.run(stop));
         }
-        tracker.spawn(self.state.live.clone().feed(
+        let live = self.state.live.clone();
+        let (amqp_url, exchange) = (
             config.amqp_url.clone(),
             config.click_counts_exchange.clone(),
-            shutdown.clone(),
-            background.clone(),
-        ));
+        );
+        let draining = shutdown.clone();
+        background.spawn(|stop| live.feed(amqp_url, exchange, draining, stop));
         server::serve(
             self.listener,
             self.state.clone(),
@@ -207,9 +217,7 @@ impl Service for App {
         )
         .await;
         // In-flight requests are done: flush their clicks, then stop.
-        background.cancel();
-        tracker.close();
-        let _ = tokio::time::timeout(config.shutdown_grace, tracker.wait()).await;
+        background.stop(config.shutdown_grace).await;
         Ok(())
     }
 }

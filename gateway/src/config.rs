@@ -34,7 +34,7 @@ pub struct Config {
     /// callers apply); `None` on plaintext (loopback).
     pub tls: Option<FleetTls>,
     /// Rate-limit policies by tier name; "anonymous" limits redirects per IP.
-    pub tiers: BTreeMap<String, Policy>,
+    pub tiers: Tiers,
     pub anonymous: Policy,
     /// Peers whose `X-Forwarded-For` (and country header) we believe.
     pub trusted_proxies: TrustedProxies,
@@ -110,13 +110,13 @@ impl Config {
         let anonymous_raw = r.string("SHORTFLEET_ANONYMOUS_LIMIT", "600/60");
         let anonymous = Policy::parse("anonymous", &anonymous_raw).unwrap_or_else(|e| {
             r.invalid("SHORTFLEET_ANONYMOUS_LIMIT", e);
-            Policy::parse("anonymous", "600/60").expect("default policy parses")
+            Policy::placeholder("anonymous")
         });
         let auth_failures_raw = r.string("SHORTFLEET_AUTH_FAILURE_LIMIT", "30/60");
         let auth_failures =
             Policy::parse("auth-failures", &auth_failures_raw).unwrap_or_else(|e| {
                 r.invalid("SHORTFLEET_AUTH_FAILURE_LIMIT", e);
-                Policy::parse("auth-failures", "30/60").expect("default policy parses")
+                Policy::placeholder("auth-failures")
             });
         let password_attempts_raw = r.string("SHORTFLEET_LINK_PASSWORD_LIMIT", "10/300");
         let password_attempts = Policy::parse("link-password", &password_attempts_raw)
@@ -194,7 +194,7 @@ impl Config {
             analytics_url: r.string("SHORTFLEET_ANALYTICS_URL", "http://127.0.0.1:50054"),
             upstream_timeout: r.millis("SHORTFLEET_UPSTREAM_TIMEOUT_MS", 2000),
             tls: FleetTls::read(&mut r, ""),
-            tiers,
+            tiers: Tiers::new(tiers),
             anonymous,
             trusted_proxies,
             country_header,
@@ -224,10 +224,13 @@ impl Config {
                 "SHORTFLEET_AMQP_URL",
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
             ),
-            link_events_exchange: r.string("SHORTFLEET_LINK_EVENTS_EXCHANGE", "links.events"),
+            link_events_exchange: r.string(
+                "SHORTFLEET_LINK_EVENTS_EXCHANGE",
+                shortfleet_common::amqp::LINK_EVENTS_EXCHANGE,
+            ),
             click_counts_exchange: r.string(
                 "SHORTFLEET_CLICK_COUNTS_EXCHANGE",
-                shortfleet_common::click_counts::DEFAULT_EXCHANGE,
+                shortfleet_common::amqp::CLICK_COUNTS_EXCHANGE,
             ),
             live: crate::live::LiveConfig {
                 max_per_key: r.get("SHORTFLEET_LIVE_MAX_STREAMS_PER_KEY", 5),
@@ -285,13 +288,46 @@ impl Config {
         }
         r.finish(config)
     }
+}
 
-    /// Host (and port) of `public_url`, refused as a link target.
-    pub fn public_host(&self) -> &str {
-        let rest = self
-            .public_url
-            .split_once("://")
-            .map_or(self.public_url.as_str(), |(_, rest)| rest);
-        rest.split('/').next().unwrap_or(rest)
+/// Rate-limit policies by tier name. The free tier always exists (a
+/// configuration without it is refused), so every key finds a policy.
+#[derive(Debug, Clone)]
+pub struct Tiers {
+    by_name: BTreeMap<String, Policy>,
+    free: Policy,
+}
+
+impl Tiers {
+    fn new(by_name: BTreeMap<String, Policy>) -> Self {
+        // Missing only when its setting was invalid, and then the whole
+        // configuration is refused.
+        let free = by_name
+            .get("free")
+            .cloned()
+            .unwrap_or_else(|| Policy::placeholder("free"));
+        Self { by_name, free }
+    }
+
+    /// The policy of `tier`; the free tier's for a tier this replica does
+    /// not know (a key minted by a newer release).
+    pub fn policy(&self, tier: &str) -> &Policy {
+        self.by_name.get(tier).unwrap_or(&self.free)
+    }
+
+    pub fn contains_key(&self, tier: &str) -> bool {
+        self.by_name.contains_key(tier)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.by_name.keys()
+    }
+
+    /// Adds or replaces a tier's policy.
+    pub fn insert(&mut self, tier: String, policy: Policy) {
+        if tier == "free" {
+            self.free = policy.clone();
+        }
+        self.by_name.insert(tier, policy);
     }
 }

@@ -336,8 +336,18 @@ impl KeyStore {
     }
 }
 
+#[allow(clippy::expect_used)] // reason: a constant, parsed in this module's tests
 fn miss_policy() -> crate::ratelimit::Policy {
     crate::ratelimit::Policy::parse("key-lookups", MISS_LOOKUPS).expect("static policy parses")
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "shortfleet_api_keys_live",
+        metrics::Unit::Count,
+        "Unrevoked API keys in this replica's snapshot."
+    );
 }
 
 #[cfg(test)]

@@ -253,6 +253,25 @@ pub mod sse {
     }
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_live_refused_total",
+        metrics::Unit::Count,
+        "Live event streams refused: the key had its maximum open."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_live_streams",
+        metrics::Unit::Count,
+        "Live event streams open on this replica."
+    );
+    metrics::describe_counter!(
+        "shortfleet_live_dropped_slow_total",
+        metrics::Unit::Count,
+        "Live event streams closed because their client read too slowly."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

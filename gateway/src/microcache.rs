@@ -88,8 +88,13 @@ fn weight(code: &str, entry: &Entry, floor: u64) -> u32 {
     (bytes as u64).max(floor).min(u64::from(u32::MAX)) as u32
 }
 
-/// Registers the HELP text of the micro-cache's own metric.
+/// Registers the HELP text of the micro-cache's metrics.
 pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_cache_requests_total",
+        metrics::Unit::Count,
+        "Link cache lookups, by level (gateway) and result."
+    );
     metrics::describe_counter!(
         "shortfleet_stale_redirects_total",
         "Redirects answered from a stale micro-cache copy because read-svc could not answer (stale-if-error), by the upstream failure: unavailable, deadline, broken."

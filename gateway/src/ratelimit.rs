@@ -60,19 +60,21 @@ impl Policy {
         })
     }
 
+    /// Stands in for a policy whose setting was invalid while the rest of
+    /// the configuration is read; that configuration is refused as a whole
+    /// (every invalid key reported), so this value never limits anything.
+    pub fn placeholder(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            capacity: 1,
+            window: Duration::from_secs(1),
+            header_value: http::HeaderValue::from_static("invalid"),
+        }
+    }
+
     /// Tokens added per second.
     pub fn rate(&self) -> f64 {
         self.capacity as f64 / self.window.as_secs_f64()
-    }
-
-    /// `RateLimit-Policy` header value (draft-ietf-httpapi-ratelimit-headers).
-    pub fn header(&self) -> String {
-        format!(
-            "\"{}\";q={};w={}",
-            self.name,
-            self.capacity,
-            self.window.as_secs()
-        )
     }
 }
 
@@ -148,9 +150,27 @@ impl Bucket {
 /// How long leased tokens may be spent before they lapse.
 const LEASE_TTL: Duration = Duration::from_secs(1);
 
-/// Like `TAKE_SCRIPT` but takes up to ARGV[3] tokens; returns {granted,
-/// tokens-after as a string}.
-const LEASE_SCRIPT: &str = r#"
+/// A replica's slice of one shared bucket.
+#[derive(Debug, Default)]
+struct Lease {
+    tokens: u64,
+    /// The shared bucket's level when the lease was granted.
+    shared_level: f64,
+    until: Option<Instant>,
+    /// Set after a refusal: no point asking Redis before a token is due.
+    refused_until: Option<Instant>,
+    /// Held while this replica asks Redis for a new lease: renewal is
+    /// single-flight. Without it, every connection finding the lease spent
+    /// at once asked for a slice of its own, and twenty concurrent
+    /// renewals (each a twentieth of the bucket) emptied a bucket nobody
+    /// had used up, refusing clients with 429 under any limit.
+    renewal: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Refill, then take up to ARGV[3] tokens, atomically; returns {granted,
+/// tokens-after as a string} (Lua numbers would be truncated to integers on
+/// the way back). One token is a single request's check, more a lease.
+const TAKE_SCRIPT: &str = r#"
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 local capacity = tonumber(ARGV[1])
@@ -171,54 +191,11 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / per_ms) + 1000)
 return {granted, tostring(tokens)}
 "#;
 
-/// A replica's slice of one shared bucket.
-#[derive(Debug, Default)]
-struct Lease {
-    tokens: u64,
-    /// The shared bucket's level when the lease was granted.
-    shared_level: f64,
-    until: Option<Instant>,
-    /// Set after a refusal: no point asking Redis before a token is due.
-    refused_until: Option<Instant>,
-    /// Held while this replica asks Redis for a new lease: renewal is
-    /// single-flight. Without it, every connection finding the lease spent
-    /// at once asked for a slice of its own, and twenty concurrent
-    /// renewals (each a twentieth of the bucket) emptied a bucket nobody
-    /// had used up, refusing clients with 429 under any limit.
-    renewal: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// Refill and take atomically; returns {allowed, tokens-after as a string}
-/// (Lua numbers would be truncated to integers on the way back).
-const TAKE_SCRIPT: &str = r#"
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local capacity = tonumber(ARGV[1])
-local per_ms = tonumber(ARGV[2]) / 1000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1])
-local at = tonumber(state[2])
-if tokens == nil or at == nil then
-  tokens = capacity
-  at = now
-end
-tokens = math.min(capacity, tokens + math.max(0, now - at) * per_ms)
-local allowed = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / per_ms) + 1000)
-return {allowed, tostring(tokens)}
-"#;
-
 #[derive(Clone)]
 pub struct RateLimiter {
     redis: RedisClient,
     prefix: Arc<str>,
     script: Arc<Script>,
-    lease_script: Arc<Script>,
     leases: Cache<String, Arc<Mutex<Lease>>>,
     /// Per-replica buckets used while Redis is unreachable.
     local: Cache<String, Arc<Mutex<Bucket>>>,
@@ -231,7 +208,6 @@ impl RateLimiter {
             redis,
             prefix: prefix.into(),
             script: Arc::new(Script::from_lua(TAKE_SCRIPT)),
-            lease_script: Arc::new(Script::from_lua(LEASE_SCRIPT)),
             leases: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(60))
@@ -244,36 +220,43 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token from the bucket `subject` under `policy`.
-    pub async fn check(&self, policy: &Policy, subject: &str) -> Decision {
-        let key = format!("{}rl:{}:{subject}", self.prefix, policy.name);
-        let result: Result<(i64, String), _> = self
+    /// Takes up to `want` tokens from the shared bucket `key`: the tokens
+    /// granted and the bucket's level after.
+    async fn take(
+        &self,
+        key: &str,
+        policy: &Policy,
+        want: u64,
+    ) -> Result<(u64, f64), fred::error::Error> {
+        let (granted, level): (u64, String) = self
             .script
             .evalsha_with_reload(
                 &self.redis,
-                key.clone(),
-                vec![policy.capacity.to_string(), policy.rate().to_string()],
+                key.to_owned(),
+                vec![
+                    policy.capacity.to_string(),
+                    policy.rate().to_string(),
+                    want.to_string(),
+                ],
             )
-            .await;
-        let decision = match result {
-            Ok((allowed, tokens)) => {
+            .await?;
+        Ok((granted, level.parse().unwrap_or(0.0)))
+    }
+
+    /// Takes one token from the bucket `subject` under `policy`.
+    pub async fn check(&self, policy: &Policy, subject: &str) -> Decision {
+        let key = format!("{}rl:{}:{subject}", self.prefix, policy.name);
+        let decision = match self.take(&key, policy, 1).await {
+            Ok((granted, tokens)) => {
                 self.set_degraded(false, None);
-                let tokens: f64 = tokens.parse().unwrap_or(0.0);
-                Decision::from_level(policy, allowed == 1, tokens)
+                Decision::from_level(policy, granted == 1, tokens)
             }
             Err(e) => {
                 self.set_degraded(true, Some(&e));
                 self.check_locally(policy, key)
             }
         };
-        let outcome = if decision.allowed {
-            "allowed"
-        } else {
-            "limited"
-        };
-        metrics::counter!("shortfleet_ratelimit_decisions_total", "policy" => policy.name.clone(), "decision" => outcome)
-            .increment(1);
-        decision
+        record(policy, decision)
     }
 
     /// Takes one token from a locally held lease of the shared bucket,
@@ -298,22 +281,9 @@ impl RateLimiter {
             return record(policy, decision);
         }
         let want = (policy.capacity / 20).max(1);
-        let result: Result<(u64, String), _> = self
-            .lease_script
-            .evalsha_with_reload(
-                &self.redis,
-                key.clone(),
-                vec![
-                    policy.capacity.to_string(),
-                    policy.rate().to_string(),
-                    want.to_string(),
-                ],
-            )
-            .await;
-        let decision = match result {
+        let decision = match self.take(&key, policy, want).await {
             Ok((granted, level)) => {
                 self.set_degraded(false, None);
-                let level: f64 = level.parse().unwrap_or(0.0);
                 let mut l = lease.lock().unwrap_or_else(|p| p.into_inner());
                 l.tokens += granted;
                 l.shared_level = level;
@@ -357,10 +327,6 @@ impl RateLimiter {
             metrics::gauge!("shortfleet_ratelimit_degraded").set(f64::from(u8::from(degraded)));
         }
     }
-
-    pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
-    }
 }
 
 /// Spends from a live lease, or repeats a recent refusal; `None` when only
@@ -396,6 +362,19 @@ fn record(policy: &Policy, decision: Decision) -> Decision {
     decision
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_ratelimit_decisions_total",
+        metrics::Unit::Count,
+        "Rate-limit decisions, by policy and decision."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_ratelimit_degraded",
+        "Whether rate limiting runs on per-replica local buckets because Redis is unreachable (1) or on shared Redis buckets (0)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,7 +386,7 @@ mod tests {
     #[test]
     fn parses_policies_and_renders_headers() {
         let p = policy();
-        assert_eq!(p.header(), "\"free\";q=100;w=60");
+        assert_eq!(p.header_value, "\"free\";q=100;w=60");
         assert!(Policy::parse("x", "0/60").is_err());
         assert!(Policy::parse("x", "10").is_err());
         assert!(Policy::parse("x", "a/b").is_err());

@@ -287,6 +287,24 @@ impl Guard {
     }
 }
 
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_bulkhead_rejections_total",
+        metrics::Unit::Count,
+        "Upstream calls refused because the upstream's concurrency limit was reached, by upstream."
+    );
+    metrics::describe_counter!(
+        "shortfleet_upstream_retries_total",
+        metrics::Unit::Count,
+        "Retried idempotent upstream calls, by upstream."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_breaker_state",
+        "Circuit breaker state by upstream: 0 closed, 1 open, 2 half-open."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,6 +154,7 @@ pub enum RouteError {
 }
 
 impl Default for RouteTable {
+    #[allow(clippy::expect_used)] // reason: a constant, parsed in this module's tests
     fn default() -> Self {
         Self::parse(DEFAULT_ROUTES).expect("the built-in route table is valid")
     }

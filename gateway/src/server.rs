@@ -109,3 +109,17 @@ pub async fn serve(
         tracing::warn!("grace period over with connections still open");
     }
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_connections_refused_total",
+        metrics::Unit::Count,
+        "Client connections refused, by reason."
+    );
+    metrics::describe_counter!(
+        "shortfleet_connections_closed_idle_total",
+        metrics::Unit::Count,
+        "Client connections closed for being idle too long."
+    );
+}

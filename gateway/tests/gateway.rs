@@ -2,6 +2,9 @@
 //! ephemeral ports: shared rate limits across replicas, the degraded limiter,
 //! key revocation reaching another replica, and error shapes.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;

@@ -3,6 +3,9 @@
 //! leased anonymous limit never admits more than the shared budget across
 //! two gateway replicas.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::{StatusCode, redirect::Policy};

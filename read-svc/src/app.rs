@@ -7,7 +7,6 @@ use shortfleet_common::{
     config::{ConfigError, ConfigSource},
     grpc::{self, Listeners},
     link_events::LinkEventSubscriber,
-    ops,
     ops::Health,
     redis,
     service::Service,
@@ -16,7 +15,7 @@ use shortfleet_proto::v1::{
     link_resolver_server::LinkResolverServer, link_writer_client::LinkWriterClient,
 };
 use tokio::sync::Notify;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::{
@@ -57,6 +56,8 @@ impl Service for App {
     async fn build(config: Config) -> anyhow::Result<Self> {
         // Every dependency is optional for serving: caches cover the others.
         let health = Health::new();
+        crate::resolver::describe_metrics();
+        crate::service::describe_metrics();
         health.register("redis", false);
         health.register("rabbitmq", false);
         let redis = redis::connect(&config.redis_url, config.redis_timeout)?;
@@ -90,31 +91,19 @@ impl Service for App {
 
     async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
-        let tracker = TaskTracker::new();
-        let background = CancellationToken::new();
-        tracker.spawn(ops::serve(
-            self.listeners.ops,
-            self.health.clone(),
-            background.clone(),
-        ));
-        tracker.spawn(redis::track(
-            self.resolver.redis().clone(),
-            self.health.clone(),
-            "redis",
-            background.clone(),
-        ));
+        let background = grpc::Background::with_ops(self.listeners.ops, self.health.clone());
+        let (redis, health) = (self.resolver.redis().clone(), self.health.clone());
+        background.spawn(|stop| redis::track(redis, health, "redis", stop));
         let subscribed = Arc::new(Notify::new());
-        tracker.spawn(
-            LinkEventSubscriber {
-                amqp_url: self.config.amqp_url.clone(),
-                exchange: self.config.link_events_exchange.clone(),
-                consumer_tag: "read-svc",
-                handlers: events::handlers(self.resolver.clone()),
-                health: self.health.clone(),
-                subscribed: subscribed.clone(),
-            }
-            .run(background.clone()),
-        );
+        let subscriber = LinkEventSubscriber {
+            amqp_url: self.config.amqp_url.clone(),
+            exchange: self.config.link_events_exchange.clone(),
+            consumer_tag: "read-svc",
+            handlers: events::handlers(self.resolver.clone()),
+            health: self.health.clone(),
+            subscribed: subscribed.clone(),
+        };
+        background.spawn(|stop| subscriber.run(stop));
         // Serving before the subscription exists could cache a link whose
         // next edit this replica never hears of. RabbitMQ down at start-up
         // must not keep us down, though: wait a bounded time.
@@ -126,20 +115,16 @@ impl Service for App {
                 "serving without link events for now; caches may lag edits until their TTL"
             );
         }
-        let grace = self.config.shutdown_grace;
-        let served = grpc::serve(
-            &[shortfleet_proto::v1::link_resolver_server::SERVICE_NAME],
-            self.listeners.grpc,
-            Routes::new(LinkResolverServer::new(LinkResolverService::new(
+        grpc::Server {
+            services: &[shortfleet_proto::v1::link_resolver_server::SERVICE_NAME],
+            routes: Routes::new(LinkResolverServer::new(LinkResolverService::new(
                 self.resolver,
             ))),
-            self.health.clone(),
-            shutdown,
-            grace,
-            self.config.tls.as_ref(),
-        )
-        .await;
-        grpc::stop_background(tracker, background, grace).await;
-        served
+            health: self.health.clone(),
+            grace: self.config.shutdown_grace,
+            tls: self.config.tls.as_ref(),
+        }
+        .serve_then_stop(self.listeners.grpc, shutdown, background)
+        .await
     }
 }

@@ -50,7 +50,10 @@ impl Config {
                 "SHORTFLEET_AMQP_URL",
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
             ),
-            link_events_exchange: r.string("SHORTFLEET_LINK_EVENTS_EXCHANGE", "links.events"),
+            link_events_exchange: r.string(
+                "SHORTFLEET_LINK_EVENTS_EXCHANGE",
+                shortfleet_common::amqp::LINK_EVENTS_EXCHANGE,
+            ),
             local_capacity: r.get("SHORTFLEET_LOCAL_CACHE_CAPACITY", 100_000),
             local_ttl: r.millis("SHORTFLEET_LOCAL_CACHE_TTL_MS", 300_000),
             negative_ttl: r.millis("SHORTFLEET_NEGATIVE_TTL_MS", 10_000),

@@ -253,3 +253,12 @@ fn count(level: &'static str, result: &'static str) {
     metrics::counter!("shortfleet_cache_requests_total", "level" => level, "result" => result)
         .increment(1);
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_cache_requests_total",
+        metrics::Unit::Count,
+        "Link cache lookups, by level (local, redis) and result."
+    );
+}

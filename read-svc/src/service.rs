@@ -63,3 +63,12 @@ impl LinkResolverService {
         }
     }
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_histogram!(
+        "shortfleet_resolve_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to resolve a short code."
+    );
+}

@@ -1,6 +1,9 @@
 //! Resolution through the three levels, negative caching, Redis down, and
 //! event-driven refresh across replicas.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! 1,000 concurrent resolves of one cold code make one upstream call. Its own
 //! test binary: the metrics registry is per process.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::Fixture;

@@ -7,13 +7,12 @@ use anyhow::Context;
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
     grpc::{self, Listeners},
-    ops,
     ops::Health,
     postgres,
     service::Service,
 };
 use shortfleet_proto::v1::link_writer_server::LinkWriterServer;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::{
@@ -54,6 +53,9 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
+        crate::outbox::describe_metrics();
+        crate::store::describe_metrics();
+        crate::service::describe_metrics();
         health.register("postgres", true);
         health.register("rabbitmq", false);
         let pool = postgres::open(
@@ -78,7 +80,6 @@ impl Service for App {
     }
 
     async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let tracker = TaskTracker::new();
         tracing::info!(grpc = %self.grpc_addr(), ops = %self.ops_addr(), "listening");
         if self.config.cursor_secret.expose() == DEV_CURSOR_SECRET {
             tracing::warn!(
@@ -87,30 +88,20 @@ impl Service for App {
         }
         // Background work stops only after the gRPC server drained, so the
         // relay publishes what the last requests committed.
-        let background = CancellationToken::new();
-        tracker.spawn(ops::serve(
-            self.listeners.ops,
-            self.health.clone(),
-            background.clone(),
-        ));
-        tracker.spawn(
-            OutboxRelay {
-                pool: self.store.pool().clone(),
-                amqp_url: self.config.amqp_url.clone(),
-                exchange: self.config.link_events_exchange.clone(),
-                health: self.health.clone(),
-                wakeup: self.outbox_wakeup.clone(),
-                timeout: self.config.db_timeout,
-            }
-            .run(background.clone()),
-        );
-        tracker.spawn(outbox::housekeeping(self.store.clone(), background.clone()));
-        tracker.spawn(postgres::track(
-            self.store.pool().clone(),
-            self.health.clone(),
-            "postgres",
-            background.clone(),
-        ));
+        let background = grpc::Background::with_ops(self.listeners.ops, self.health.clone());
+        let relay = OutboxRelay {
+            pool: self.store.pool().clone(),
+            amqp_url: self.config.amqp_url.clone(),
+            exchange: self.config.link_events_exchange.clone(),
+            health: self.health.clone(),
+            wakeup: self.outbox_wakeup.clone(),
+            timeout: self.config.db_timeout,
+        };
+        background.spawn(|stop| relay.run(stop));
+        let store = self.store.clone();
+        background.spawn(|stop| outbox::housekeeping(store, stop));
+        let (pool, health) = (self.store.pool().clone(), self.health.clone());
+        background.spawn(|stop| postgres::track(pool, health, "postgres", stop));
 
         let service = LinkWriterService::new(
             self.store.clone(),
@@ -120,18 +111,14 @@ impl Service for App {
             },
             CursorKey::new(self.config.cursor_secret.expose().as_bytes()),
         );
-        let grace = self.config.shutdown_grace;
-        let served = grpc::serve(
-            &[shortfleet_proto::v1::link_writer_server::SERVICE_NAME],
-            self.listeners.grpc,
-            Routes::new(LinkWriterServer::new(service)),
-            self.health.clone(),
-            shutdown,
-            grace,
-            self.config.tls.as_ref(),
-        )
-        .await;
-        grpc::stop_background(tracker, background, grace).await;
-        served
+        grpc::Server {
+            services: &[shortfleet_proto::v1::link_writer_server::SERVICE_NAME],
+            routes: Routes::new(LinkWriterServer::new(service)),
+            health: self.health.clone(),
+            grace: self.config.shutdown_grace,
+            tls: self.config.tls.as_ref(),
+        }
+        .serve_then_stop(self.listeners.grpc, shutdown, background)
+        .await
     }
 }

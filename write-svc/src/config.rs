@@ -54,7 +54,10 @@ impl Config {
                 "SHORTFLEET_AMQP_URL",
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
             ),
-            link_events_exchange: r.string("SHORTFLEET_LINK_EVENTS_EXCHANGE", "links.events"),
+            link_events_exchange: r.string(
+                "SHORTFLEET_LINK_EVENTS_EXCHANGE",
+                shortfleet_common::amqp::LINK_EVENTS_EXCHANGE,
+            ),
             public_hosts: r.list(
                 "SHORTFLEET_PUBLIC_HOSTS",
                 &["127.0.0.1:8080", "localhost:8080"],

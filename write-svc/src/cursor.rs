@@ -35,6 +35,7 @@ impl CursorKey {
         Self(secret.to_vec())
     }
 
+    #[allow(clippy::expect_used)] // reason: HMAC accepts keys of any length
     fn tag(&self, owner: &str, payload: &[u8]) -> [u8; TAG_LEN] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any size");
         mac.update(DOMAIN);

@@ -4,19 +4,17 @@
 //! nothing (the row is still pending); a crash between confirm and marking
 //! republishes (at-least-once; read-svc's invalidation is idempotent).
 //!
-//! RabbitMQ down: rows accumulate in PostgreSQL and the relay reconnects with
-//! backoff; writes keep working. PostgreSQL down: the relay waits and retries.
+//! RabbitMQ down: rows accumulate in PostgreSQL and the relay reconnects
+//! through [`amqp::supervise`]; writes keep working. PostgreSQL down: the relay waits and retries.
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Context;
 use deadpool_postgres::Pool;
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
-    types::FieldTable,
+use lapin::ExchangeKind;
+use shortfleet_common::{
+    amqp::{self, ConfirmedPublisher, Mode, Outgoing, SessionUp},
+    ops::Health,
 };
-use shortfleet_common::ops::Health;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -37,66 +35,40 @@ pub struct OutboxRelay {
 
 impl OutboxRelay {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.connect().await {
-                Ok((_connection, channel)) => {
-                    self.health.set("rabbitmq", true);
-                    backoff = Duration::from_millis(100);
-                    if let Err(e) = self.drain_until_error(&channel, &shutdown).await {
-                        tracing::warn!(error = format!("{e:#}"), "outbox relay interrupted");
-                    }
-                }
-                Err(e) => {
-                    self.health.set("rabbitmq", false);
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "outbox relay cannot reach RabbitMQ"
-                    );
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => break,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        let this = &self;
+        amqp::supervise(
+            "rabbitmq",
+            "outbox relay",
+            Some(self.health.clone()),
+            shutdown.clone(),
+            |up| {
+                let shutdown = shutdown.clone();
+                async move { this.session(up, &shutdown).await }
+            },
+        )
+        .await;
     }
 
-    async fn connect(&self) -> anyhow::Result<(Connection, Channel)> {
-        let connection = tokio::time::timeout(
-            self.timeout,
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()),
-        )
-        .await
-        .context("connecting to RabbitMQ timed out")?
-        .context("connecting to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("declaring the link events exchange")?;
-        Ok((connection, channel))
+    /// One broker session: relays until shutdown (`Ok`) or a broker
+    /// failure (`Err`). Link events are published non-mandatory: an
+    /// exchange nobody subscribes to yet is normal.
+    async fn session(&self, up: SessionUp, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let connection = amqp::connect(&self.amqp_url, self.timeout).await?;
+        let channel = amqp::open_channel(&connection, self.timeout).await?;
+        amqp::declare_exchange(&channel, &self.exchange, ExchangeKind::Topic, self.timeout).await?;
+        let publisher =
+            ConfirmedPublisher::open_with(&connection, Mode::Optional, self.timeout).await?;
+        up.up();
+        self.drain_until_error(&publisher, shutdown).await
     }
 
     async fn drain_until_error(
         &self,
-        channel: &Channel,
+        publisher: &ConfirmedPublisher,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         loop {
-            let published = match self.publish_batch(channel).await {
+            let published = match self.publish_batch(publisher).await {
                 Ok(n) => n,
                 // A database hiccup is not a broker problem: wait and retry
                 // on the same channel.
@@ -119,14 +91,14 @@ impl OutboxRelay {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 () = shutdown.cancelled() => {
                     // Publish what this replica committed before exiting.
-                    let _ = self.publish_batch(channel).await;
+                    let _ = self.publish_batch(publisher).await;
                     return Ok(());
                 }
             }
         }
     }
 
-    async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
+    async fn publish_batch(&self, publisher: &ConfirmedPublisher) -> Result<usize, RelayError> {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         // SKIP LOCKED lets several replicas relay side by side.
@@ -145,38 +117,36 @@ impl OutboxRelay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut confirms = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let event_id: String = row.get("event_id");
-            let routing_key: String = row.get("routing_key");
-            let payload: Vec<u8> = row.get("payload");
-            let confirm = channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &payload,
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_message_id(event_id.as_str().into())
-                        .with_content_type("application/x-protobuf".into()),
+        let rows: Vec<(i64, String, String, Vec<u8>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("id"),
+                    r.get("event_id"),
+                    r.get("routing_key"),
+                    r.get("payload"),
                 )
-                .await
-                .map_err(|e| RelayError::Broker(e.into()))?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            let confirmation = tokio::time::timeout(self.timeout, confirm)
-                .await
-                .map_err(|_| RelayError::Broker(anyhow::anyhow!("publisher confirm timed out")))?
-                .map_err(|e| RelayError::Broker(e.into()))?;
-            if let Confirmation::Nack(_) = confirmation {
-                return Err(RelayError::Broker(anyhow::anyhow!(
-                    "broker refused a link event"
-                )));
-            }
-        }
-        let ids: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
+            })
+            .collect();
+        let messages: Vec<(&str, Outgoing<'_>)> = rows
+            .iter()
+            .map(|(_, event_id, routing_key, payload)| {
+                let message = Outgoing {
+                    message_id: event_id,
+                    payload,
+                    traceparent: "",
+                    kind: "",
+                };
+                (routing_key.as_str(), message)
+            })
+            .collect();
+        publisher
+            .publish_routed(&self.exchange, &messages)
+            .await
+            .map_err(|e| {
+                RelayError::Broker(anyhow::Error::new(e).context("publishing link events"))
+            })?;
+        let ids: Vec<i64> = rows.iter().map(|(id, ..)| *id).collect();
         tx.execute(
             &tx.prepare_cached("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
                 .await
@@ -223,4 +193,13 @@ enum RelayError {
 
 fn db(e: impl Into<anyhow::Error>) -> RelayError {
     RelayError::Database(e.into())
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_outbox_published_total",
+        metrics::Unit::Count,
+        "Outbox link events published and confirmed."
+    );
 }

@@ -145,3 +145,12 @@ impl LinkWriter for LinkWriterService {
         }))
     }
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_links_created_total",
+        metrics::Unit::Count,
+        "Links created (an existing link returned again is not counted)."
+    );
+}

@@ -558,3 +558,12 @@ fn link_from_row(row: &Row) -> Link {
             .unwrap_or_default(),
     }
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_code_collisions_total",
+        metrics::Unit::Count,
+        "Generated codes that collided with an existing one and were drawn again."
+    );
+}

@@ -2,6 +2,9 @@
 //! validation contract (INVALID_ARGUMENT naming the field), aliases, and
 //! "same owner + same URL → the existing link", also under concurrency.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashSet;

@@ -1,6 +1,9 @@
 //! What every fleet server exposes besides its own API: the standard gRPC
 //! health service and server reflection.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{TestApp, expect_code, grpc_channel};

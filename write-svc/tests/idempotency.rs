@@ -2,6 +2,9 @@
 //! replays the original answer, a different body is refused, and racing
 //! retries produce one link.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{TestApp, create_request, expect_code, link_of, outbox_rows};

@@ -1,6 +1,9 @@
 //! UpdateLink, DeleteLink and ListLinks over gRPC: partial updates,
 //! tombstones, ownership, and keyset pagination newest first.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashSet;

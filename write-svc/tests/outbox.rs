@@ -2,6 +2,9 @@
 //! on the test's exchange, rows are marked published once confirmed, and
 //! events written while RabbitMQ is unreachable are delivered later.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{

@@ -221,7 +221,7 @@ impl ClickForwarder {
         }
     }
 
-    async fn open(&mut self) -> Result<(), String> {
+    async fn open(&mut self) -> Result<Session, String> {
         let (batches, outgoing) = mpsc::channel(4);
         let call = self
             .client
@@ -231,21 +231,22 @@ impl ClickForwarder {
             .map_err(|_| "opening the click stream timed out".to_owned())?
             .map_err(|s| format!("opening the click stream: {}", s.message()))?
             .into_inner();
-        self.session = Some(Session { batches, acks });
-        Ok(())
+        Ok(Session { batches, acks })
     }
 
     /// One attempt: send on the open stream (opening one if needed) and wait
     /// for this batch's ack.
     async fn send(&mut self, events: &[ClickEvent]) -> Sent {
-        if self.session.is_none()
-            && let Err(why) = self.open().await
-        {
-            return Sent::Retry(why);
-        }
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => match self.open().await {
+                Ok(session) => session,
+                Err(why) => return Sent::Retry(why),
+            },
+        };
         self.sequence += 1;
         let sequence = self.sequence;
-        let session = self.session.as_mut().expect("opened above");
+        let session = self.session.insert(session);
         let batch = ClickBatch {
             events: events.to_vec(),
             sequence,

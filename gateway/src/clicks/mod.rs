@@ -42,16 +42,8 @@ pub fn describe_metrics() {
         "Clicks click-logger acknowledged (replayed ones included)."
     );
     metrics::describe_counter!(
-        "shortfleet_clicks_spooled_total",
-        "Clicks written to this process's on-disk spool."
-    );
-    metrics::describe_counter!(
         "shortfleet_clicks_replayed_total",
         "Spooled clicks click-logger acknowledged."
-    );
-    metrics::describe_gauge!(
-        "shortfleet_spool_bytes",
-        "Bytes in this process's on-disk click spool."
     );
     metrics::describe_gauge!(
         "shortfleet_click_buffer_depth",

@@ -154,13 +154,7 @@ async fn dispatch(
                 Some(p) => p,
                 None => return full(refuse_authentication(ctx, &req, peer).await),
             };
-            let policy = ctx
-                .state
-                .config
-                .tiers
-                .get(&principal.tier)
-                .or_else(|| ctx.state.config.tiers.get("free"))
-                .expect("the free tier always exists");
+            let policy = ctx.state.config.tiers.policy(&principal.tier);
             let decision = ctx.state.limiter.check(policy, &principal.key_id).await;
             if endpoint == Endpoint::Events && decision.allowed {
                 let mut response = match events::events(ctx, &principal, &req) {
@@ -332,4 +326,23 @@ fn status_label(status: u16) -> &'static str {
         s if s >= 400 => "4xx",
         _ => "other",
     }
+}
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_histogram!(
+        "shortfleet_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency, by endpoint and method."
+    );
+    metrics::describe_counter!(
+        "shortfleet_http_requests_total",
+        metrics::Unit::Count,
+        "HTTP requests answered, by endpoint and status."
+    );
+    metrics::describe_counter!(
+        "shortfleet_auth_failures_limited_total",
+        metrics::Unit::Count,
+        "Failed authentications answered 429 because the client kept failing."
+    );
 }

@@ -2,12 +2,9 @@
 //! every event the relay publishes for one test.
 
 use futures::StreamExt;
-use lapin::{
-    Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
-    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{Channel, Connection, Consumer, ExchangeKind, types::FieldTable};
 use prost::Message;
+use shortfleet_common::amqp;
 use shortfleet_proto::v1::LinkEvent;
 
 use super::{AMQP_URL, DEADLINE};
@@ -28,63 +25,28 @@ pub struct EventQueue {
 }
 
 impl EventQueue {
-    /// Declares the exchange as the relay does (durable topic), so binding
-    /// works whichever of the two comes first, then binds a fresh
-    /// exclusive, auto-delete queue to it.
+    /// Declares the exchange as the relay does (through the same
+    /// topology code), so binding works whichever of the two comes first,
+    /// then binds a fresh exclusive, auto-delete queue to it.
     pub async fn bind(exchange: &str) -> Self {
-        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        let connection = amqp::connect(AMQP_URL, DEADLINE)
             .await
             .expect("connecting to RabbitMQ");
-        let channel = connection
-            .create_channel()
+        let channel = amqp::open_channel(&connection, DEADLINE)
             .await
             .expect("opening a channel");
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declaring the test exchange");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declaring the test queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                "link.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("binding the test queue");
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consuming the test queue");
+        let consumer = amqp::subscribe_private(
+            &channel,
+            exchange,
+            ExchangeKind::Topic,
+            amqp::LINK_EVENTS_BINDING,
+            FieldTable::default(),
+            "",
+            true,
+            DEADLINE,
+        )
+        .await
+        .expect("subscribing the test queue");
         Self {
             connection,
             _channel: channel,
