@@ -4,6 +4,9 @@
 //! right, header, attempt limit, no target leaked); forward_query;
 //! robots.txt and `X-Robots-Tag`; expired_url; clicks by rule in stats.
 
+// A test crate: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, RequestBuilder, StatusCode, redirect::Policy};

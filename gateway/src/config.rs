@@ -122,7 +122,7 @@ impl Config {
         let password_attempts = Policy::parse("link-password", &password_attempts_raw)
             .unwrap_or_else(|e| {
                 r.invalid("SHORTFLEET_LINK_PASSWORD_LIMIT", e);
-                Policy::parse("link-password", "10/300").expect("default policy parses")
+                Policy::placeholder("link-password")
             });
         let trusted_proxies = r
             .raw("SHORTFLEET_TRUSTED_PROXIES")

@@ -328,8 +328,10 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// Registers the HELP text and unit of the metrics this module records.
+/// Registers the HELP text and unit of the metrics this module (and the
+/// redirect handler) records.
 pub fn describe_metrics() {
+    redirect::describe_metrics();
     metrics::describe_histogram!(
         "shortfleet_http_request_duration_seconds",
         metrics::Unit::Seconds,

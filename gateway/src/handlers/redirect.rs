@@ -386,3 +386,12 @@ fn record_click(
         rule: rule.map(|i| i as u32),
     });
 }
+
+/// Registers the HELP text and unit of the metrics this module records.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shortfleet_link_password_attempts_total",
+        metrics::Unit::Count,
+        "Password attempts on protected links, by result (right, wrong, limited)."
+    );
+}
