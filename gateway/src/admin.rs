@@ -8,7 +8,7 @@ use chrono::{Duration, Utc};
 use clap::Subcommand;
 use shortfleet_common::config::{ConfigSource, EXIT_CONFIG};
 
-use crate::{app::key_store, config::Config};
+use crate::{config::Config, keys::KeyStore};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -50,7 +50,7 @@ pub async fn run(command: KeysCommand) -> ExitCode {
 }
 
 async fn execute(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
-    let store = key_store(config).await?;
+    let store = KeyStore::open(&config.database_url).await?;
     match command {
         KeysCommand::Create {
             owner,

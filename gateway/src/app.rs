@@ -9,7 +9,7 @@ use shortfleet_common::{
     grpc,
     link_events::LinkEventSubscriber,
     ops::Health,
-    postgres, redis,
+    redis,
     service::Service,
 };
 use tokio::net::TcpListener;
@@ -18,29 +18,14 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clicks::{self, ClickForwarder, ClickSink, Spill, Spiller},
     config::Config,
-    keys::{self, KeyCache, KeyStore},
+    keys::{KeyCache, KeyStore},
     live::Hub,
     microcache::MicroCache,
     ratelimit::RateLimiter,
     server,
+    state::State,
     upstream::Upstreams,
 };
-
-/// Everything a request handler may use.
-pub struct State {
-    pub config: Config,
-    pub keys: KeyCache,
-    pub key_store: KeyStore,
-    pub limiter: RateLimiter,
-    pub upstreams: Upstreams,
-    pub clicks: ClickSink,
-    pub microcache: MicroCache,
-    pub health: Health,
-    /// This replica's live event streams.
-    pub live: Arc<Hub>,
-    /// The cached `GET /robots.txt` body.
-    pub robots: crate::handlers::robots::Robots,
-}
 
 pub struct App {
     listener: TcpListener,
@@ -66,20 +51,6 @@ impl App {
     }
 }
 
-/// Opens the key database, creating and migrating it when needed (also used
-/// by the `keys` admin commands).
-pub async fn key_store(config: &Config) -> anyhow::Result<KeyStore> {
-    let pool = postgres::open(
-        &config.database_url,
-        4,
-        std::time::Duration::from_secs(3),
-        keys::MIGRATIONS,
-    )
-    .await
-    .context("opening the gateway database")?;
-    Ok(KeyStore::new(pool))
-}
-
 impl Service for App {
     type Config = Config;
     const NAME: &'static str = "gateway";
@@ -103,7 +74,7 @@ impl Service for App {
         // database at all. An unready gateway would stop every redirect.
         health.register("postgres", false);
         health.register("rabbitmq", false);
-        let key_store = key_store(&config).await?;
+        let key_store = KeyStore::open(&config.database_url).await?;
         let keys = KeyCache::default();
         let n = key_store.refresh(&keys).await.context("loading API keys")?;
         health.set("postgres", true);
@@ -149,7 +120,7 @@ impl Service for App {
             live,
             microcache,
             health,
-            robots: crate::handlers::robots::Robots::default(),
+            robots: crate::robots::Robots::default(),
         });
         let http_addr = listener.local_addr()?;
         let ops_addr = match &ops_listener {

@@ -145,6 +145,16 @@ pub struct KeyStore {
 const MISS_LOOKUPS: &str = "50/1";
 
 impl KeyStore {
+    /// Opens the key database at `database_url`, creating and migrating it
+    /// when needed (the gateway at start-up and the `keys` admin commands).
+    pub async fn open(database_url: &str) -> anyhow::Result<Self> {
+        let pool =
+            shortfleet_common::postgres::open(database_url, 4, Duration::from_secs(3), MIGRATIONS)
+                .await
+                .context("opening the gateway database")?;
+        Ok(Self::new(pool))
+    }
+
     pub fn new(pool: Pool) -> Self {
         let policy = miss_policy();
         Self {

@@ -3,7 +3,8 @@
 //! the redirect hot path.
 //!
 //! # Layout
-//! - [`app`]: wiring and drain on shutdown; [`server`]: the HTTP listener.
+//! - [`app`]: wiring and drain on shutdown; [`state`]: what handlers share;
+//!   [`server`]: the HTTP listener.
 //! - [`handlers`]: request phases and the endpoints (links, stats, redirect).
 //! - [`routes`]: the routing table. [`keys`]: API keys. [`ratelimit`]: buckets.
 //! - [`microcache`]: resolved codes cached in the gateway, dropped on link
@@ -19,7 +20,8 @@
 //! - [`admin`]: the `keys` admin commands.
 //! - What a link does on redirect, decided from the link the gateway holds:
 //!   [`rules`] (device, OS, browser, country, language), [`forward`] (query
-//!   forwarding), [`password`] (the form and the one hash check).
+//!   forwarding), [`password`] (the form and the one hash check);
+//!   [`robots`]: the replica's cached `robots.txt`.
 
 pub mod admin;
 pub mod app;
@@ -36,10 +38,12 @@ pub mod problem;
 pub mod proxies;
 pub mod ratelimit;
 pub mod resilience;
+pub mod robots;
 pub mod routes;
 pub mod rules;
 pub mod server;
 pub mod sockets;
+pub mod state;
 pub mod upstream;
 
 pub use app::App;

@@ -14,9 +14,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::State,
     handlers,
     sockets::{self, Activity, ConnectionCounts, Watched},
+    state::State,
 };
 
 /// h2 PINGs a quiet peer this often and drops it if the PING is not answered

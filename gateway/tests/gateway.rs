@@ -88,7 +88,7 @@ impl Fixture {
     }
 
     async fn key_store(&self) -> gateway::keys::KeyStore {
-        gateway::app::key_store(&self.gateway_config("redis://127.0.0.1:6379"))
+        gateway::keys::KeyStore::open(&self.gateway_config("redis://127.0.0.1:6379").database_url)
             .await
             .unwrap()
     }

@@ -154,7 +154,7 @@ async fn a_deleted_link_stops_redirecting_on_every_replica_within_a_second() {
     let mut f = Fleet::start().await;
     let a = f.gateway("100000/60").await;
     let b = f.gateway("100000/60").await;
-    let key = gateway::app::key_store(&f.config("100000/60"))
+    let key = gateway::keys::KeyStore::open(&f.config("100000/60").database_url)
         .await
         .unwrap()
         .create("alice", "free", None)
@@ -252,7 +252,7 @@ async fn leased_anonymous_buckets_never_exceed_the_shared_budget() {
 async fn hot_codes_are_served_from_the_micro_cache_without_read_svc() {
     let mut f = Fleet::start().await;
     let base = f.gateway("100000/60").await;
-    let key = gateway::app::key_store(&f.config("100000/60"))
+    let key = gateway::keys::KeyStore::open(&f.config("100000/60").database_url)
         .await
         .unwrap()
         .create("alice", "free", None)

@@ -22,11 +22,11 @@ use shortfleet_common::ops;
 use tracing::Instrument;
 
 use crate::{
-    app::State,
     keys::Principal,
     problem::{HttpResponse, Problem},
     ratelimit::Decision,
     routes::{Endpoint, RouteError},
+    state::State,
 };
 
 /// Every answer's body: a whole one, or an event stream (`/api/v1/events`).
