@@ -435,18 +435,22 @@ impl Fleet {
     /// Fetches one service's Prometheus text and sums the samples of
     /// `metric` whose labels contain every `label`.
     pub async fn metric(&self, svc: &str, metric: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        Ok(sum_metric(&self.metrics_text(svc).await?, metric, labels))
+    }
+
+    /// `svc`'s `/metrics` (the gateway's from its ops port).
+    pub async fn metrics_text(&self, svc: &str) -> anyhow::Result<String> {
         let base = match svc {
             "gateway" => &self.gateway_ops_url,
             _ => &self.ops_urls[svc],
         };
-        let text = reqwest::Client::new()
+        Ok(reqwest::Client::new()
             .get(format!("{base}/metrics"))
             .timeout(Duration::from_secs(5))
             .send()
             .await?
             .text()
-            .await?;
-        Ok(sum_metric(&text, metric, labels))
+            .await?)
     }
 
     /// Lints every service's `/metrics`: each `shortfleet_*` series
@@ -459,17 +463,7 @@ impl Fleet {
             eprintln!("promtool not installed: checking HELP lines only");
         }
         for svc in SERVICES {
-            let base = match svc {
-                "gateway" => &self.gateway_ops_url,
-                _ => &self.ops_urls[svc],
-            };
-            let text = reqwest::Client::new()
-                .get(format!("{base}/metrics"))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await?
-                .text()
-                .await?;
+            let text = self.metrics_text(svc).await?;
             let undescribed = undescribed_metrics(&text);
             anyhow::ensure!(
                 undescribed.is_empty(),
