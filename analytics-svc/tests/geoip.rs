@@ -2,7 +2,7 @@
 //! IPv6 and IPv4-mapped clients, the registered-country fallback, misses,
 //! and files that must stop the service from starting.
 
-mod mmdb;
+use shortfleet_common::geoip::testing as mmdb;
 
 use std::path::PathBuf;
 

@@ -4,7 +4,7 @@
 //! dead-letter queue, a consumer stopped mid-stream loses nothing, and a
 //! configured GeoIP file supplies the country a trusted header did not.
 
-mod mmdb;
+use shortfleet_common::geoip::testing as mmdb;
 
 use std::time::Duration;
 

@@ -40,6 +40,8 @@ pub struct State {
     pub live: Arc<Hub>,
     /// The cached `GET /robots.txt` body.
     pub robots: crate::handlers::robots::Robots,
+    /// Country rules' lookup when no trusted header says (`SHORTFLEET_GEOIP_DB`).
+    pub geoip: Option<Arc<shortfleet_common::geoip::GeoIp>>,
 }
 
 pub struct App {
@@ -127,6 +129,13 @@ impl Service for App {
             config.microcache_stale,
         );
         let live = Hub::new(config.live);
+        // A missing or corrupt file stops the start, as in analytics-svc.
+        let geoip = config
+            .geoip_db
+            .as_deref()
+            .map(shortfleet_common::geoip::GeoIp::open)
+            .transpose()?
+            .map(Arc::new);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
@@ -145,6 +154,7 @@ impl Service for App {
             microcache,
             health,
             robots: crate::handlers::robots::Robots::default(),
+            geoip,
         });
         Ok(Self {
             listener,
