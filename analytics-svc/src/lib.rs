@@ -12,10 +12,11 @@
 
 /// Moved to `shortfleet_common` (the gateway's redirect rules classify with it too).
 pub use shortfleet_common::agent;
+/// Moved to `shortfleet_common` (the gateway's country rules look up with it too).
+pub use shortfleet_common::geoip;
 pub mod app;
 pub mod config;
 pub mod consumer;
-pub mod geoip;
 pub mod migrations;
 pub mod partitions;
 pub mod service;

@@ -7,7 +7,7 @@
 // A test crate: a panic is how it reports a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod mmdb;
+use shortfleet_common::geoip::testing as mmdb;
 
 use std::time::Duration;
 

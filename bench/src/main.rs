@@ -2,6 +2,10 @@
 //! 301 server on the same machine, interleaving baseline and fleet rounds so
 //! drift hits both, and reports medians and ratios (table + JSON).
 //!
+//! A second comparison runs inside the fleet: links with five redirect
+//! rules that never match (every rule is tried, then the fallback URL: the
+//! worst case) against plain links, interleaved the same way.
+//!
 //! Started by `bench/run`, which builds the release binaries and makes sure
 //! PostgreSQL, Redis and RabbitMQ run. Every load step has a fixed duration
 //! and targets loopback only.
@@ -25,7 +29,7 @@ use serde_json::{Value, json};
 use shortfleet_bench::{
     load::{self, Mode, RequestFactory},
     probe::{ProcessUse, process_use},
-    stats::{Summary, median_of, ratio, round2},
+    stats::{Summary, median_of, ratio, round2, round3},
 };
 use shortfleet_e2e::{Fleet, FleetOptions, SERVICES};
 use tokio::io::AsyncBufReadExt;
@@ -54,6 +58,10 @@ struct Profile {
 }
 
 const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) shortfleet-bench";
+/// The rules comparison's visitor (both sides): a desktop Chrome on Linux
+/// preferring US English, with no country known.
+const BROWSER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
+const ACCEPT_LANGUAGE: &str = "en-US,en;q=0.9,de;q=0.5";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -132,6 +140,146 @@ fn redirects(codes: Arc<Vec<String>>) -> RequestFactory {
     })
 }
 
+/// GET `/{code}` cycling through `codes`, as a browser (user agent and
+/// `Accept-Language`, so rules have something to read).
+fn browser_redirects(codes: Arc<Vec<String>>) -> RequestFactory {
+    Arc::new(move |_, seq| {
+        let code = &codes[(seq as usize) % codes.len()];
+        Request::get(format!("/{code}"))
+            .header(header::HOST, "127.0.0.1")
+            .header(header::USER_AGENT, BROWSER_AGENT)
+            .header(header::ACCEPT_LANGUAGE, ACCEPT_LANGUAGE)
+            .body(Full::new(Bytes::new()))
+            .expect("static request parts")
+    })
+}
+
+/// Five rules none of which holds for [`BROWSER_AGENT`] with
+/// [`ACCEPT_LANGUAGE`] and no country, most failing only on their last
+/// condition, so each redirect classifies the agent, parses the languages,
+/// tries all five and falls back to the link's url.
+fn five_rules() -> Value {
+    json!([
+        {"when": {"device": "mobile"}, "url": "https://m.example.com/app"},
+        {"when": {"device": "desktop", "os": "windows"}, "url": "https://example.com/windows"},
+        {"when": {"os": "linux", "browser": "firefox"}, "url": "https://example.com/firefox"},
+        {"when": {"device": "desktop", "os": "linux", "browser": "chrome", "language": "fr"}, "url": "https://example.fr/"},
+        {"when": {"os": "linux", "language": "en-gb", "country": "GB"}, "url": "https://example.co.uk/"},
+    ])
+}
+
+async fn create_rule_links(fleet: &Fleet, key: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let mut codes = Vec::with_capacity(n);
+    for i in 0..n {
+        let link: Value = http
+            .post(format!("{}/api/v1/links", fleet.gateway_url))
+            .bearer_auth(key)
+            .json(&json!({
+                "url": format!("https://example.com/ruled/page/{i:05}?utm={}", &fleet.id[..8]),
+                "rules": five_rules(),
+            }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        anyhow::ensure!(
+            link["rules"].as_array().map(Vec::len) == Some(5),
+            "rules not kept: {link}"
+        );
+        codes.push(link["code"].as_str().context("no code")?.to_owned());
+    }
+    Ok(codes)
+}
+
+/// Plain links against links with five non-matching rules, interleaved
+/// rounds at 64 connections; returns the section and the plain side's 302s
+/// (those are clicks on `plain` codes the totals check expects).
+async fn rules_vs_plain(
+    fleet: &Fleet,
+    gateway: SocketAddr,
+    profile: &Profile,
+    plain: Arc<Vec<String>>,
+    ruled: Arc<Vec<String>>,
+) -> anyhow::Result<(Value, u64)> {
+    let mut plain_302 = 0u64;
+    // Warm the micro-cache with the ruled links too.
+    let warm = load::run(
+        gateway,
+        Mode::Closed { connections: 8 },
+        Duration::from_secs(1),
+        browser_redirects(ruled.clone()),
+    )
+    .await;
+    anyhow::ensure!(warm.count(302) > 0, "ruled links: {:?}", warm.statuses);
+    let (mut plain_rounds, mut ruled_rounds) = (Vec::new(), Vec::new());
+    // One round more than the baseline comparison: the difference measured
+    // here is small, so the medians need the extra sample.
+    for round in 0..=profile.rounds {
+        let order: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_plain in order {
+            settle(fleet).await;
+            let codes = if is_plain { &plain } else { &ruled };
+            let o = load::run(
+                gateway,
+                Mode::Closed { connections: 64 },
+                profile.step,
+                browser_redirects(codes.clone()),
+            )
+            .await;
+            anyhow::ensure!(o.count(302) > 0, "no redirects: {:?}", o.statuses);
+            if is_plain {
+                plain_302 += o.count(302);
+                plain_rounds.push(Summary::of(&o));
+            } else {
+                ruled_rounds.push(Summary::of(&o));
+            }
+        }
+    }
+    let p = median_of(&plain_rounds, |s| s.requests_per_sec);
+    let r = median_of(&ruled_rounds, |s| s.requests_per_sec);
+    for (name, rounds) in [
+        ("plain links", &plain_rounds),
+        ("five rules, none match", &ruled_rounds),
+    ] {
+        println!(
+            "{:<34} {:>12} {:>12.0} {:>7} {:>9.3} {:>9.3} {:>9.3}",
+            format!("{name}, 64 conns"),
+            "",
+            median_of(rounds, |s| s.requests_per_sec),
+            "",
+            median_of(rounds, |s| s.p50_ms),
+            median_of(rounds, |s| s.p99_ms),
+            median_of(rounds, |s| s.p999_ms),
+        );
+    }
+    println!(
+        "{:<34} {:>12} {:>12} {:>7.3}",
+        "five rules / plain (req/s)",
+        "",
+        "",
+        ratio(r, p)
+    );
+    let section = json!({
+        "connections": 64,
+        "plain_rps_median": round2(p),
+        "five_rules_rps_median": round2(r),
+        "ratio": round3(ratio(r, p)),
+        "plain_p50_ms": median_of(&plain_rounds, |s| s.p50_ms),
+        "five_rules_p50_ms": median_of(&ruled_rounds, |s| s.p50_ms),
+        "plain_p99_ms": median_of(&plain_rounds, |s| s.p99_ms),
+        "five_rules_p99_ms": median_of(&ruled_rounds, |s| s.p99_ms),
+        "plain_rounds": plain_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
+        "five_rules_rounds": ruled_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
+    });
+    Ok((section, plain_302))
+}
+
 async fn create_links(fleet: &Fleet, key: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let http = reqwest::Client::new();
     let mut codes = Vec::with_capacity(n);
@@ -162,6 +310,7 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
     let idle_rss: f64 = idle.iter().map(|(_, u)| u.rss_mib).sum();
     let key = fleet.create_key("bench", "bench")?;
     let codes = Arc::new(create_links(fleet, &key, profile.links).await?);
+    let ruled = Arc::new(create_rule_links(fleet, &key, profile.links).await?);
     let (mut baseline, baseline_addr) = start_baseline(fleet).await?;
     let gateway = gateway_addr(fleet)?;
     let mut fleet_redirects = 0u64;
@@ -235,6 +384,12 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
             }),
         );
     }
+
+    // Redirect rules' cost: the same fleet, plain links against five rules.
+    let (rules_section, plain_302) =
+        rules_vs_plain(fleet, gateway, profile, codes.clone(), ruled.clone()).await?;
+    fleet_redirects += plain_302;
+    sections.insert("redirect_rules_vs_plain".into(), rules_section);
 
     // Let the click pipeline catch up first: its backlog would otherwise
     // steal the CPU the latency step is measuring (for both sides).

@@ -29,6 +29,9 @@
 //! - [`agent`]: the one user-agent classifier (analytics' dimensions and
 //!   the gateway's redirect rules must agree on what "iOS" is) and the
 //!   rule vocabulary write-svc validates against.
+//! - [`geoip`] (feature `geoip`): the country of a client address from a
+//!   MaxMind DB file, one lookup for analytics' country dimension and the
+//!   gateway's country rules.
 //!
 //! It must never hold domain logic: a service's rules live in that service.
 //! The exception is a wire rule both sides of a contract must agree on
@@ -39,6 +42,8 @@ pub mod amqp;
 pub mod click;
 pub mod click_counts;
 pub mod config;
+#[cfg(feature = "geoip")]
+pub mod geoip;
 pub mod grpc;
 pub mod input;
 pub mod link_events;

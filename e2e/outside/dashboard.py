@@ -2,8 +2,12 @@
 selenium through the system chromedriver, headless.
 
 Environment: SHORTFLEET_GATEWAY_URL, SHORTFLEET_API_KEY, and
-SHORTFLEET_SCREENSHOTS (a directory; the list and the link view are saved
-there). Redirects are made from outside the browser (urllib, a browser
+SHORTFLEET_SCREENSHOTS (a directory; the list, the link view and a
+protected link's rules are saved there). A second link is made through the
+form with a password and redirect rules (added, removed, reordered, one
+refused by the API beside the rules), seen in the list and its view, checked
+from outside (form without the password, the rule's target with it) and
+edited (password removed, a rule dropped). Redirects are made from outside the browser (urllib, a browser
 User-Agent, redirects not followed) and the page must show them live,
 without a reload. Exits non-zero on the first failed check.
 """
@@ -20,7 +24,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 BASE = os.environ["SHORTFLEET_GATEWAY_URL"].rstrip("/")
 KEY = os.environ["SHORTFLEET_API_KEY"]
@@ -28,6 +32,12 @@ SHOTS = os.environ.get("SHORTFLEET_SCREENSHOTS", "")
 UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
       "(KHTML, like Gecko) Chrome/126.0 Safari/537.36")
 TARGET = "https://example.com/dashboard/browser-test"
+RULED = "https://example.com/dashboard/ruled"
+MOBILE = "https://m.example.com/dashboard"
+GERMAN = "https://example.de/dashboard"
+PASSWORD = "correct horse battery"
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
+          "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1")
 
 
 def check(cond, what):
@@ -49,6 +59,137 @@ def click_redirect(code):
         raise AssertionError("redirect was followed or not a redirect")
     except urllib.error.HTTPError as e:
         check(e.code == 302, f"GET /{code} answers 302")
+
+
+def fetch(code, user_agent, password=None):
+    """GET /{code} from outside the browser: (status, Location, body)."""
+    opener = urllib.request.build_opener(NoFollow)
+    headers = {"User-Agent": user_agent}
+    if password is not None:
+        headers["X-Link-Password"] = password
+    req = urllib.request.Request(f"{BASE}/{code}", headers=headers)
+    try:
+        with opener.open(req, timeout=5) as r:
+            return r.status, r.headers.get("Location"), r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Location"), e.read().decode("utf-8", "replace")
+
+
+def shot(driver, name):
+    """Saves a screenshot (without a passing toast) when asked to."""
+    if SHOTS:
+        driver.execute_script("document.getElementById('toast').textContent = ''")
+        driver.save_screenshot(os.path.join(SHOTS, name))
+
+
+def rule_rows(scope):
+    return scope.find_elements(By.CSS_SELECTOR, "li[data-testid='rule-row']")
+
+
+def set_rule(driver, row, url, **when):
+    """Fills one rule row by its visible labels."""
+    for label, value in when.items():
+        control = by_label(driver, label, row)
+        if control.tag_name == "select":
+            Select(control).select_by_value(value)
+        else:
+            control.clear()
+            control.send_keys(value)
+    target = by_label(driver, "Send to", row)
+    target.clear()
+    target.send_keys(url)
+
+
+def protected_link_with_rules(driver, wait):
+    """Creates, checks and edits a link with a password and rules."""
+    create = driver.find_element(By.XPATH, "//form[.//h2[.='Shorten a link']]")
+    by_label(driver, "URL", create).send_keys(RULED)
+    create.find_element(By.XPATH, ".//summary[normalize-space()='More options']").click()
+    by_label(driver, "Password", create).send_keys(PASSWORD)
+    rules = create.find_element(By.CSS_SELECTOR, "fieldset[data-testid='rules']")
+    for _ in range(3):
+        button(driver, "Add rule", rules).click()
+    rows = rule_rows(rules)
+    check(len(rows) == 3, "three rule rows added")
+    set_rule(driver, rows[0], "https://example.com/ios", OS="ios")
+    set_rule(driver, rows[1], "not a url", Device="mobile")
+    set_rule(driver, rows[2], GERMAN, Country="DE")
+    button(driver, "Remove rule", rows[0]).click()
+    rows = rule_rows(rules)
+    check(len(rows) == 2, "a rule removed")
+    button(driver, "Up", rows[1]).click()
+    rows = rule_rows(rules)
+    check(by_label(driver, "Country", rows[0]).get_attribute("value") == "DE"
+          and rows[0].find_element(By.CSS_SELECTOR, ".rule-title").text == "Rule 1",
+          "the country rule moved up to rule 1")
+    check(not button(driver, "Up", rows[0]).is_enabled()
+          and not button(driver, "Down", rows[1]).is_enabled(),
+          "the ends cannot move further")
+
+    # The API refuses the bad rule URL: the message is shown beside the rules.
+    button(driver, "Shorten", create).click()
+    error = wait.until(EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, "fieldset[data-testid='rules'] .field-error[data-field='rules']")))
+    check(error.text.startswith("rule 2: url"), f"rule error shown beside the rules: {error.text!r}")
+    check(rules.get_attribute("aria-invalid") == "true", "rules marked invalid")
+    check(rule_rows(rules)[1].find_elements(By.CSS_SELECTOR, "[aria-invalid='true']") != [],
+          "the refused rule's row is marked")
+    set_rule(driver, rule_rows(rules)[1], MOBILE)
+    button(driver, "Shorten", create).click()
+    row = wait.until(EC.visibility_of_element_located(
+        (By.XPATH, f"//li[@data-testid='link-row'][.//div[@class='target' and .='{RULED}']]")))
+    code = row.get_attribute("data-code")
+    check(row.find_element(By.CSS_SELECTOR, "[data-testid='badge-protected']").text == "protected"
+          and row.find_element(By.CSS_SELECTOR, "[data-testid='badge-rules']").text == "2 rules",
+          f"the new row ({code}) shows protected and 2 rules")
+
+    # From outside: the form without the password, the rules with it.
+    status, location, body = fetch(code, IPHONE)
+    check(status == 200 and location is None and MOBILE not in body and RULED not in body,
+          "without the password: the form, no target")
+    status, location, _ = fetch(code, IPHONE, PASSWORD)
+    check((status, location) == (302, MOBILE), f"iPhone with the password → the mobile rule ({location})")
+    status, location, _ = fetch(code, UA, PASSWORD)
+    check((status, location) == (302, RULED), f"desktop with the password → the link's URL ({location})")
+    shot(driver, "dashboard-links.png")
+
+    # Its view shows what was saved, in order.
+    driver.find_element(By.LINK_TEXT, code).click()
+    summary = wait.until(EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, "[data-testid='rule-summary']")))
+    items = [li.text for li in summary.find_elements(By.TAG_NAME, "li")]
+    check(items == [f"country DE → {GERMAN}", f"device mobile → {MOBILE}"], f"rules in order: {items}")
+    edit = driver.find_element(By.XPATH, "//form[.//h2[.='Edit']]")
+    check("protected" in edit.find_element(By.CSS_SELECTOR, "[data-testid='password-state']").text,
+          "the edit form says the link is protected")
+    check(by_label(driver, "New password", edit).get_attribute("value") == "",
+          "the password is never shown")
+    rows = rule_rows(edit)
+    check(len(rows) == 2
+          and by_label(driver, "Country", rows[0]).get_attribute("value") == "DE"
+          and by_label(driver, "Device", rows[1]).get_attribute("value") == "mobile"
+          and by_label(driver, "Send to", rows[1]).get_attribute("value") == MOBILE,
+          "the edit form holds both rules in order")
+    every_control_labelled(driver, "protected link view")
+    driver.execute_script("document.getElementById('edit-title').scrollIntoView({block: 'start'})")
+    shot(driver, "dashboard-rules.png")
+
+    # Edit: remove the password and the country rule.
+    by_label(driver, "Remove the password", edit).click()
+    button(driver, "Remove rule", rows[0]).click()
+    button(driver, "Save", edit).click()
+    wait.until(lambda d: d.find_element(By.ID, "toast").text == "Saved")
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid='password-state']"))
+    edit = driver.find_element(By.XPATH, "//form[.//h2[.='Edit']]")
+    check(len(rule_rows(edit)) == 1, "one rule left after the edit")
+    status, location, _ = fetch(code, IPHONE)
+    deadline = time.monotonic() + 3
+    while (status, location) != (302, MOBILE) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the micro-cache hears of the change within a second
+        status, location, _ = fetch(code, IPHONE)
+    check((status, location) == (302, MOBILE), "password removed: the iPhone goes straight to the rule")
+    driver.find_element(By.LINK_TEXT, "← All links").click()
+    wait.until(EC.visibility_of_element_located((By.XPATH, "//h1[.='Your links']")))
 
 
 def by_label(driver, text, scope=None):
@@ -139,8 +280,9 @@ def run(driver, wait):
     WebDriverWait(driver, 5).until(lambda d: d.find_element(
         By.CSS_SELECTOR, f"li[data-code='{code}'] [data-testid='link-clicks']").text == "1")
     check(driver.execute_script("return window.__noReload") == 1, "list count rose without a reload")
-    if SHOTS:
-        driver.save_screenshot(os.path.join(SHOTS, "dashboard-links.png"))
+
+    # A protected link with rules, through the form (saves the list's shot).
+    protected_link_with_rules(driver, wait)
 
     # The link's view: chart drawn, live total.
     driver.find_element(By.LINK_TEXT, code).click()
@@ -167,9 +309,9 @@ def run(driver, wait):
     elapsed = time.monotonic() - started
     check(driver.execute_script("return window.__noReload") == 2, "no reload")
     check(elapsed < 5, f"live total rose to 4 in {elapsed:.1f} s")
-    if SHOTS:
-        driver.execute_script("window.scrollTo(0, 0)")
-        driver.save_screenshot(os.path.join(SHOTS, "dashboard-link.png"))
+    driver.execute_script("window.scrollTo(0, 0)")
+    check(driver.find_element(By.ID, "main").text.count("null") == 0, "no stray 'null' on the page")
+    shot(driver, "dashboard-link.png")
 
     # Narrow screens.
     driver.set_window_size(375, 800)

@@ -103,6 +103,13 @@ impl Service for App {
             config.microcache_stale,
         );
         let live = Hub::new(config.live);
+        // A missing or corrupt file stops the start, as in analytics-svc.
+        let geoip = config
+            .geoip_db
+            .as_deref()
+            .map(shortfleet_common::geoip::GeoIp::open)
+            .transpose()?
+            .map(Arc::new);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
@@ -121,6 +128,7 @@ impl Service for App {
             microcache,
             health,
             robots: crate::robots::Robots::default(),
+            geoip,
         });
         let http_addr = listener.local_addr()?;
         let ops_addr = match &ops_listener {

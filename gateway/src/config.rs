@@ -43,6 +43,10 @@ pub struct Config {
     /// Header carrying the client's ISO country code, set by a trusted
     /// proxy or CDN (e.g. `cf-ipcountry`); ignored from anyone else.
     pub country_header: Option<http::header::HeaderName>,
+    /// A MaxMind DB file (`SHORTFLEET_GEOIP_DB`, as analytics-svc reads):
+    /// the country of a client without a trusted country header, looked up
+    /// only for links with a country rule.
+    pub geoip_db: Option<std::path::PathBuf>,
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     /// Whole-body read deadline: a body that trickles in slower than
@@ -198,6 +202,11 @@ impl Config {
             anonymous,
             trusted_proxies,
             country_header,
+            geoip_db: r
+                .raw("SHORTFLEET_GEOIP_DB")
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
             routes,
             max_body_bytes: r.get("SHORTFLEET_MAX_BODY_BYTES", 64 * 1024),
             header_read_timeout: r.millis("SHORTFLEET_HEADER_READ_TIMEOUT_MS", 10_000),

@@ -9,15 +9,21 @@
 //! - device / os / browser: the fleet's one classifier
 //!   ([`shortfleet_common::agent`]), so a rule means what analytics shows.
 //!   A bot has no device class (it never matches `device`).
-//! - country: the trusted country header only (set by a trusted proxy or
-//!   CDN); without one, a country condition never holds.
+//! - country: the trusted country header (set by a trusted proxy or CDN)
+//!   when there is one, else the client address looked up in the GeoIP file
+//!   (`SHORTFLEET_GEOIP_DB`, the lookup analytics-svc makes) — only for a
+//!   link with a country rule, so other redirects never pay for it; with
+//!   neither, a country condition never holds.
 //! - language: the client's most preferred languages — every range of
 //!   `Accept-Language` sharing the highest quality above 0, `*` ignored. A
 //!   rule's `en` matches `en`, `en-GB`, …; its `en-gb` only `en-GB`.
 
-use std::cell::OnceCell;
+use std::{borrow::Cow, cell::OnceCell, net::IpAddr};
 
-use shortfleet_common::agent::{self, Agent};
+use shortfleet_common::{
+    agent::{self, Agent},
+    geoip::GeoIp,
+};
 use shortfleet_proto::v1::{RedirectRule, RuleConditions};
 
 /// What a request tells about its sender, read lazily.
@@ -62,6 +68,27 @@ impl<'a> Visitor<'a> {
                     .languages()
                     .iter()
                     .any(|l| language_matches(&when.language, l)))
+    }
+}
+
+/// The country `rules` are matched against: the trusted `header` value when
+/// there is one (the caller passes it only from a trusted proxy), else the
+/// GeoIP country of `ip` — looked up only when some rule names a country.
+pub fn rule_country<'a>(
+    header: &'a str,
+    rules: &[RedirectRule],
+    geoip: Option<&GeoIp>,
+    ip: IpAddr,
+) -> Cow<'a, str> {
+    if !header.is_empty() {
+        return Cow::Borrowed(header);
+    }
+    let asks = rules
+        .iter()
+        .any(|r| r.when.as_ref().is_some_and(|w| !w.country.is_empty()));
+    match geoip {
+        Some(geoip) if asks => geoip.country_of(ip).map_or(Cow::Borrowed(""), Cow::Owned),
+        _ => Cow::Borrowed(""),
     }
 }
 
@@ -172,6 +199,42 @@ mod tests {
             choose(&rules, &Visitor::new(WINDOWS_CHROME, "", "FR")),
             None
         );
+    }
+
+    #[test]
+    fn country_from_the_trusted_header_else_geoip_only_when_a_rule_asks() {
+        use shortfleet_common::geoip::testing;
+        let path = std::env::temp_dir().join(format!(
+            "shortfleet-gateway-rules-{}.mmdb",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            testing::build(&[testing::Network {
+                addr: "203.0.113.0".parse().unwrap(),
+                prefix: 24,
+                record: testing::country("NL"),
+            }]),
+        )
+        .unwrap();
+        let geoip = GeoIp::open(&path);
+        let _ = std::fs::remove_file(&path);
+        let geoip = geoip.unwrap();
+        let in_nl: IpAddr = "203.0.113.20".parse().unwrap();
+        let by_country = vec![rule(|w| w.country = "NL".into())];
+        let by_os = vec![rule(|w| w.os = "ios".into())];
+        // The trusted header wins over the address.
+        assert_eq!(rule_country("DE", &by_country, Some(&geoip), in_nl), "DE");
+        // No header: the address, looked up.
+        let c = rule_country("", &by_country, Some(&geoip), in_nl);
+        assert_eq!(c, "NL");
+        assert_eq!(choose(&by_country, &Visitor::new(IPHONE, "", &c)), Some(0));
+        // No rule names a country: no lookup at all.
+        assert_eq!(rule_country("", &by_os, Some(&geoip), in_nl), "");
+        // Not in the file, or no file: no country, the rule does not hold.
+        let elsewhere: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(rule_country("", &by_country, Some(&geoip), elsewhere), "");
+        assert_eq!(rule_country("", &by_country, None, in_nl), "");
     }
 
     #[test]

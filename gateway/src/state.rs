@@ -31,4 +31,6 @@ pub struct State {
     pub live: Arc<Hub>,
     /// The cached `GET /robots.txt` body.
     pub robots: Robots,
+    /// Country rules' lookup when no trusted header says (`SHORTFLEET_GEOIP_DB`).
+    pub geoip: Option<Arc<shortfleet_common::geoip::GeoIp>>,
 }

@@ -74,20 +74,31 @@ pub fn expired_url(raw: &str, targets: &TargetRules) -> Result<String, WriteErro
 }
 
 /// The rules, checked and normalised (lower-case device/os/browser and
-/// language, upper-case country).
+/// language, upper-case country). A refusal names the rule by its place
+/// ("rule 2: …", counting from 1), so a form can point at the row.
 pub fn rules(raw: &[RedirectRule], targets: &TargetRules) -> Result<Vec<RedirectRule>, WriteError> {
     if raw.len() > MAX_RULES {
         return Err(WriteError::invalid("rules", "at most 20 rules"));
     }
     raw.iter()
-        .map(|rule| {
-            let when = conditions(rule.when.as_ref())?;
-            let url = input::URL.named("rules").check(&rule.url)?;
-            let url = TargetUrl::parse(url, targets)
-                .map_err(|e| WriteError::invalid("rules", format!("url {e}")))?;
-            Ok(RedirectRule {
-                when: Some(when),
-                url: url.as_str().to_owned(),
+        .enumerate()
+        .map(|(i, rule)| {
+            let checked = || -> Result<RedirectRule, WriteError> {
+                let when = conditions(rule.when.as_ref())?;
+                let url = input::URL.named("rules").check(&rule.url)?;
+                let url = TargetUrl::parse(url, targets)
+                    .map_err(|e| WriteError::invalid("rules", format!("url {e}")))?;
+                Ok(RedirectRule {
+                    when: Some(when),
+                    url: url.as_str().to_owned(),
+                })
+            };
+            checked().map_err(|e| match e {
+                WriteError::Invalid { field, reason } => WriteError::Invalid {
+                    field,
+                    reason: format!("rule {}: {reason}", i + 1),
+                },
+                other => other,
             })
         })
         .collect()
@@ -262,6 +273,9 @@ mod tests {
         let mut bad_url = cond(|c| c.os = "linux".into());
         bad_url[0].url = "ftp://x".into();
         assert!(reason(rules(&bad_url, &t)).contains("url"));
+        let mut second_bad = cond(|c| c.os = "linux".into());
+        second_bad.push(bad_url[0].clone());
+        assert!(reason(rules(&second_bad, &t)).starts_with("rule 2: url"));
         let many = vec![
             rule(
                 RuleConditions {

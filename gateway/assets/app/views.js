@@ -54,12 +54,24 @@ export function showErrors(form, err) {
       slot.hidden = false;
       const input = form.querySelector(`[name="${CSS.escape(name)}"]`);
       if (input) input.setAttribute('aria-invalid', 'true');
+      // "rule 2: …" points at that row of the rules editor.
+      const row = name === 'rules' && /^rule (\d+):/.exec(e.message || '');
+      const ruleRowEl = row && form.querySelectorAll('.rule-row')[Number(row[1]) - 1];
+      if (ruleRowEl) ruleRowEl.querySelector('select').setAttribute('aria-invalid', 'true');
       placed = true;
     }
   }
   if (!placed) general.textContent = err.message;
   const first = form.querySelector('[aria-invalid]');
-  if (first) first.focus();
+  // A group (the rules) takes focus on its first control.
+  const target = first && first.matches('fieldset')
+    ? first.querySelector('[aria-invalid]') || first.querySelector('input, select, button') : first;
+  if (target) {
+    // A field inside closed "More options" is shown before it is focused.
+    const details = target.closest('details');
+    if (details) details.open = true;
+    target.focus();
+  }
 }
 
 export function toast(text) {
@@ -123,6 +135,173 @@ function linkFields(link, creating) {
   ];
 }
 
+// ------------------------------------------------------------------ behaviour
+
+// The redirect rule vocabulary (write-svc checks the same lists).
+const DEVICES = ['mobile', 'tablet', 'desktop'];
+const OSES = ['android', 'ios', 'windows', 'macos', 'chromeos', 'linux'];
+const BROWSERS = ['chrome', 'firefox', 'safari', 'edge', 'opera', 'samsung-internet'];
+export const MAX_RULES = 20;
+
+/** A labelled checkbox with an error slot. */
+function checkbox(labelText, name, checked, hint) {
+  const id = `f-${name}-${++fieldIds}`;
+  return h('div.field.check', {},
+    h('span.check-line', {},
+      h('input', { id, name, type: 'checkbox', checked: Boolean(checked), 'aria-describedby': `${id}-error` }),
+      h('label', { for: id }, labelText)),
+    hint ? h('small.hint', {}, hint) : null,
+    h('p.field-error', { id: `${id}-error`, 'data-field': name, hidden: true }));
+}
+
+/** One rule's controls: conditions, target, and its place in the list. */
+function ruleRow(rule) {
+  const when = (rule && rule.when) || {};
+  const control = (labelText, key, make) => {
+    const id = `f-rule-${key}-${++fieldIds}`;
+    return h(`div.field.rule-${key}`, {}, h('label', { for: id }, labelText), make(id));
+  };
+  const choice = (labelText, key, values) => control(labelText, key, (id) => h('select', { id, 'data-rule': key },
+    h('option', { value: '' }, 'any'), values.map((v) => h('option', { value: v, selected: v === when[key] }, v))));
+  const text = (labelText, key, attrs) => control(labelText, key, (id) => h('input', {
+    id, 'data-rule': key, type: 'text', autocomplete: 'off', spellcheck: 'false', value: when[key] || '', ...attrs,
+  }));
+  const row = h('li.rule-row', { 'data-testid': 'rule-row' },
+    h('p.rule-title', {}, 'Rule'),
+    h('div.rule-when', {},
+      choice('Device', 'device', DEVICES),
+      choice('OS', 'os', OSES),
+      choice('Browser', 'browser', BROWSERS),
+      text('Country', 'country', { maxlength: 2, placeholder: 'any', autocapitalize: 'characters' }),
+      text('Language', 'language', { maxlength: 35, placeholder: 'any' })),
+    control('Send to', 'url', (id) => h('input', {
+      id, 'data-rule-url': '', type: 'url', placeholder: 'a full URL', value: (rule && rule.url) || '',
+    })),
+    h('div.actions', {},
+      h('button.small', { type: 'button', 'data-move': 'up', onclick: () => moveRule(row, -1) }, 'Up'),
+      h('button.small', { type: 'button', 'data-move': 'down', onclick: () => moveRule(row, 1) }, 'Down'),
+      h('button.small.danger', { type: 'button', onclick: () => removeRule(row) }, 'Remove rule')));
+  return row;
+}
+
+function moveRule(row, by) {
+  const list = row.parentNode;
+  const sibling = by < 0 ? row.previousElementSibling : row.nextElementSibling;
+  if (!sibling) return;
+  if (by < 0) list.insertBefore(row, sibling);
+  else list.insertBefore(sibling, row);
+  renumberRules(list);
+  // Keep the focus on the row: on the same button, or the other at an end.
+  const same = row.querySelector(`[data-move="${by < 0 ? 'up' : 'down'}"]`);
+  (same.disabled ? row.querySelector(`[data-move="${by < 0 ? 'down' : 'up'}"]`) : same).focus();
+}
+
+function removeRule(row) {
+  const list = row.parentNode;
+  const next = row.nextElementSibling || row.previousElementSibling;
+  row.remove();
+  renumberRules(list);
+  const focus = next ? next.querySelector('select') : list.parentNode.querySelector('[data-add-rule]');
+  if (focus) focus.focus();
+}
+
+/** Titles, the ends' move buttons, and the add button at the limit. */
+function renumberRules(list) {
+  const rows = [...list.children];
+  rows.forEach((row, i) => {
+    row.querySelector('.rule-title').textContent = `Rule ${i + 1}`;
+    const up = row.querySelector('[data-move="up"]');
+    const down = row.querySelector('[data-move="down"]');
+    up.disabled = i === 0;
+    down.disabled = i === rows.length - 1;
+    up.setAttribute('aria-label', `Move rule ${i + 1} up`);
+    down.setAttribute('aria-label', `Move rule ${i + 1} down`);
+  });
+  const group = list.closest('fieldset');
+  const add = group.querySelector('[data-add-rule]');
+  add.disabled = rows.length >= MAX_RULES;
+  group.querySelector('.rules-empty').hidden = rows.length > 0;
+  group.querySelector('.rules-count').textContent = `${rows.length} of ${MAX_RULES}`;
+}
+
+/** The ordered rules editor: the first rule whose conditions all hold wins. */
+function rulesEditor(rules) {
+  const list = h('ol.rules', {}, (rules || []).map(ruleRow));
+  const group = h('fieldset.rules-group', { name: 'rules', 'data-testid': 'rules' },
+    h('legend', {}, 'Redirect rules ', h('span.hint.rules-count', {})),
+    h('p.hint', {}, 'Tried in order: the first rule whose conditions all hold sends the visitor to its URL; '
+      + 'none → the link’s URL. Country is ISO 3166 (DE, US…), language a tag (en, pt-BR).'),
+    h('p.hint.rules-empty', {}, 'No rules: everyone goes to the link’s URL.'),
+    list,
+    h('p.field-error', { 'data-field': 'rules', hidden: true }),
+    h('button.small', {
+      type: 'button',
+      'data-add-rule': '',
+      onclick: () => {
+        if (list.children.length >= MAX_RULES) return;
+        const row = ruleRow(null);
+        list.append(row);
+        renumberRules(list);
+        row.querySelector('select').focus();
+      },
+    }, 'Add rule'));
+  renumberRules(list);
+  return group;
+}
+
+/** Password, forwarding, crawling, where gone links go, and the rules. */
+function behaviourFields(link) {
+  const protectedNow = Boolean(link && link.password_protected);
+  return h('div.behaviour', {},
+    h('div.grid', {},
+      h('div.password-field', {},
+        protectedNow ? h('p.protected-state', { 'data-testid': 'password-state' },
+          h('span.badge.badge-protected', {}, 'protected'), ' A password is set (it is never shown).') : null,
+        field(protectedNow ? 'New password' : 'Password', 'password', {
+          type: 'password', autocomplete: 'new-password', maxlength: 512,
+        }, protectedNow ? 'leave empty to keep the current one' : 'visitors must enter it before the redirect'),
+        protectedNow ? checkbox('Remove the password', 'remove_password', false) : null),
+      field('When expired or disabled, send to', 'expired_url', {
+        type: 'url', placeholder: 'a full URL (default: 410 Gone)', value: (link && link.expired_url) || '',
+      })),
+    h('div.grid', {},
+      checkbox('Forward query string', 'forward_query', link && link.forward_query,
+        'the visitor’s ?query is appended to the target’s'),
+      checkbox('Crawlable', 'crawlable', link && link.crawlable,
+        'search engines may index it (otherwise noindex, and robots.txt disallows it)')),
+    rulesEditor(link ? link.rules : []));
+}
+
+/** The rules as entered: empty conditions left out. */
+function rulesOf(form) {
+  return [...form.querySelectorAll('.rule-row')].map((row) => {
+    const when = {};
+    for (const c of row.querySelectorAll('[data-rule]')) {
+      const value = c.value.trim();
+      if (value) when[c.dataset.rule] = value;
+    }
+    return { when, url: row.querySelector('[data-rule-url]').value.trim() };
+  });
+}
+
+/** Small labels of what a link does besides redirecting. */
+function behaviourBadges(link) {
+  const n = (link.rules || []).length;
+  return [
+    link.password_protected ? h('span.badge.badge-protected', { 'data-testid': 'badge-protected' }, 'protected') : null,
+    n ? h('span.badge', { 'data-testid': 'badge-rules' }, n === 1 ? '1 rule' : `${n} rules`) : null,
+    link.forward_query ? h('span.badge', {}, 'forwards query') : null,
+    link.crawlable ? h('span.badge', {}, 'crawlable') : null,
+    link.expired_url ? h('span.badge', { title: link.expired_url }, 'expired → URL') : null,
+  ];
+}
+
+/** A rule in words: "device mobile, country DE → (its url)". */
+function ruleText(rule) {
+  const when = Object.entries(rule.when || {}).map(([k, v]) => `${k} ${v}`).join(', ');
+  return `${when} → ${rule.url}`;
+}
+
 function toLocalInput(iso) {
   const d = new Date(iso);
   const pad = (n) => String(n).padStart(2, '0');
@@ -143,6 +322,18 @@ function bodyOf(form, patch) {
   if (max) body.max_clicks = Number(max);
   else if (patch) body.max_clicks = null;
   body.redirect_type = Number(v('redirect_type') || 302);
+  const checked = (n) => Boolean(form.elements[n] && form.elements[n].checked);
+  // Write-only: sent when typed; on edit, null removes it.
+  const password = form.elements.password ? form.elements.password.value : '';
+  if (patch && checked('remove_password')) body.password = null;
+  else if (password) body.password = password;
+  const rules = rulesOf(form);
+  if (patch || rules.length) body.rules = rules;
+  if (patch || checked('forward_query')) body.forward_query = checked('forward_query');
+  if (patch || checked('crawlable')) body.crawlable = checked('crawlable');
+  const expiredUrl = v('expired_url');
+  if (expiredUrl) body.expired_url = expiredUrl;
+  else if (patch) body.expired_url = null;
   return body;
 }
 
@@ -181,7 +372,7 @@ export async function listView(main, state) {
     h('h2', { id: 'shorten-title' }, 'Shorten a link'),
     h('div.row', {}, field('URL', 'url', { type: 'url', required: true, placeholder: 'Paste a long link' }),
       h('button.primary', { type: 'submit' }, 'Shorten')),
-    h('details', {}, h('summary', {}, 'More options'), h('div.grid', {}, linkFields(null, true))),
+    h('details', {}, h('summary', {}, 'More options'), h('div.grid', {}, linkFields(null, true)), behaviourFields(null)),
     h('p.form-error', { role: 'alert' }));
   createForm.addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -226,7 +417,7 @@ function linkRow(link, state) {
     h('div.code', {}, h('a', { href: `#/links/${enc(link.code)}` }, link.code)),
     h('div.short', {}, h('span.mono', {}, link.short_url), copyButton(link.short_url)),
     h('div.target', { title: link.url }, link.url),
-    h('div.tags', {}, link.tags.map((t) => h('span.tag', {}, t))),
+    h('div.tags', {}, link.tags.map((t) => h('span.tag', {}, t)), behaviourBadges(link)),
     h(`span.status.status-${status.replace(/ /g, '-')}`, { 'data-testid': 'link-status' }, status),
     h('span.clicks', {}, h('span', { 'data-testid': 'link-clicks', 'data-live': link.code }, clicksText(link.clicks)), ' clicks'),
     h('div.actions', {},
@@ -313,6 +504,7 @@ export async function linkView(main, code, state) {
   const edit = h('form.card', { novalidate: true, 'aria-labelledby': 'edit-title' },
     h('h2', { id: 'edit-title' }, 'Edit'),
     h('div.grid', {}, field('URL', 'url', { type: 'url', required: true, value: link.url }), linkFields(link, false)),
+    behaviourFields(link),
     h('p.form-error', { role: 'alert' }),
     h('div.actions', {}, h('button.primary', { type: 'submit' }, 'Save'),
       h('button', { type: 'button', onclick: () => setDisabled(link, !link.disabled, state) }, link.disabled ? 'Enable' : 'Disable'),
@@ -335,11 +527,15 @@ export async function linkView(main, code, state) {
     h('div', {}, h('dt', {}, 'Unique visitors'), h('dd', {}, clicksText(s.unique_visitors))),
     h('div', {}, h('dt', {}, 'Humans / bots'), h('dd', {}, `${clicksText(s.total)} / ${clicksText(s.bots)}`)));
 
-  main.replaceChildren(
+  // replaceChildren would show a null as text: absent parts are dropped.
+  main.replaceChildren(...[
     h('p.crumbs', {}, h('a', { href: '#/' }, '← All links')),
     h('h1', { tabindex: -1 }, link.code, ' ', h(`span.status.status-${linkStatus(link).replace(/ /g, '-')}`, {}, linkStatus(link))),
     h('p.short', {}, h('span.mono', {}, link.short_url), ' ', copyButton(link.short_url)),
     h('p.target', {}, '→ ', link.url),
+    behaviourBadges(link).some(Boolean) ? h('p.tags', { 'data-testid': 'link-behaviour' }, behaviourBadges(link)) : null,
+    link.rules && link.rules.length ? h('ol.rule-summary', { 'data-testid': 'rule-summary', 'aria-label': 'Redirect rules' },
+      link.rules.map((r) => h('li', {}, ruleText(r)))) : null,
     summary,
     h('section.card', { 'aria-labelledby': 'chart-title' }, h('h2', { id: 'chart-title' }, 'Clicks over time'), periods,
       statsError ? h('p.notice', {}, `Stats are unavailable: ${statsError}`) : chart),
@@ -349,7 +545,8 @@ export async function linkView(main, code, state) {
       ranked('Countries', stats.countries)) : null,
     h('section.card.qr-card', { 'aria-labelledby': 'qr-title' }, h('h2', { id: 'qr-title' }, 'QR code'), qrImg,
       h('div.actions', {}, svgLink, pngLink)),
-    edit);
+    edit,
+  ].filter(Boolean));
 }
 
 async function loadQr(code, img, svgLink, pngLink, state) {

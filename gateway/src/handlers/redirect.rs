@@ -217,10 +217,12 @@ async fn answer(
     let rule = if link.rules.is_empty() {
         None
     } else {
+        let country =
+            rules::rule_country(who.country, &link.rules, ctx.state.geoip.as_deref(), who.ip);
         let visitor = Visitor::new(
             text(header::USER_AGENT),
             text(header::ACCEPT_LANGUAGE),
-            who.country,
+            &country,
         );
         rules::choose(&link.rules, &visitor)
     };

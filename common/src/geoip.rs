@@ -1,15 +1,23 @@
 //! Country of a click's client IP from a MaxMind DB file (GeoLite2 or
 //! GeoIP2 Country/City, or any `.mmdb` whose records carry
-//! `country.iso_code`), used when `SHORTFLEET_GEOIP_DB` names one.
+//! `country.iso_code`), used when `SHORTFLEET_GEOIP_DB` names one: by
+//! analytics-svc for a click's country, by the gateway for country rules
+//! (both only when no trusted country header said it), so a rule and the
+//! stats agree on where a client is.
 //!
 //! The file is read into memory once at start-up (a Country database is a
 //! few MB); a new file takes effect at the next restart. Lookups are pure
-//! memory reads, so they run inline in the consumer's batch.
+//! memory reads, so they run inline (in the consumer's batch, on the
+//! redirect path).
 
 use std::{net::IpAddr, path::Path};
 
 use anyhow::Context;
 use maxminddb::{PathElement, Reader};
+
+/// A writer of small `.mmdb` files, for tests of anything that reads one.
+#[cfg(any(test, feature = "geoip-testing"))]
+pub mod testing;
 
 pub struct GeoIp {
     reader: Reader<Vec<u8>>,
@@ -44,7 +52,11 @@ impl GeoIp {
     /// or the record has no country. Falls back to the registered country
     /// (e.g. for anycast or satellite ranges without a located country).
     pub fn country(&self, ip: &str) -> Option<String> {
-        let ip: IpAddr = ip.trim().parse().ok()?;
+        self.country_of(ip.trim().parse().ok()?)
+    }
+
+    /// [`Self::country`] for an address already parsed.
+    pub fn country_of(&self, ip: IpAddr) -> Option<String> {
         // "::ffff:198.51.100.7" from a dual-stack socket is an IPv4 client.
         let ip = ip.to_canonical();
         let found = match self.reader.lookup(ip) {
@@ -75,4 +87,36 @@ pub fn describe_metrics() {
         metrics::Unit::Count,
         "GeoIP country lookups, by result."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{GeoIp, testing};
+
+    #[test]
+    fn looks_up_parsed_and_textual_addresses_alike() {
+        let path = std::env::temp_dir().join(format!(
+            "shortfleet-common-geoip-{}.mmdb",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            testing::build(&[testing::Network {
+                addr: "203.0.113.0".parse().unwrap(),
+                prefix: 24,
+                record: testing::country("DE"),
+            }]),
+        )
+        .unwrap();
+        let geoip = GeoIp::open(&path);
+        let _ = std::fs::remove_file(&path);
+        let geoip = geoip.unwrap();
+        assert_eq!(
+            geoip.country_of("203.0.113.9".parse().unwrap()).as_deref(),
+            Some("DE")
+        );
+        assert_eq!(geoip.country("::ffff:203.0.113.9").as_deref(), Some("DE"));
+        assert_eq!(geoip.country_of("198.51.100.1".parse().unwrap()), None);
+        assert_eq!(geoip.country("not an address"), None);
+    }
 }
