@@ -69,6 +69,7 @@ impl Service for App {
         crate::handlers::describe_metrics();
         clicks::describe_metrics();
         crate::microcache::describe_metrics();
+        shortfleet_common::geoip::describe_metrics();
         // Not critical once the key snapshot is loaded: with PostgreSQL down
         // the gateway keeps verifying keys from memory, and redirects need no
         // database at all. An unready gateway would stop every redirect.
