@@ -21,6 +21,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -192,6 +193,13 @@ def protected_link_with_rules(driver, wait):
     wait.until(EC.visibility_of_element_located((By.XPATH, "//h1[.='Your links']")))
 
 
+def patient(driver, seconds):
+    """A wait that looks again when the page re-rendered under it: the app
+    replaces a view's elements after a save, so an element found in one poll
+    may be gone (stale) by the next call on it."""
+    return WebDriverWait(driver, seconds, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+
+
 def by_label(driver, text, scope=None):
     """The control a visible <label> with exactly `text` names."""
     root = scope or driver
@@ -228,7 +236,7 @@ def main():
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    wait = WebDriverWait(driver, 10)
+    wait = patient(driver, 10)
     try:
         run(driver, wait)
     finally:
@@ -277,7 +285,7 @@ def run(driver, wait):
     # Live on the list: redirects elsewhere raise the row's count.
     driver.execute_script("window.__noReload = 1")
     click_redirect(code)
-    WebDriverWait(driver, 5).until(lambda d: d.find_element(
+    patient(driver, 5).until(lambda d: d.find_element(
         By.CSS_SELECTOR, f"li[data-code='{code}'] [data-testid='link-clicks']").text == "1")
     check(driver.execute_script("return window.__noReload") == 1, "list count rose without a reload")
 
@@ -304,7 +312,7 @@ def run(driver, wait):
     started = time.monotonic()
     for _ in range(3):
         click_redirect(code)
-    WebDriverWait(driver, 6).until(lambda d: d.find_element(
+    patient(driver, 6).until(lambda d: d.find_element(
         By.CSS_SELECTOR, "[data-testid='live-clicks']").text == "4")
     elapsed = time.monotonic() - started
     check(driver.execute_script("return window.__noReload") == 2, "no reload")
