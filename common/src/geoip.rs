@@ -91,26 +91,11 @@ pub fn describe_metrics() {
 
 #[cfg(test)]
 mod tests {
-    use super::{GeoIp, testing};
+    use super::testing;
 
     #[test]
     fn looks_up_parsed_and_textual_addresses_alike() {
-        let path = std::env::temp_dir().join(format!(
-            "shortfleet-common-geoip-{}.mmdb",
-            std::process::id()
-        ));
-        std::fs::write(
-            &path,
-            testing::build(&[testing::Network {
-                addr: "203.0.113.0".parse().unwrap(),
-                prefix: 24,
-                record: testing::country("DE"),
-            }]),
-        )
-        .unwrap();
-        let geoip = GeoIp::open(&path);
-        let _ = std::fs::remove_file(&path);
-        let geoip = geoip.unwrap();
+        let geoip = testing::one_country("common-geoip", "203.0.113.0", 24, "DE");
         assert_eq!(
             geoip.country_of("203.0.113.9".parse().unwrap()).as_deref(),
             Some("DE")

@@ -204,22 +204,7 @@ mod tests {
     #[test]
     fn country_from_the_trusted_header_else_geoip_only_when_a_rule_asks() {
         use shortfleet_common::geoip::testing;
-        let path = std::env::temp_dir().join(format!(
-            "shortfleet-gateway-rules-{}.mmdb",
-            std::process::id()
-        ));
-        std::fs::write(
-            &path,
-            testing::build(&[testing::Network {
-                addr: "203.0.113.0".parse().unwrap(),
-                prefix: 24,
-                record: testing::country("NL"),
-            }]),
-        )
-        .unwrap();
-        let geoip = GeoIp::open(&path);
-        let _ = std::fs::remove_file(&path);
-        let geoip = geoip.unwrap();
+        let geoip = testing::one_country("gateway-rules", "203.0.113.0", 24, "NL");
         let in_nl: IpAddr = "203.0.113.20".parse().unwrap();
         let by_country = vec![rule(|w| w.country = "NL".into())];
         let by_os = vec![rule(|w| w.os = "ios".into())];

@@ -148,3 +148,29 @@ fn control(out: &mut Vec<u8>, kind: u8, size: usize) {
         out.push((size - 29) as u8);
     }
 }
+
+/// A [`GeoIp`](super::GeoIp) over one network placed in `country`: the file
+/// is written to the temporary directory (named after `who`, so parallel
+/// tests never share one), opened and removed again.
+#[allow(clippy::expect_used)] // test support: a failure here is the test's
+pub fn one_country(
+    who: &str,
+    network: &str,
+    prefix: u8,
+    country_code: &'static str,
+) -> super::GeoIp {
+    let path = std::env::temp_dir().join(format!("shortfleet-{who}-{}.mmdb", std::process::id()));
+    let addr = network.parse().expect("a test network is an address");
+    std::fs::write(
+        &path,
+        build(&[Network {
+            addr,
+            prefix,
+            record: country(country_code),
+        }]),
+    )
+    .expect("writing a test GeoIP file");
+    let geoip = super::GeoIp::open(&path);
+    let _ = std::fs::remove_file(&path);
+    geoip.expect("a written GeoIP file opens")
+}
