@@ -12,14 +12,16 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
 
 pub mod load;
+pub mod ports;
 pub mod proxy;
+
+pub use ports::free_port;
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
@@ -76,14 +78,6 @@ pub struct Fleet {
     databases: Vec<String>,
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port")
-}
-
 /// The directory holding this workspace's binaries: next to the running
 /// test executable (`target/<profile>/deps/..`), or `SHORTFLEET_BIN_DIR`.
 pub fn bin_dir() -> PathBuf {
@@ -110,6 +104,17 @@ pub fn workspace_root() -> PathBuf {
 /// live (grpcio, schemathesis, selenium): `deploy/local/tools` installs it
 /// when needed (idempotent) and prints the path last.
 pub fn tools_python() -> PathBuf {
+    run_tools()
+}
+
+/// Debian's promtool, which `deploy/local/tools` unpacks beside the venv.
+pub fn tools_promtool() -> PathBuf {
+    run_tools();
+    workspace_root().join(".local/tools/bin/promtool")
+}
+
+/// Runs `deploy/local/tools` (a no-op when up to date): the python path.
+fn run_tools() -> PathBuf {
     let out = std::process::Command::new(workspace_root().join("deploy/local/tools"))
         .output()
         .expect("running deploy/local/tools");
@@ -454,14 +459,10 @@ impl Fleet {
     }
 
     /// Lints every service's `/metrics`: each `shortfleet_*` series
-    /// carries HELP text, and, where `promtool` is installed (deploy/k8s-check
-    /// installs Debian's `prometheus` package for it), `promtool check
-    /// metrics` finds nothing to report.
+    /// carries HELP text, and `promtool check metrics` (Debian's, unpacked
+    /// by `deploy/local/promtool`) finds nothing to report.
     pub async fn check_metrics(&self) -> anyhow::Result<()> {
-        let promtool = which("promtool");
-        if promtool.is_none() {
-            eprintln!("promtool not installed: checking HELP lines only");
-        }
+        let promtool = tools_promtool();
         for svc in SERVICES {
             let text = self.metrics_text(svc).await?;
             let undescribed = undescribed_metrics(&text);
@@ -469,26 +470,25 @@ impl Fleet {
                 undescribed.is_empty(),
                 "{svc}: no HELP text for {undescribed:?}"
             );
-            if let Some(promtool) = &promtool {
-                let mut child = std::process::Command::new(promtool)
-                    .args(["check", "metrics"])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()?;
-                {
-                    use std::io::Write as _;
-                    let mut stdin = child.stdin.take().context("promtool's stdin")?;
-                    stdin.write_all(text.as_bytes())?;
-                }
-                let out = child.wait_with_output()?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "{svc}: promtool check metrics: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
+            let mut child = std::process::Command::new(&promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("running {}", promtool.display()))?;
+            {
+                use std::io::Write as _;
+                let mut stdin = child.stdin.take().context("promtool's stdin")?;
+                stdin.write_all(text.as_bytes())?;
             }
+            let out = child.wait_with_output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{svc}: promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -579,14 +579,6 @@ pub fn undescribed_metrics(text: &str) -> Vec<String> {
 }
 
 /// The path of `program` on `PATH`, if any.
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, RequestBuilder, StatusCode, redirect::Policy};
 use serde_json::{Value, json};
+use shortfleet_common::geoip::testing as mmdb;
 use shortfleet_e2e::{Fleet, FleetOptions};
 
 const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
@@ -29,6 +30,22 @@ fn client() -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_decide_their_own_redirects() {
+    // A real MaxMind DB file placing one documentation network in the
+    // Netherlands: a country rule for a client without a country header is
+    // decided by the gateway's GeoIP lookup of its (forwarded) address.
+    let geoip_db = std::env::temp_dir().join(format!(
+        "shortfleet-e2e-rules-{}.mmdb",
+        std::process::id()
+    ));
+    std::fs::write(
+        &geoip_db,
+        mmdb::build(&[mmdb::Network {
+            addr: "203.0.113.0".parse().unwrap(),
+            prefix: 24,
+            record: mmdb::country("NL"),
+        }]),
+    )
+    .unwrap();
     let mut fleet = Fleet::start(FleetOptions {
         gateway_env: vec![
             ("SHORTFLEET_ANONYMOUS_LIMIT".into(), "100000/60".into()),
@@ -36,6 +53,10 @@ async fn links_decide_their_own_redirects() {
             // The test client plays a CDN that tells the country.
             ("SHORTFLEET_TRUSTED_PROXIES".into(), "127.0.0.0/8".into()),
             ("SHORTFLEET_COUNTRY_HEADER".into(), "CF-IPCountry".into()),
+            (
+                "SHORTFLEET_GEOIP_DB".into(),
+                geoip_db.display().to_string(),
+            ),
             ("SHORTFLEET_LINK_PASSWORD_LIMIT".into(), "4/600".into()),
         ],
         ..Default::default()
@@ -53,6 +74,7 @@ async fn links_decide_their_own_redirects() {
         }
     }
     fleet.shutdown().await.expect("fleet stops");
+    let _ = std::fs::remove_file(&geoip_db);
     result.expect("flows hold");
 }
 
@@ -134,6 +156,7 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
                 {"when": {"country": "de"}, "url": "https://example.com/de"},
                 {"when": {"language": "fr"}, "url": "https://example.com/fr"},
                 {"when": {"browser": "firefox"}, "url": "https://example.com/firefox"},
+                {"when": {"country": "NL"}, "url": "https://example.com/nl"},
             ],
         }))
         .await?;
@@ -161,6 +184,23 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         ),
         (go(LINUX_FIREFOX), "firefox"),
         (go(WINDOWS_CHROME), "default"),
+        // No country header: the GeoIP file places the forwarded address.
+        (
+            go(WINDOWS_CHROME).header("x-forwarded-for", "203.0.113.7"),
+            "nl",
+        ),
+        // An address the file does not know matches no country rule.
+        (
+            go(WINDOWS_CHROME).header("x-forwarded-for", "192.0.2.50"),
+            "default",
+        ),
+        // The trusted header wins over the file (the CDN saw the client).
+        (
+            go(WINDOWS_CHROME)
+                .header("x-forwarded-for", "203.0.113.7")
+                .header("cf-ipcountry", "DE"),
+            "de",
+        ),
     ];
     for (req, want) in cases {
         let r = req.send().await?;
