@@ -39,7 +39,10 @@ use shortfleet_common::{
 use shortfleet_proto::v1::{ClickBatch, ClickCounts, ClickEvent, CodeCount};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{self, Click, WriteError};
+use crate::{
+    enrich::{self, Click},
+    store::{self, WriteError},
+};
 
 pub struct ClickConsumer {
     pub pool: deadpool_postgres::Pool,
@@ -208,8 +211,12 @@ impl ClickConsumer {
                 events
                     .iter()
                     .map(|event| {
-                        let click =
-                            store::enrich(event, now, &self.visitor_secret, self.geoip.as_deref())?;
+                        let click = enrich::enrich(
+                            event,
+                            now,
+                            &self.visitor_secret,
+                            self.geoip.as_deref(),
+                        )?;
                         Some(Pending {
                             tag,
                             _span: process_span(&self.exchange, &event.traceparent, &click),

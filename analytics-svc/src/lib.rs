@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`app`]: wiring and drain. [`service`]: the `Analytics` gRPC service.
 //! - [`consumer`]: manual-ack batch consumption, poison handling, retries.
+//! - [`enrich`]: what a click event becomes before it is stored.
 //! - [`store`]: idempotent batch writes, rollups and stats queries.
 //! - [`agent`]: user agent and referrer classification, bot detection.
 //! - [`geoip`]: country of a client IP from a MaxMind DB file, if configured.
@@ -17,6 +18,7 @@ pub use shortfleet_common::geoip;
 pub mod app;
 pub mod config;
 pub mod consumer;
+pub mod enrich;
 pub mod migrations;
 pub mod partitions;
 pub mod service;

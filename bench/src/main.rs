@@ -4,7 +4,12 @@
 //!
 //! A second comparison runs inside the fleet: links with five redirect
 //! rules that never match (every rule is tried, then the fallback URL: the
-//! worst case) against plain links, interleaved the same way.
+//! worst case) against plain links, interleaved the same way. With
+//! `--gateway-before <binary>` a third puts another build of the gateway
+//! (e.g. an earlier commit's) beside this one, in front of the same
+//! services, and compares the two on plain links: req/s and the CPU each
+//! gateway process spends per redirect (from /proc, which the shared
+//! machine's noise moves far less than throughput).
 //!
 //! Started by `bench/run`, which builds the release binaries and makes sure
 //! PostgreSQL, Redis and RabbitMQ run. Every load step has a fixed duration
@@ -28,8 +33,8 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 use shortfleet_bench::{
     load::{self, Mode, RequestFactory},
-    probe::{ProcessUse, process_use},
-    stats::{Summary, median_of, ratio, round2, round3},
+    probe::{ProcessUse, cpu_secs, cpu_us_per_request, process_use},
+    stats::{Summary, median, median_of, ratio, round2, round3},
 };
 use shortfleet_e2e::{Fleet, FleetOptions, SERVICES};
 use tokio::io::AsyncBufReadExt;
@@ -49,6 +54,9 @@ struct Args {
     /// Fixed rate of the latency step, requests per second.
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
+    /// Another gateway binary to compare this one with on plain links.
+    #[arg(long)]
+    gateway_before: Option<std::path::PathBuf>,
 }
 
 struct Profile {
@@ -62,6 +70,8 @@ const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) shortfleet-bench";
 /// preferring US English, with no country known.
 const BROWSER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
 const ACCEPT_LANGUAGE: &str = "en-US,en;q=0.9,de;q=0.5";
+/// The fleet's name for the `--gateway-before` gateway.
+const BEFORE: &str = "gateway-before";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -79,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
             links: 200,
         }
     };
-    let fleet = Fleet::start(FleetOptions {
+    let mut fleet = Fleet::start(FleetOptions {
         all_env: vec![("SHORTFLEET_LOG".into(), "warn".into())],
         gateway_env: vec![
             // The limiter is measured, not the bottleneck.
@@ -90,7 +100,16 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("starting the fleet")?;
-    let result = measure(&fleet, &profile, &args).await;
+    let before = match &args.gateway_before {
+        Some(binary) => Some(
+            fleet
+                .start_gateway_replica_from(BEFORE, binary)
+                .await
+                .with_context(|| format!("starting {}", binary.display()))?,
+        ),
+        None => None,
+    };
+    let result = measure(&fleet, &profile, &args, before.as_deref()).await;
     let report = match result {
         Ok(report) => report,
         Err(e) => {
@@ -280,6 +299,102 @@ async fn rules_vs_plain(
     Ok((section, plain_302))
 }
 
+/// This gateway against the `--gateway-before` one on the same plain
+/// links (browser requests), interleaved rounds at 64 connections: req/s
+/// and each gateway process's CPU µs per redirect. Returns the section and
+/// both sides' 302s (clicks the totals check expects).
+async fn this_gateway_vs_before(
+    fleet: &Fleet,
+    gateway: SocketAddr,
+    before: SocketAddr,
+    profile: &Profile,
+    plain: Arc<Vec<String>>,
+) -> anyhow::Result<(Value, u64)> {
+    let mut redirects = 0u64;
+    for addr in [gateway, before] {
+        let warm = load::run(
+            addr,
+            Mode::Closed { connections: 8 },
+            Duration::from_secs(1),
+            browser_redirects(plain.clone()),
+        )
+        .await;
+        anyhow::ensure!(warm.count(302) > 0, "{addr}: {:?}", warm.statuses);
+        redirects += warm.count(302);
+    }
+    let (mut this_rounds, mut before_rounds) = (Vec::new(), Vec::new());
+    let (mut this_cpu, mut before_cpu) = (Vec::new(), Vec::new());
+    for round in 0..=profile.rounds {
+        let order: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_this in order {
+            settle(fleet).await;
+            let (addr, name) = if is_this {
+                (gateway, "gateway")
+            } else {
+                (before, BEFORE)
+            };
+            let pid = fleet.pid(name);
+            let cpu_before = cpu_secs(pid);
+            let o = load::run(
+                addr,
+                Mode::Closed { connections: 64 },
+                profile.step,
+                browser_redirects(plain.clone()),
+            )
+            .await;
+            let cpu = cpu_us_per_request((cpu_before, cpu_secs(pid)), o.count(302));
+            anyhow::ensure!(o.count(302) > 0, "{name}: {:?}", o.statuses);
+            redirects += o.count(302);
+            if is_this {
+                this_rounds.push(Summary::of(&o));
+                this_cpu.push(cpu);
+            } else {
+                before_rounds.push(Summary::of(&o));
+                before_cpu.push(cpu);
+            }
+        }
+    }
+    let rps = |rounds: &[Summary]| median_of(rounds, |s| s.requests_per_sec);
+    let (this_rps, before_rps) = (rps(&this_rounds), rps(&before_rounds));
+    let median_us = |v: &[f64]| median(v).unwrap_or(0.0);
+    let (this_us, before_us) = (median_us(&this_cpu), median_us(&before_cpu));
+    for (name, r, us) in [
+        ("this gateway, plain links", this_rps, this_us),
+        ("gateway before, plain links", before_rps, before_us),
+    ] {
+        println!(
+            "{name:<34} {:>12} {r:>12.0} {:>7} {us:>8.2} µs CPU/redirect",
+            "", ""
+        );
+    }
+    println!(
+        "{:<34} {:>12} {:>12} {:>7.3} (req/s)  CPU/redirect ratio {:.3}",
+        "this / before",
+        "",
+        "",
+        ratio(this_rps, before_rps),
+        ratio(this_us, before_us)
+    );
+    let section = json!({
+        "connections": 64,
+        "this_rps_median": round2(this_rps),
+        "before_rps_median": round2(before_rps),
+        "rps_ratio": round3(ratio(this_rps, before_rps)),
+        "this_cpu_us_per_redirect_median": round2(this_us),
+        "before_cpu_us_per_redirect_median": round2(before_us),
+        "cpu_ratio": round3(ratio(this_us, before_us)),
+        "this_cpu_us_rounds": this_cpu.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
+        "before_cpu_us_rounds": before_cpu.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
+        "this_rounds": this_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
+        "before_rounds": before_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
+    });
+    Ok((section, redirects))
+}
+
 async fn create_links(fleet: &Fleet, key: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let http = reqwest::Client::new();
     let mut codes = Vec::with_capacity(n);
@@ -305,7 +420,12 @@ fn usage(fleet: &Fleet) -> Vec<(&'static str, ProcessUse)> {
         .collect()
 }
 
-async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Result<Value> {
+async fn measure(
+    fleet: &Fleet,
+    profile: &Profile,
+    args: &Args,
+    before: Option<&str>,
+) -> anyhow::Result<Value> {
     let idle = usage(fleet);
     let idle_rss: f64 = idle.iter().map(|(_, u)| u.rss_mib).sum();
     let key = fleet.create_key("bench", "bench")?;
@@ -331,6 +451,9 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
     );
     for connections in [64usize, 256] {
         let (mut base_rounds, mut fleet_rounds) = (Vec::new(), Vec::new());
+        // CPU µs per redirect of the answering process (baseline: 301s,
+        // gateway: 302s), from /proc around each round.
+        let (mut base_cpu, mut fleet_cpu) = (Vec::new(), Vec::new());
         for round in 0..profile.rounds {
             // Alternate which side goes first so drift hits both.
             let order: [bool; 2] = if round % 2 == 0 {
@@ -340,7 +463,12 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
             };
             for is_baseline in order {
                 settle(fleet).await;
-                let addr = if is_baseline { baseline_addr } else { gateway };
+                let (addr, pid) = if is_baseline {
+                    (baseline_addr, baseline.id())
+                } else {
+                    (gateway, fleet.pid("gateway"))
+                };
+                let cpu_before = cpu_secs(pid);
                 let o = load::run(
                     addr,
                     Mode::Closed { connections },
@@ -348,9 +476,13 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
                     redirects(codes.clone()),
                 )
                 .await;
+                let cpu_us =
+                    cpu_us_per_request((cpu_before, cpu_secs(pid)), o.count(301).max(o.count(302)));
                 if is_baseline {
+                    base_cpu.push(cpu_us);
                     base_rounds.push(Summary::of(&o));
                 } else {
+                    fleet_cpu.push(cpu_us);
                     fleet_redirects += o.count(302);
                     anyhow::ensure!(
                         o.count(302) > 0,
@@ -373,12 +505,24 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
             median_of(&fleet_rounds, |s| s.p99_ms),
             median_of(&fleet_rounds, |s| s.p999_ms),
         );
+        let (b_us, f_us) = (
+            median(&base_cpu).unwrap_or(0.0),
+            median(&fleet_cpu).unwrap_or(0.0),
+        );
+        println!(
+            "{:<34} {b_us:>12.2} {f_us:>12.2} {:>7.2}",
+            "  CPU µs per redirect",
+            ratio(f_us, b_us)
+        );
         sections.insert(
             format!("redirect_saturation_{connections}c"),
             json!({
                 "baseline_rps_median": round2(b),
                 "fleet_rps_median": round2(f),
                 "ratio": round2(ratio(f, b)),
+                "baseline_cpu_us_per_redirect_median": round2(b_us),
+                "gateway_cpu_us_per_redirect_median": round2(f_us),
+                "cpu_ratio": round2(ratio(f_us, b_us)),
                 "baseline_rounds": base_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
                 "fleet_rounds": fleet_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
             }),
@@ -390,6 +534,14 @@ async fn measure(fleet: &Fleet, profile: &Profile, args: &Args) -> anyhow::Resul
         rules_vs_plain(fleet, gateway, profile, codes.clone(), ruled.clone()).await?;
     fleet_redirects += plain_302;
     sections.insert("redirect_rules_vs_plain".into(), rules_section);
+
+    if let Some(before_url) = before {
+        let before_addr = before_url.trim_start_matches("http://").parse()?;
+        let (section, redirects) =
+            this_gateway_vs_before(fleet, gateway, before_addr, profile, codes.clone()).await?;
+        fleet_redirects += redirects;
+        sections.insert("gateway_vs_before".into(), section);
+    }
 
     // Let the click pipeline catch up first: its backlog would otherwise
     // steal the CPU the latency step is measuring (for both sides).

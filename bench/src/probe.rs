@@ -21,3 +21,17 @@ pub fn process_use(pid: u32) -> Option<ProcessUse> {
         cpu_secs: proc_stat_cpu_ticks(&stat)? as f64 / TICKS_PER_SEC,
     })
 }
+
+/// CPU seconds (user + system) a process has used so far; 0 once it is gone.
+pub fn cpu_secs(pid: Option<u32>) -> f64 {
+    pid.and_then(process_use).map_or(0.0, |u| u.cpu_secs)
+}
+
+/// Microseconds of CPU per request over a step: `cpu` is the process's
+/// CPU seconds before and after, `requests` what it answered meanwhile.
+pub fn cpu_us_per_request(cpu: (f64, f64), requests: u64) -> f64 {
+    if requests == 0 {
+        return 0.0;
+    }
+    (cpu.1 - cpu.0).max(0.0) * 1e6 / requests as f64
+}

@@ -203,8 +203,6 @@ pub fn describe_metrics() {
 mod tests {
     use super::*;
 
-    /// Breaks one rule of a click.
-    type Breaks = fn(&mut ClickEvent);
     use shortfleet_common::time::to_proto;
 
     fn event(id: &str, code: &str) -> ClickEvent {
@@ -252,39 +250,22 @@ mod tests {
         );
     }
 
+    /// Which clicks are storable is `shortfleet_common::click`'s rule (its
+    /// tests try every field); here, how a refusal reaches the caller.
     #[test]
-    fn the_issue_11_probes_are_refused_naming_index_and_field() {
-        let probes: Vec<(&str, Breaks)> = vec![
-            ("event_id", |e| e.event_id = "e".repeat(256)),
-            ("occurred_at", |e| {
-                e.occurred_at = Some(prost_types::Timestamp {
-                    seconds: 0,
-                    nanos: 0,
-                })
-            }),
-            ("occurred_at", |e| {
-                e.occurred_at = Some(prost_types::Timestamp {
-                    seconds: 253_402_300_800,
-                    nanos: 0,
-                })
-            }),
-            ("client_ip", |e| e.client_ip = "not an ip".into()),
-            ("code", |e| e.code = "ab\0cd".into()),
-            ("referrer", |e| e.referrer = "r".repeat(5 << 20)),
-        ];
-        for (field, probe) in probes {
-            let mut bad = event("b", "abc");
-            probe(&mut bad);
-            assert_eq!(refused(&[event("a", "abc"), bad.clone()]), (1, field));
-            let err = validate(&[event("a", "abc"), bad], Utc::now()).unwrap_err();
-            assert!(err.to_string().starts_with(&format!("events[1].{field}: ")));
-            let status = Status::from(err);
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-            assert_eq!(
-                status.metadata().get(input::FIELD_METADATA).unwrap(),
-                format!("events[1].{field}").as_str()
-            );
-            assert!(status.message().len() < 100, "{}", status.message());
-        }
+    fn a_refused_click_is_invalid_argument_naming_index_and_field() {
+        // An id longer than AMQP's 255-byte short string once panicked the
+        // publisher; it is refused before it gets there.
+        let mut bad = event("b", "abc");
+        bad.event_id = "e".repeat(256);
+        let err = validate(&[event("a", "abc"), bad], Utc::now()).unwrap_err();
+        assert!(err.to_string().starts_with("events[1].event_id: "), "{err}");
+        let status = Status::from(err);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.metadata().get(input::FIELD_METADATA).unwrap(),
+            "events[1].event_id"
+        );
+        assert!(status.message().len() < 100, "{}", status.message());
     }
 }

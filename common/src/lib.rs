@@ -50,6 +50,7 @@ pub mod link_events;
 pub mod ops;
 pub mod postgres;
 pub mod redis;
+pub mod rule_json;
 pub mod service;
 pub mod shutdown;
 pub mod spool;

@@ -360,6 +360,18 @@ impl Fleet {
     /// Starts another gateway replica named `name` (same fleet, its own
     /// HTTP and ops ports); returns its base URL once it is ready.
     pub async fn start_gateway_replica(&mut self, name: &'static str) -> anyhow::Result<String> {
+        let binary = self.bin_dir.join("gateway");
+        self.start_gateway_replica_from(name, &binary).await
+    }
+
+    /// Starts another gateway named `name` from `binary` (another build of
+    /// the gateway, e.g. an earlier commit's, for the benchmark to compare)
+    /// with the fleet gateway's configuration; returns its base URL.
+    pub async fn start_gateway_replica_from(
+        &mut self,
+        name: &'static str,
+        binary: &Path,
+    ) -> anyhow::Result<String> {
         let public = format!("127.0.0.1:{}", free_port());
         let mut env = self.envs["gateway"].clone();
         env.retain(|(k, _)| {
@@ -384,7 +396,7 @@ impl Fleet {
             .create(true)
             .append(true)
             .open(self.log_dir.join(format!("{name}.log")))?;
-        let child = Command::new(self.bin_dir.join("gateway"))
+        let child = Command::new(binary)
             .envs(env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

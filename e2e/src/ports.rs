@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(unique.len(), ports.len(), "a port was handed out twice");
         let high = below_ephemeral();
         if high > LOWEST + 1_000 {
-            assert!(ports.iter().all(|p| (LOWEST..high).contains(p)), "{ports:?}");
+            assert!(
+                ports.iter().all(|p| (LOWEST..high).contains(p)),
+                "{ports:?}"
+            );
         }
         for port in ports {
             TcpListener::bind(("127.0.0.1", port)).expect("handed-out port binds");

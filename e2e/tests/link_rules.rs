@@ -33,10 +33,8 @@ async fn links_decide_their_own_redirects() {
     // A real MaxMind DB file placing one documentation network in the
     // Netherlands: a country rule for a client without a country header is
     // decided by the gateway's GeoIP lookup of its (forwarded) address.
-    let geoip_db = std::env::temp_dir().join(format!(
-        "shortfleet-e2e-rules-{}.mmdb",
-        std::process::id()
-    ));
+    let geoip_db =
+        std::env::temp_dir().join(format!("shortfleet-e2e-rules-{}.mmdb", std::process::id()));
     std::fs::write(
         &geoip_db,
         mmdb::build(&[mmdb::Network {
@@ -53,10 +51,7 @@ async fn links_decide_their_own_redirects() {
             // The test client plays a CDN that tells the country.
             ("SHORTFLEET_TRUSTED_PROXIES".into(), "127.0.0.0/8".into()),
             ("SHORTFLEET_COUNTRY_HEADER".into(), "CF-IPCountry".into()),
-            (
-                "SHORTFLEET_GEOIP_DB".into(),
-                geoip_db.display().to_string(),
-            ),
+            ("SHORTFLEET_GEOIP_DB".into(), geoip_db.display().to_string()),
             ("SHORTFLEET_LINK_PASSWORD_LIMIT".into(), "4/600".into()),
         ],
         ..Default::default()

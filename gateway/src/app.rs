@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clicks::{self, ClickForwarder, ClickSink, Spill, Spiller},
     config::Config,
-    keys::{KeyCache, KeyStore},
+    keys::KeyStore,
     live::Hub,
     microcache::MicroCache,
     ratelimit::RateLimiter,
@@ -35,7 +35,6 @@ pub struct App {
     /// The operator port, when `SHORTFLEET_OPS_ADDR` asks for one.
     ops_listener: Option<TcpListener>,
     state: Arc<State>,
-    key_store: KeyStore,
     forwarder: ClickForwarder,
     /// Moves overflowing clicks to disk, when a spool is configured.
     spiller: Option<Spiller>,
@@ -76,8 +75,7 @@ impl Service for App {
         health.register("postgres", false);
         health.register("rabbitmq", false);
         let key_store = KeyStore::open(&config.database_url).await?;
-        let keys = KeyCache::default();
-        let n = key_store.refresh(&keys).await.context("loading API keys")?;
+        let n = key_store.refresh().await.context("loading API keys")?;
         health.set("postgres", true);
         tracing::info!(keys = n, "API keys loaded");
         let redis = redis::connect(&config.redis_url, config.redis_timeout)?;
@@ -120,8 +118,7 @@ impl Service for App {
         };
         let state = Arc::new(State {
             config,
-            keys,
-            key_store: key_store.clone(),
+            key_store,
             limiter,
             upstreams,
             clicks,
@@ -142,7 +139,6 @@ impl Service for App {
             ops_addr,
             ops_listener,
             state,
-            key_store,
             forwarder,
             spiller: spill.map(Spiller),
         })
@@ -158,13 +154,10 @@ impl Service for App {
             }
             None => grpc::Background::new(),
         };
-        let keys = self.state.keys.clone();
         let health = self.state.health.clone();
-        let key_store = self.key_store;
+        let key_store = self.state.key_store.clone();
         let key_refresh = config.key_refresh;
-        background.spawn(|stop| async move {
-            key_store.keep_fresh(keys, key_refresh, health, stop).await
-        });
+        background.spawn(|stop| key_store.keep_fresh(key_refresh, health, stop));
         let forwarder = self.forwarder;
         background.spawn(|stop| forwarder.run(stop));
         if let Some(spiller) = self.spiller {

@@ -98,7 +98,7 @@ type Snapshot = HashMap<[u8; 32], Principal>;
 /// The replica's snapshot of valid keys; readers clone the `Arc` and never
 /// hold the lock while verifying.
 #[derive(Clone, Default)]
-pub struct KeyCache {
+struct KeyCache {
     keys: Arc<RwLock<Arc<Snapshot>>>,
 }
 
@@ -130,9 +130,12 @@ impl KeyCache {
     }
 }
 
+/// The API keys: the database, and this replica's snapshot of it (clones
+/// share both).
 #[derive(Clone)]
 pub struct KeyStore {
     pool: Pool,
+    cache: KeyCache,
     /// Hashes looked up and not found, remembered briefly so a client
     /// retrying a bad key costs no further queries.
     unknown: moka::sync::Cache<[u8; 32], ()>,
@@ -159,6 +162,7 @@ impl KeyStore {
         let policy = miss_policy();
         Self {
             pool,
+            cache: KeyCache::default(),
             unknown: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(1))
@@ -173,8 +177,8 @@ impl KeyStore {
     /// Verifies `secret` against the snapshot; a well-formed key missing
     /// from it (issued since the last reload) is looked up once in the
     /// database, within a small budget.
-    pub async fn verify(&self, cache: &KeyCache, secret: &str) -> Option<Principal> {
-        if let Some(p) = cache.verify(secret) {
+    pub async fn verify(&self, secret: &str) -> Option<Principal> {
+        if let Some(p) = self.cache.verify(secret) {
             return Some(p);
         }
         if !well_formed(secret) {
@@ -194,7 +198,7 @@ impl KeyStore {
         }
         match self.lookup(&digest).await {
             Ok(Some(principal)) => {
-                cache.insert(digest, principal.clone());
+                self.cache.insert(digest, principal.clone());
                 Some(principal)
             }
             Ok(None) => {
@@ -307,21 +311,15 @@ impl KeyStore {
     }
 
     /// Loads the snapshot once (so the gateway starts with keys).
-    pub async fn refresh(&self, cache: &KeyCache) -> anyhow::Result<usize> {
+    pub async fn refresh(&self) -> anyhow::Result<usize> {
         let keys = self.load_live().await?;
         let n = keys.len();
-        cache.replace(keys);
+        self.cache.replace(keys);
         Ok(n)
     }
 
     /// Reloads the snapshot every `every` until shutdown.
-    pub async fn keep_fresh(
-        self,
-        cache: KeyCache,
-        every: Duration,
-        health: Health,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn keep_fresh(self, every: Duration, health: Health, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -329,7 +327,7 @@ impl KeyStore {
                 _ = ticker.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            match self.refresh(&cache).await {
+            match self.refresh().await {
                 Ok(n) => {
                     health.set("postgres", true);
                     metrics::gauge!("shortfleet_api_keys_live").set(n as f64);

@@ -185,6 +185,26 @@ impl Problem {
     }
 }
 
+/// 405 with `Allow` listing what the path does answer.
+pub fn method_not_allowed(allowed: &[http::Method]) -> HttpResponse {
+    let list = allowed
+        .iter()
+        .map(http::Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("allowed: {list}"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

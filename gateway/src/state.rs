@@ -7,20 +7,13 @@ use std::sync::Arc;
 use shortfleet_common::ops::Health;
 
 use crate::{
-    clicks::ClickSink,
-    config::Config,
-    keys::{KeyCache, KeyStore},
-    live::Hub,
-    microcache::MicroCache,
-    ratelimit::RateLimiter,
-    robots::Robots,
-    upstream::Upstreams,
+    clicks::ClickSink, config::Config, keys::KeyStore, live::Hub, microcache::MicroCache,
+    ratelimit::RateLimiter, robots::Robots, upstream::Upstreams,
 };
 
 /// Everything a request handler may use.
 pub struct State {
     pub config: Config,
-    pub keys: KeyCache,
     pub key_store: KeyStore,
     pub limiter: RateLimiter,
     pub upstreams: Upstreams,

@@ -11,8 +11,8 @@ use argon2::{
     Algorithm, Argon2, Params, PasswordHasher, Version,
     password_hash::{SaltString, rand_core::OsRng},
 };
-use serde_json::{Map, Value, json};
-use shortfleet_common::{agent, input};
+use serde_json::Value;
+use shortfleet_common::{agent, input, rule_json};
 use shortfleet_proto::v1::{RedirectRule, RuleConditions};
 
 use crate::{
@@ -159,55 +159,15 @@ fn is_language_tag(tag: &str) -> bool {
         && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
-/// The rules as stored in the `rules` jsonb column.
+/// The rules as stored in the `rules` jsonb column: the shape the link
+/// object shows ([`shortfleet_common::rule_json`]).
 pub fn rules_to_json(rules: &[RedirectRule]) -> Value {
-    Value::Array(
-        rules
-            .iter()
-            .map(|r| {
-                let w = r.when.clone().unwrap_or_default();
-                let mut when = Map::new();
-                for (k, v) in [
-                    ("device", w.device),
-                    ("os", w.os),
-                    ("browser", w.browser),
-                    ("country", w.country),
-                    ("language", w.language),
-                ] {
-                    if !v.is_empty() {
-                        when.insert(k.into(), Value::String(v));
-                    }
-                }
-                json!({"when": when, "url": r.url})
-            })
-            .collect(),
-    )
+    Value::Array(rules.iter().map(rule_json::to_json).collect())
 }
 
 /// The `rules` column back into rules; written only by [`rules_to_json`].
 pub fn rules_from_json(value: &Value) -> Vec<RedirectRule> {
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-    value
-        .as_array()
-        .map(|rules| {
-            rules
-                .iter()
-                .map(|r| {
-                    let w = r.get("when").cloned().unwrap_or(Value::Null);
-                    RedirectRule {
-                        when: Some(RuleConditions {
-                            device: text(&w, "device"),
-                            os: text(&w, "os"),
-                            browser: text(&w, "browser"),
-                            country: text(&w, "country"),
-                            language: text(&w, "language"),
-                        }),
-                        url: text(r, "url"),
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    rule_json::from_stored(value)
 }
 
 #[cfg(test)]

@@ -5,12 +5,11 @@
 //! the field too.
 
 use serde_json::{Map, Value};
+use shortfleet_common::rule_json::{self, WHEN_KEYS};
 use shortfleet_proto::v1::{RedirectRule, RuleConditions};
 
 use crate::input::Fields;
 
-/// The conditions a rule's `when` may name.
-const WHEN_KEYS: &[&str] = &["device", "os", "browser", "country", "language"];
 /// A request may send more rules than a link keeps so write-svc names the
 /// limit; past this the body is refused here without being copied.
 const RULES_READ_MAX: usize = 64;
@@ -65,31 +64,7 @@ fn conditions(w: &Map<String, Value>) -> Result<RuleConditions, &'static str> {
         Some(Value::String(s)) if !s.chars().any(char::is_control) => Ok(s.clone()),
         Some(_) => Err("when values must be strings without control characters"),
     };
-    Ok(RuleConditions {
-        device: text("device")?,
-        os: text("os")?,
-        browser: text("browser")?,
-        country: text("country")?,
-        language: text("language")?,
-    })
-}
-
-/// A rule as the link object shows it (empty conditions left out).
-pub fn rule_json(r: &RedirectRule) -> Value {
-    let w = r.when.clone().unwrap_or_default();
-    let mut when = Map::new();
-    for (k, v) in [
-        ("device", w.device),
-        ("os", w.os),
-        ("browser", w.browser),
-        ("country", w.country),
-        ("language", w.language),
-    ] {
-        if !v.is_empty() {
-            when.insert(k.into(), Value::String(v));
-        }
-    }
-    serde_json::json!({"when": when, "url": r.url})
+    rule_json::conditions(text)
 }
 
 #[cfg(test)]
@@ -108,7 +83,7 @@ mod tests {
         let rules = rules(&mut f).unwrap();
         assert!(f.finish().is_ok());
         assert_eq!(rules[0].when.as_ref().unwrap().os, "ios");
-        assert_eq!(rule_json(&rules[0]), body["rules"][0]);
+        assert_eq!(rule_json::to_json(&rules[0]), body["rules"][0]);
     }
 
     #[test]

@@ -5,26 +5,33 @@
 mod dashboard;
 mod events;
 mod framing;
+mod labels;
+mod limit;
 mod link_fields;
 pub(crate) mod links;
 pub mod openapi;
 mod qr;
 mod redirect;
+mod request_id;
 pub mod robots;
 mod stats;
 pub(crate) mod view;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use shortfleet_common::ops;
 use tracing::Instrument;
 
+use self::{
+    labels::{method_label, status_label},
+    limit::Limit,
+    request_id::{REQUEST_ID, request_id},
+};
 use crate::{
     keys::Principal,
-    problem::{HttpResponse, Problem},
-    ratelimit::Decision,
+    problem::{HttpResponse, Problem, method_not_allowed},
     routes::{Endpoint, RouteError},
     state::State,
 };
@@ -42,7 +49,6 @@ pub struct Ctx<'a> {
     pub request_id: &'a str,
 }
 
-const REQUEST_ID: &str = "x-request-id";
 const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 /// The hyper service: never fails, every error is a response.
@@ -156,15 +162,16 @@ async fn dispatch(
             };
             let policy = ctx.state.config.tiers.policy(&principal.tier);
             let decision = ctx.state.limiter.check(policy, &principal.key_id).await;
-            if endpoint == Endpoint::Events && decision.allowed {
-                let mut response = match events::events(ctx, &principal, &req) {
+            let limit = Limit::new(policy, decision);
+            if let Some(refusal) = limit.refusal() {
+                return full(refusal);
+            }
+            let mut response = if endpoint == Endpoint::Events {
+                match events::events(ctx, &principal, &req) {
                     Ok(stream) => stream.map(Body::Right),
                     Err(problem) => full(problem.into_response()),
-                };
-                rate_limit_headers(&mut response, policy, &decision);
-                return response;
-            }
-            let mut response = if decision.allowed {
+                }
+            } else {
                 let result = match endpoint {
                     Endpoint::CreateLink => links::create(ctx, &principal, req).await,
                     Endpoint::ListLinks => links::list(ctx, &principal, &req).await,
@@ -176,12 +183,10 @@ async fn dispatch(
                     Endpoint::LinkQr => qr::link_qr(ctx, &principal, param(), &req).await,
                     _ => Err(Problem::not_found("no such endpoint")),
                 };
-                result.unwrap_or_else(Problem::into_response)
-            } else {
-                too_many_requests(&decision)
+                full(result.unwrap_or_else(Problem::into_response))
             };
-            rate_limit_headers(&mut response, policy, &decision);
-            response
+            limit.stamp(&mut response);
+            return response;
         }
     };
     full(response)
@@ -193,10 +198,7 @@ async fn authenticate(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Option<Principa
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    ctx.state
-        .key_store
-        .verify(&ctx.state.keys, secret.trim())
-        .await
+    ctx.state.key_store.verify(secret.trim()).await
 }
 
 /// 401, or 429 once this client address has failed too often: each
@@ -213,118 +215,12 @@ async fn refuse_authentication(
         .limiter
         .check(policy, &format!("auth-failures:{}", client.ip))
         .await;
-    if decision.allowed {
-        Problem::unauthorized().into_response()
-    } else {
-        metrics::counter!("shortfleet_auth_failures_limited_total").increment(1);
-        let mut response = too_many_requests(&decision);
-        rate_limit_headers(&mut response, policy, &decision);
-        response
-    }
-}
-
-/// Propagates a client-supplied id that is a plain token (letters, digits,
-/// `.`, `_`, `:`, `-`; at most 128), or makes one: anything else could be
-/// reflected into a log viewer or a page.
-fn request_id(req: &Request<Incoming>) -> String {
-    req.headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| framing::is_plain_token(v, 128))
-        .map_or_else(fast_uuid, str::to_owned)
-}
-
-/// A random (v4) UUID from the thread's CSPRNG, seeded once from the OS:
-/// `Uuid::new_v4` asks the kernel on every call, which showed up in the
-/// redirect profile.
-pub fn fast_uuid() -> String {
-    use rand::Rng;
-    uuid::Builder::from_random_bytes(rand::rng().random())
-        .into_uuid()
-        .to_string()
-}
-
-pub fn too_many_requests(decision: &Decision) -> HttpResponse {
-    Problem::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate-limited",
-        "Too many requests",
-        format!(
-            "rate limit exceeded; retry in {} s",
-            decision.retry_after_secs
-        ),
-    )
-    .retry_after(decision.retry_after_secs.max(1))
-    .into_response()
-}
-
-pub fn rate_limit_headers<B>(
-    response: &mut Response<B>,
-    policy: &crate::ratelimit::Policy,
-    decision: &Decision,
-) {
-    let headers = response.headers_mut();
-    headers.insert("ratelimit-policy", policy.header_value.clone());
-    if let Ok(v) = HeaderValue::from_str(&decision.header(policy)) {
-        headers.insert("ratelimit", v);
-    }
-}
-
-fn method_not_allowed(allowed: &[http::Method]) -> HttpResponse {
-    let list = allowed
-        .iter()
-        .map(http::Method::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut response = Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        format!("allowed: {list}"),
-    )
-    .into_response();
-    if let Ok(v) = HeaderValue::from_str(&list) {
-        response.headers_mut().insert(header::ALLOW, v);
-    }
-    response
-}
-
-fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        _ => "other",
-    }
-}
-
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        307 => "307",
-        308 => "308",
-        400 => "400",
-        401 => "401",
-        404 => "404",
-        405 => "405",
-        409 => "409",
-        410 => "410",
-        413 => "413",
-        415 => "415",
-        422 => "422",
-        429 => "429",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s if s >= 500 => "5xx",
-        s if s >= 400 => "4xx",
-        _ => "other",
+    match Limit::new(policy, decision).refusal() {
+        None => Problem::unauthorized().into_response(),
+        Some(refusal) => {
+            metrics::counter!("shortfleet_auth_failures_limited_total").increment(1);
+            refusal
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use shortfleet_common::time::to_proto;
 use shortfleet_proto::v1::{ClickEvent, LinkState, ResolveRequest, ResolveResponse};
 use tonic::Code;
 
-use super::{Ctx, rate_limit_headers, too_many_requests};
+use super::{Ctx, limit::Limit};
 use crate::{
     forward, password,
     problem::{HttpResponse, Problem},
@@ -100,7 +100,11 @@ async fn limited(
         .limiter
         .check_leased(policy, &client.ip.to_string())
         .await;
-    let mut response = if decision.allowed {
+    let limit = Limit::new(policy, decision);
+    if let Some(refusal) = limit.refusal() {
+        return refusal;
+    }
+    let mut response = {
         // A country header is believed only from a trusted proxy.
         let country = match &state.config.country_header {
             Some(name) if client.via_trusted_proxy => parts
@@ -118,10 +122,8 @@ async fn limited(
             Ok(link) => answer(ctx, &link, parts, &who, attempt).await,
             Err(response) => response,
         }
-    } else {
-        too_many_requests(&decision)
     };
-    rate_limit_headers(&mut response, policy, &decision);
+    limit.stamp(&mut response);
     response
 }
 
@@ -321,12 +323,11 @@ async fn check_password(
         .limiter
         .check(policy, &format!("{}:{}", who.ip, link.code))
         .await;
-    if !decision.allowed {
+    let limit = Limit::new(policy, decision);
+    if let Some(refusal) = limit.refusal() {
         metrics::counter!("shortfleet_link_password_attempts_total", "result" => "limited")
             .increment(1);
-        let mut response = too_many_requests(&decision);
-        rate_limit_headers(&mut response, policy, &decision);
-        return Err(response);
+        return Err(refusal);
     }
     if password::verify(&link.password_hash, offered).await {
         metrics::counter!("shortfleet_link_password_attempts_total", "result" => "right")
@@ -348,7 +349,7 @@ async fn check_password(
         )
         .into_response()
     };
-    rate_limit_headers(&mut response, policy, &decision);
+    limit.stamp(&mut response);
     Err(response)
 }
 
@@ -368,7 +369,7 @@ fn record_click(
             .to_owned()
     };
     ctx.state.clicks.record(ClickEvent {
-        event_id: super::fast_uuid(),
+        event_id: super::request_id::fast_uuid(),
         code: link.code.clone(),
         owner: link.owner.clone(),
         occurred_at: Some(to_proto(Utc::now())),

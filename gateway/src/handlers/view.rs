@@ -38,7 +38,7 @@ pub fn link(l: &Link, public_url: &str, clicks: Option<u64>) -> Value {
         "clicks": clicks,
         // The hash never leaves the fleet: only whether there is one.
         "password_protected": !l.password_hash.is_empty(),
-        "rules": l.rules.iter().map(super::link_fields::rule_json).collect::<Vec<_>>(),
+        "rules": l.rules.iter().map(shortfleet_common::rule_json::to_json).collect::<Vec<_>>(),
         "forward_query": l.forward_query,
         "crawlable": l.crawlable,
         "expired_url": (!l.expired_url.is_empty()).then_some(&l.expired_url),

@@ -1,0 +1,172 @@
+//! Click enrichment: what analytics-svc derives from a `ClickEvent` before
+//! storing it — the storable-click check shared with click-logger, browser,
+//! OS and device from the user agent, bot detection, referrer host, the
+//! country (trusted header, else GeoIP) and a visitor hash that rotates
+//! daily so the raw IP is never stored. Pure: no I/O, no clock of its own.
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use sha2::{Digest, Sha256};
+use shortfleet_common::click;
+use shortfleet_proto::v1::ClickEvent;
+
+use crate::{
+    agent::{classify, referrer_host},
+    geoip::GeoIp,
+};
+
+/// A click ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Click {
+    pub event_id: String,
+    pub code: String,
+    pub owner: String,
+    pub occurred_at: DateTime<Utc>,
+    pub is_bot: bool,
+    pub referrer_host: String,
+    pub browser: String,
+    pub os: String,
+    pub device: String,
+    pub country: String,
+    pub visitor: Vec<u8>,
+    /// The redirect rule that sent the click; `None`: the link's own url.
+    pub rule: Option<i16>,
+}
+
+/// PostgreSQL text cannot hold NUL; anything else is kept as sent.
+fn clean(s: &str, max: usize) -> String {
+    s.chars().filter(|c| *c != '\0').take(max).collect()
+}
+
+/// Enriches an event; `None` for one that can never be stored (a poison
+/// message: not a storable click by the rule click-logger applies too,
+/// [`shortfleet_common::click`], at `now`). The country is the one a trusted proxy
+/// told the gateway, else the GeoIP database's, if any.
+pub fn enrich(
+    event: &ClickEvent,
+    now: DateTime<Utc>,
+    visitor_secret: &str,
+    geoip: Option<&GeoIp>,
+) -> Option<Click> {
+    let occurred_at = match click::check(event, now) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "a click that cannot be stored");
+            return None;
+        }
+    };
+    // PostgreSQL keeps microseconds: truncate now so a redelivery and the
+    // stored row compare equal.
+    let occurred_at = occurred_at
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or(occurred_at);
+    let agent = classify(&event.user_agent);
+    let day = occurred_at.date_naive();
+    // The salt changes every UTC day, so visitors cannot be followed across
+    // days and the raw IP is never stored.
+    let visitor = Sha256::new()
+        .chain_update(visitor_secret.as_bytes())
+        .chain_update(day.to_string().as_bytes())
+        .chain_update([0])
+        .chain_update(event.client_ip.as_bytes())
+        .chain_update([0])
+        .chain_update(event.user_agent.as_bytes())
+        .finalize()
+        .to_vec();
+    let country = Some(event.country.trim().to_ascii_uppercase())
+        .filter(|c| is_country_code(c))
+        .or_else(|| geoip?.country(&event.client_ip))
+        .map(|c| c.to_ascii_uppercase())
+        .filter(|c| is_country_code(c))
+        .unwrap_or_default();
+    Some(Click {
+        // Checked above: bounded, no NUL or other control characters.
+        event_id: event.event_id.clone(),
+        code: event.code.clone(),
+        owner: event.owner.clone(),
+        occurred_at,
+        is_bot: agent.bot || event.head_request,
+        referrer_host: clean(&referrer_host(&event.referrer), 255),
+        browser: agent.browser.to_owned(),
+        os: agent.os.to_owned(),
+        device: if event.head_request {
+            "bot".to_owned()
+        } else {
+            agent.device.to_owned()
+        },
+        country,
+        visitor,
+        // Links have at most 20 rules; anything else is not a rule index.
+        rule: event
+            .rule
+            .and_then(|r| i16::try_from(r).ok())
+            .filter(|r| *r < 64),
+    })
+}
+
+fn is_country_code(c: &str) -> bool {
+    c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+/// A click event as the gateway sends one, for this crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use chrono::{DateTime, Utc};
+    use shortfleet_common::time::to_proto;
+    use shortfleet_proto::v1::ClickEvent;
+
+    pub const FIREFOX: &str =
+        "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+
+    pub fn event(id: &str, ua: &str, at: DateTime<Utc>) -> ClickEvent {
+        ClickEvent {
+            event_id: id.into(),
+            code: "abc1234".into(),
+            owner: "alice".into(),
+            occurred_at: Some(to_proto(at)),
+            user_agent: ua.into(),
+            client_ip: "192.0.2.1".into(),
+            referrer: "https://t.co/x".into(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::{
+        testing::{FIREFOX, event},
+        *,
+    };
+
+    #[test]
+    fn poison_events_are_refused() {
+        let t = Utc::now();
+        assert!(enrich(&event("", FIREFOX, t), t, "s", None).is_none());
+        let mut no_time = event("e", FIREFOX, t);
+        no_time.occurred_at = None;
+        assert!(enrich(&no_time, t, "s", None).is_none());
+        // The shared click rule: what click-logger refuses is poison here.
+        let mut nul = event("e", FIREFOX, t);
+        nul.code = "ab\0cd".into();
+        assert!(enrich(&nul, t, "s", None).is_none());
+        let old = event("e", FIREFOX, t - TimeDelta::days(401));
+        assert!(enrich(&old, t, "s", None).is_none());
+        let mut huge_referrer = event("e", FIREFOX, t);
+        huge_referrer.referrer = "r".repeat(5 << 20);
+        assert!(enrich(&huge_referrer, t, "s", None).is_none());
+    }
+
+    #[test]
+    fn visitor_hashes_rotate_daily_and_hide_the_ip() {
+        let d1 = Utc.with_ymd_and_hms(2026, 1, 1, 23, 0, 0).unwrap();
+        let d2 = Utc.with_ymd_and_hms(2026, 1, 2, 1, 0, 0).unwrap();
+        let a = enrich(&event("a", FIREFOX, d1), d2, "s", None).unwrap();
+        let b = enrich(&event("b", FIREFOX, d1), d2, "s", None).unwrap();
+        let c = enrich(&event("c", FIREFOX, d2), d2, "s", None).unwrap();
+        assert_eq!(a.visitor, b.visitor);
+        assert_ne!(a.visitor, c.visitor);
+        assert!(!a.visitor.windows(9).any(|w| w == b"192.0.2.1"));
+    }
+}

@@ -1,0 +1,30 @@
+//! The request id every answer carries (`X-Request-Id`) and every log line
+//! and span names.
+
+use http::Request;
+use hyper::body::Incoming;
+
+use super::framing;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Propagates a client-supplied id that is a plain token (letters, digits,
+/// `.`, `_`, `:`, `-`; at most 128), or makes one: anything else could be
+/// reflected into a log viewer or a page.
+pub fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| framing::is_plain_token(v, 128))
+        .map_or_else(fast_uuid, str::to_owned)
+}
+
+/// A random (v4) UUID from the thread's CSPRNG, seeded once from the OS:
+/// `Uuid::new_v4` asks the kernel on every call, which showed up in the
+/// redirect profile.
+pub fn fast_uuid() -> String {
+    use rand::Rng;
+    uuid::Builder::from_random_bytes(rand::rng().random())
+        .into_uuid()
+        .to_string()
+}
