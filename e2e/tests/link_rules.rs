@@ -457,7 +457,8 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         )
         .await?;
     let dcode = code_of(&disabled);
-    api.patch(&dcode, json!({"disabled": true})).await?;
+    let (status, _) = api.patch(&dcode, json!({"disabled": true})).await?;
+    assert_eq!(status, StatusCode::OK);
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         let (_, loc) = location(http.get(format!("{base}/{dcode}"))).await?;
@@ -488,8 +489,9 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
     }
 
     // --- clicks by rule --------------------------------------------------
-    // Human clicks on the rules link: 7 cases + 2 warm-ups + the edit's
-    // polls (at least 2) + 1 Android; rule 0 sent the iOS ones.
+    // Human clicks on the rules link: 10 cases + 2 warm-ups + the edit's
+    // polls (at least 2) + 1 Android; rule 0 sent the iOS ones, rule 5 the
+    // one the GeoIP file placed.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let stats = api.get(&format!("/api/v1/links/{code}/stats")).await?;
@@ -508,14 +510,18 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
                 .unwrap_or(0)
         };
         let total = stats["total"].as_u64().unwrap_or(0);
-        if total >= 12 {
+        if total >= 15 {
             assert_eq!(count("1"), 1, "{stats}");
+            assert_eq!(count("5"), 1, "{stats}");
             assert!(count("0") >= 5, "{stats}");
             assert_eq!(by_rule["total"].as_u64(), Some(count("0")), "{by_rule}");
             assert_eq!(by_rule["rules"][0]["name"], "0");
             assert_eq!(none["total"].as_u64(), Some(count("none")), "{none}");
             assert_eq!(
-                count("0") + count("1") + count("2") + count("3") + count("4") + count("none"),
+                ["0", "1", "2", "3", "4", "5", "none"]
+                    .map(count)
+                    .iter()
+                    .sum::<u64>(),
                 total
             );
             break;
