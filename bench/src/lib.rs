@@ -1,6 +1,6 @@
 //! The benchmark harness's library: a small HTTP/1.1 load generator
-//! ([`load`]), the statistics it reports ([`stats`]) and process probes
-//! ([`probe`]). The `shortfleet-bench` binary orchestrates a run; `baseline`
+//! ([`load`]), the statistics it reports ([`stats`]), process probes
+//! ([`probe`]) and the outside load generator wrk ([`wrk`]). The `shortfleet-bench` binary orchestrates a run; `baseline`
 //! is the bare hyper 301 server every figure is compared with.
 
 /// The load generator lives with the e2e harness (the chaos test drives it
@@ -8,3 +8,4 @@
 pub use shortfleet_e2e::load;
 pub mod probe;
 pub mod stats;
+pub mod wrk;

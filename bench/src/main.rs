@@ -35,6 +35,7 @@ use shortfleet_bench::{
     load::{self, Mode, RequestFactory},
     probe::{ProcessUse, cpu_secs, cpu_us_per_request, process_use},
     stats::{Summary, median, median_of, ratio, round2, round3},
+    wrk,
 };
 use shortfleet_e2e::{Fleet, FleetOptions, SERVICES};
 use tokio::io::AsyncBufReadExt;
@@ -57,6 +58,10 @@ struct Args {
     /// Another gateway binary to compare this one with on plain links.
     #[arg(long)]
     gateway_before: Option<std::path::PathBuf>,
+    /// wrk, to measure throughput with a generator that is not ours too
+    /// (`bench/run` passes Debian's).
+    #[arg(long)]
+    wrk: Option<std::path::PathBuf>,
 }
 
 struct Profile {
@@ -299,6 +304,93 @@ async fn rules_vs_plain(
     Ok((section, plain_302))
 }
 
+/// Baseline against fleet with wrk (-t2 -c64), interleaved rounds, with
+/// the answering process's CPU µs per request from /proc. Returns the
+/// section and the fleet's redirects (clicks the totals check expects).
+async fn wrk_rounds(
+    fleet: &Fleet,
+    wrk_bin: &std::path::Path,
+    (baseline_addr, baseline_pid): (SocketAddr, Option<u32>),
+    gateway: SocketAddr,
+    profile: &Profile,
+    codes: &[String],
+) -> anyhow::Result<(Value, u64)> {
+    let script = wrk::script(codes, USER_AGENT)?;
+    let mut redirects = 0u64;
+    let (mut base_runs, mut fleet_runs) = (Vec::new(), Vec::new());
+    for round in 0..profile.rounds {
+        let order: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_baseline in order {
+            settle(fleet).await;
+            let (addr, pid) = if is_baseline {
+                (baseline_addr, baseline_pid)
+            } else {
+                (gateway, fleet.pid("gateway"))
+            };
+            let cpu_before = cpu_secs(pid);
+            let run = wrk::run(wrk_bin, addr, &script, 64, profile.step).await?;
+            let cpu_us = cpu_us_per_request((cpu_before, cpu_secs(pid)), run.answered_ok());
+            if is_baseline {
+                base_runs.push((run, cpu_us));
+            } else {
+                anyhow::ensure!(run.answered_ok() > 0, "wrk: no redirects: {run:?}");
+                // The bench's visitors are not bots: each 302 is a click.
+                redirects += run.answered_ok();
+                fleet_runs.push((run, cpu_us));
+            }
+        }
+    }
+    let med = |runs: &[(wrk::WrkRun, f64)], f: fn(&(wrk::WrkRun, f64)) -> f64| {
+        median(&runs.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
+    };
+    let (b, f) = (
+        med(&base_runs, |r| r.0.requests_per_sec()),
+        med(&fleet_runs, |r| r.0.requests_per_sec()),
+    );
+    let (b_us, f_us) = (med(&base_runs, |r| r.1), med(&fleet_runs, |r| r.1));
+    let non_3xx: u64 = fleet_runs.iter().map(|r| r.0.non_3xx).sum();
+    println!(
+        "{:<34} {b:>12.0} {f:>12.0} {:>7.2} {:>9.3} {:>9.3} {:>9.3}",
+        "wrk -t2 -c64 (closed)",
+        ratio(f, b),
+        med(&fleet_runs, |r| r.0.p50_us as f64 / 1000.0),
+        med(&fleet_runs, |r| r.0.p99_us as f64 / 1000.0),
+        med(&fleet_runs, |r| r.0.p999_us as f64 / 1000.0),
+    );
+    println!(
+        "{:<34} {b_us:>12.2} {f_us:>12.2} {:>7.2}   non-3xx {non_3xx}",
+        "  CPU µs per request (wrk)",
+        ratio(f_us, b_us)
+    );
+    let runs = |runs: &[(wrk::WrkRun, f64)]| {
+        runs.iter()
+            .map(|(run, cpu)| {
+                let mut j = run.to_json();
+                j["cpu_us_per_request"] = json!(round2(*cpu));
+                j
+            })
+            .collect::<Vec<_>>()
+    };
+    let section = json!({
+        "connections": 64,
+        "threads": 2,
+        "baseline_rps_median": round2(b),
+        "fleet_rps_median": round2(f),
+        "ratio": round3(ratio(f, b)),
+        "baseline_cpu_us_per_request_median": round2(b_us),
+        "gateway_cpu_us_per_redirect_median": round2(f_us),
+        "cpu_ratio": round3(ratio(f_us, b_us)),
+        "fleet_non_3xx": non_3xx,
+        "baseline_rounds": runs(&base_runs),
+        "fleet_rounds": runs(&fleet_runs),
+    });
+    Ok((section, redirects))
+}
+
 /// This gateway against the `--gateway-before` one on the same plain
 /// links (browser requests), interleaved rounds at 64 connections: req/s
 /// and each gateway process's CPU µs per redirect. Returns the section and
@@ -527,6 +619,20 @@ async fn measure(
                 "fleet_rounds": fleet_rounds.iter().map(Summary::to_json).collect::<Vec<_>>(),
             }),
         );
+    }
+
+    if let Some(wrk) = &args.wrk {
+        let (section, redirects) = wrk_rounds(
+            fleet,
+            wrk,
+            (baseline_addr, baseline.id()),
+            gateway,
+            profile,
+            &codes,
+        )
+        .await?;
+        fleet_redirects += redirects;
+        sections.insert("wrk_saturation_64c".into(), section);
     }
 
     // Redirect rules' cost: the same fleet, plain links against five rules.
