@@ -4,9 +4,6 @@
 //! dead-letter queue, a consumer stopped mid-stream loses nothing, and a
 //! configured GeoIP file supplies the country a trusted header did not.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use shortfleet_common::geoip::testing as mmdb;
 
 use std::time::Duration;

@@ -2,9 +2,6 @@
 //! an outage (a cut TCP proxy in front of the broker) spooled and replayed
 //! exactly once, and a restart that replays a non-empty spool.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::{collections::BTreeMap, time::Duration};
 
 use futures::StreamExt;

@@ -2,9 +2,6 @@
 //! against a real RabbitMQ: idempotent declaration, the classic fallback,
 //! and unroutable messages reported as errors rather than confirmed.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use lapin::{
