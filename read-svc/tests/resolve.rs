@@ -8,8 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Fixture, eventually};
+use common::Fixture;
 use shortfleet_proto::v1::{DeleteLinkRequest, LinkState, UpdateLinkRequest};
+use shortfleet_testkit::{DEADLINE, eventually, within};
 use tonic::Code;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -131,12 +132,10 @@ async fn edits_and_deletes_reach_every_replica_within_a_second() {
     let b = f.replica(REDIS).await;
     let link = f.create("https://example.com/before").await;
     // Warm both local caches.
-    assert!(
-        eventually(|| async {
-            a.resolve(&link.code).await.is_ok() && b.resolve(&link.code).await.is_ok()
-        })
-        .await
-    );
+    eventually("both replicas to resolve the new link", || async {
+        (a.resolve(&link.code).await.is_ok() && b.resolve(&link.code).await.is_ok()).then_some(())
+    })
+    .await;
 
     let mut writer = f.writer().await;
     writer
@@ -150,15 +149,14 @@ async fn edits_and_deletes_reach_every_replica_within_a_second() {
         .unwrap();
     let edited = Instant::now();
     for replica in [&a, &b] {
-        assert!(
-            eventually(|| async {
-                replica
-                    .resolve(&link.code)
-                    .await
-                    .is_ok_and(|r| r.url == "https://example.com/after")
-            })
-            .await
-        );
+        eventually("the edit to reach the replica", || async {
+            replica
+                .resolve(&link.code)
+                .await
+                .is_ok_and(|r| r.url == "https://example.com/after")
+                .then_some(())
+        })
+        .await;
     }
     assert!(
         edited.elapsed() < Duration::from_secs(1),
@@ -175,15 +173,14 @@ async fn edits_and_deletes_reach_every_replica_within_a_second() {
         .unwrap();
     let deleted = Instant::now();
     for replica in [&a, &b] {
-        assert!(
-            eventually(|| async {
-                replica
-                    .resolve(&link.code)
-                    .await
-                    .is_ok_and(|r| r.state == LinkState::Gone as i32)
-            })
-            .await
-        );
+        eventually("the delete to reach the replica", || async {
+            replica
+                .resolve(&link.code)
+                .await
+                .is_ok_and(|r| r.state == LinkState::Gone as i32)
+                .then_some(())
+        })
+        .await;
     }
     assert!(
         deleted.elapsed() < Duration::from_secs(1),
@@ -257,9 +254,15 @@ async fn redis_stopping_mid_flight_degrades_then_recovers() {
     let replica = f.replica(&format!("redis://{}", proxy.addr)).await;
     let before = f.create("https://example.com/before-outage").await;
     assert!(replica.resolve(&before.code).await.is_ok());
-    assert!(
-        eventually(|| async { replica.readiness().await.1.contains("\"redis\":\"up\"") }).await
-    );
+    eventually("Redis to be up", || async {
+        replica
+            .readiness()
+            .await
+            .1
+            .contains("\"redis\":\"up\"")
+            .then_some(())
+    })
+    .await;
 
     proxy.cut();
     let during = f.create("https://example.com/during-outage").await;
@@ -278,16 +281,26 @@ async fn redis_stopping_mid_flight_degrades_then_recovers() {
         replica.resolve(&before.code).await.unwrap().url,
         "https://example.com/before-outage"
     );
-    assert!(eventually(|| async { replica.readiness().await.1.contains("degraded") }).await);
+    eventually("readiness to report degraded", || async {
+        replica
+            .readiness()
+            .await
+            .1
+            .contains("degraded")
+            .then_some(())
+    })
+    .await;
 
     proxy.restore();
     let after = f.create("https://example.com/after-outage").await;
     assert!(
-        eventually(|| async {
-            replica.resolve(&after.code).await.is_ok()
-                && replica.readiness().await.1.contains("\"redis\":\"up\"")
+        within(DEADLINE, || async {
+            (replica.resolve(&after.code).await.is_ok()
+                && replica.readiness().await.1.contains("\"redis\":\"up\""))
+            .then_some(())
         })
-        .await,
+        .await
+        .is_some(),
         "Redis never came back: {}",
         replica.readiness().await.1
     );

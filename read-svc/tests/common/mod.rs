@@ -5,130 +5,83 @@
 
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
-use shortfleet_common::{config::ConfigSource, service::Service};
 use shortfleet_proto::v1::{
-    CreateLinkRequest, Link, ResolveRequest, ResolveResponse,
-    link_resolver_client::LinkResolverClient, link_writer_client::LinkWriterClient,
+    Link, ResolveRequest, ResolveResponse, link_resolver_client::LinkResolverClient,
+    link_writer_client::LinkWriterClient,
 };
-use tokio_util::sync::CancellationToken;
-
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
-pub const DEADLINE: Duration = Duration::from_secs(10);
+use shortfleet_testkit::{
+    TestDatabase, links,
+    services::{self, Running},
+};
 
 pub struct Fixture {
     pub id: String,
-    database: String,
+    database: TestDatabase,
     pub exchange: String,
     pub writer_addr: SocketAddr,
-    writer_stop: CancellationToken,
-    stops: Vec<CancellationToken>,
+    writer: Running,
+    replicas: Vec<Running>,
 }
 
 pub struct Replica {
     pub addr: SocketAddr,
     pub ops: SocketAddr,
-    pub stop: CancellationToken,
 }
 
 impl Fixture {
     pub async fn start() -> Self {
         let _ = shortfleet_common::telemetry::init_logs("read-svc-test", "warn");
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let database = format!("sf_test_{id}");
+        let id = shortfleet_testkit::unique_id();
+        let database = TestDatabase::fresh();
         let exchange = format!("test.links.{id}");
-        let config = write_svc::Config::from_source(&ConfigSource::from_pairs([
-            ("SHORTFLEET_GRPC_ADDR", "127.0.0.1:0".to_owned()),
-            ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
-            ("SHORTFLEET_DATABASE_URL", format!("{POSTGRES}/{database}")),
-            ("SHORTFLEET_LINK_EVENTS_EXCHANGE", exchange.clone()),
-        ]))
-        .unwrap();
-        let writer = write_svc::App::build(config)
-            .await
-            .expect("write-svc starts");
-        let writer_addr = writer.grpc_addr();
-        let writer_stop = CancellationToken::new();
-        tokio::spawn(writer.run_until(writer_stop.clone()));
+        let writer =
+            services::start::<write_svc::App>(&services::write_svc(database.url(), &exchange))
+                .await;
         Self {
             id,
             database,
             exchange,
-            writer_addr,
-            writer_stop,
-            stops: Vec::new(),
+            writer_addr: writer.addr,
+            writer,
+            replicas: Vec::new(),
         }
     }
 
     /// A read-svc replica with `redis_url` (a closed port simulates Redis down).
     pub async fn replica(&mut self, redis_url: &str) -> Replica {
-        let config = read_svc::Config::from_source(&ConfigSource::from_pairs([
-            ("SHORTFLEET_GRPC_ADDR", "127.0.0.1:0".to_owned()),
-            ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
-            ("SHORTFLEET_REDIS_URL", redis_url.to_owned()),
-            ("SHORTFLEET_REDIS_PREFIX", format!("sf:test:{}:", self.id)),
-            (
-                "SHORTFLEET_WRITE_SVC_URL",
-                format!("http://{}", self.writer_addr),
-            ),
-            ("SHORTFLEET_LINK_EVENTS_EXCHANGE", self.exchange.clone()),
-        ]))
-        .unwrap();
-        let app = read_svc::App::build(config).await.expect("read-svc starts");
+        let source = services::read_svc(
+            &self.writer.url(),
+            &format!("sf:test:{}:", self.id),
+            &self.exchange,
+        )
+        .with("SHORTFLEET_REDIS_URL", redis_url);
+        let running = services::start::<read_svc::App>(&source).await;
         let replica = Replica {
-            addr: app.grpc_addr(),
-            ops: app.ops_addr(),
-            stop: CancellationToken::new(),
+            addr: running.addr,
+            ops: running.ops.expect("read-svc has an ops port"),
         };
-        tokio::spawn(app.run_until(replica.stop.clone()));
-        self.stops.push(replica.stop.clone());
+        self.replicas.push(running);
         replica
     }
 
     pub async fn writer(&self) -> LinkWriterClient<tonic::transport::Channel> {
-        LinkWriterClient::connect(format!("http://{}", self.writer_addr))
-            .await
-            .unwrap()
+        LinkWriterClient::connect(self.writer.url()).await.unwrap()
     }
 
     pub async fn create(&self, url: &str) -> Link {
-        self.writer()
-            .await
-            .create_link(CreateLinkRequest {
-                owner: "alice".into(),
-                url: url.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .link
-            .unwrap()
+        links::link_of(&links::create(&mut self.writer().await, "alice", url).await)
     }
 
     /// Stops write-svc (to prove later answers come from caches).
     pub fn stop_writer(&self) {
-        self.writer_stop.cancel();
+        self.writer.cancel();
     }
 
     pub async fn cleanup(self) {
-        self.writer_stop.cancel();
-        for stop in &self.stops {
-            stop.cancel();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Ok((client, conn)) =
-            tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls).await
-        {
-            tokio::spawn(conn);
-            let _ = client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.database
-                ))
-                .await;
-        }
+        services::cancel_all(std::iter::once(&self.writer).chain(&self.replicas)).await;
+        self.database.remove().await;
     }
 }
 
@@ -170,20 +123,4 @@ impl Replica {
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
     }
-}
-
-/// Polls `check` until it returns true or `DEADLINE` passes.
-pub async fn eventually<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }

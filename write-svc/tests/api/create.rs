@@ -2,14 +2,9 @@
 //! validation contract (INVALID_ARGUMENT naming the field), aliases, and
 //! "same owner + same URL → the existing link", also under concurrency.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashSet;
 
-use common::{TestApp, create_request, expect_code, expect_invalid, link_of};
+use crate::helpers::{TestApp, create_request, expect_code, expect_invalid, link_of};
 use shortfleet_proto::v1::{
     CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, ListLinksRequest,
 };
@@ -228,7 +223,7 @@ async fn concurrent_creates_of_one_url_make_one_link() {
     assert_eq!(created, 1, "exactly one response reports the creation");
 
     // And exactly one `link.created` event was written.
-    let outbox = common::outbox_rows(&app.db().await).await;
+    let outbox = crate::helpers::outbox_rows(&app.db().await).await;
     assert_eq!(outbox.len(), 1, "{outbox:?}");
     assert_eq!(outbox[0].1, "link.created");
 

@@ -4,9 +4,6 @@
 //! dead-letter queue, a consumer stopped mid-stream loses nothing, and a
 //! configured GeoIP file supplies the country a trusted header did not.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use shortfleet_common::geoip::testing as mmdb;
 
 use std::time::Duration;
@@ -14,26 +11,23 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{
-        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use prost::Message;
-use shortfleet_common::{amqp, config::ConfigSource, service::Service, time::to_proto};
+use shortfleet_common::{amqp, config::ConfigSource, time::to_proto};
 use shortfleet_proto::v1::{
     ClickBatch, ClickEvent, ClickTotalsRequest, GetLinkStatsRequest, Interval, LinkStats,
     TopLinksRequest, analytics_client::AnalyticsClient,
 };
-use tokio_util::sync::CancellationToken;
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+use shortfleet_testkit::{
+    AMQP, TestDatabase, broker,
+    services::{self, Running},
+};
 const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
 
 struct Fixture {
-    id: String,
+    database: TestDatabase,
     exchange: String,
     queue: String,
     _conn: Connection,
@@ -42,7 +36,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = shortfleet_testkit::unique_id();
         let (exchange, queue) = (
             format!("test.clicks.{id}"),
             format!("test.clicks.{id}.analytics"),
@@ -59,7 +53,7 @@ impl Fixture {
             .await
             .unwrap();
         Self {
-            id,
+            database: TestDatabase::fresh(),
             exchange,
             queue,
             _conn: conn,
@@ -67,46 +61,29 @@ impl Fixture {
         }
     }
 
-    async fn start(
-        &self,
-    ) -> (
-        AnalyticsClient<tonic::transport::Channel>,
-        CancellationToken,
-    ) {
+    async fn start(&self) -> (AnalyticsClient<tonic::transport::Channel>, Running) {
         self.start_with([]).await
     }
 
     async fn start_with<const N: usize>(
         &self,
         extra: [(&'static str, String); N],
-    ) -> (
-        AnalyticsClient<tonic::transport::Channel>,
-        CancellationToken,
-    ) {
+    ) -> (AnalyticsClient<tonic::transport::Channel>, Running) {
         let pairs = [
             ("SHORTFLEET_GRPC_ADDR", "127.0.0.1:0".to_owned()),
             ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
-            (
-                "SHORTFLEET_DATABASE_URL",
-                format!("{POSTGRES}/sf_test_{}", self.id),
-            ),
+            ("SHORTFLEET_DATABASE_URL", self.database.url().to_owned()),
             ("SHORTFLEET_CLICKS_EXCHANGE", self.exchange.clone()),
             ("SHORTFLEET_CLICKS_QUEUE", self.queue.clone()),
             ("SHORTFLEET_BATCH_MAX", "50".to_owned()),
         ];
-        let config = analytics_svc::Config::from_source(&ConfigSource::from_pairs(
+        let running = services::start::<analytics_svc::App>(&ConfigSource::from_pairs(
             pairs.into_iter().chain(extra),
         ))
-        .unwrap();
-        let app = analytics_svc::App::build(config).await.unwrap();
-        let addr = app.grpc_addr();
-        let stop = CancellationToken::new();
-        tokio::spawn(app.run_until(stop.clone()));
+        .await;
         (
-            AnalyticsClient::connect(format!("http://{addr}"))
-                .await
-                .unwrap(),
-            stop,
+            AnalyticsClient::connect(running.url()).await.unwrap(),
+            running,
         )
     }
 
@@ -166,32 +143,10 @@ impl Fixture {
             .unwrap_or(0)
     }
 
-    async fn cleanup(self, stop: CancellationToken) {
-        stop.cancel();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        for q in [self.queue.clone(), format!("{}.dlq", self.queue)] {
-            let _ = self
-                .channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for x in [self.exchange.clone(), format!("{}.dlx", self.exchange)] {
-            let _ = self
-                .channel
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-        if let Ok((client, conn)) =
-            tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls).await
-        {
-            tokio::spawn(conn);
-            let _ = client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"sf_test_{}\" WITH (FORCE)",
-                    self.id
-                ))
-                .await;
-        }
+    async fn cleanup(self, analytics: Running) {
+        services::cancel_all([&analytics]).await;
+        broker::remove_click_topology(&self.channel, &self.exchange, &self.queue).await;
+        self.database.remove().await;
     }
 }
 

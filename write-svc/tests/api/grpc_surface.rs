@@ -1,12 +1,7 @@
 //! What every fleet server exposes besides its own API: the standard gRPC
 //! health service and server reflection.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{TestApp, expect_code, grpc_channel};
+use crate::helpers::{TestApp, expect_code, grpc_channel};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_reflection::pb::v1::{
@@ -17,8 +12,8 @@ use tonic_reflection::pb::v1::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_serving_for_the_server_and_the_service() {
     let app = TestApp::spawn().await;
-    common::wait_until_serving(app.addr, "").await;
-    common::wait_until_serving(app.addr, "shortener.v1.LinkWriter").await;
+    crate::helpers::wait_until_serving(app.addr, "").await;
+    crate::helpers::wait_until_serving(app.addr, "shortener.v1.LinkWriter").await;
     let mut health = HealthClient::new(grpc_channel(app.addr).await);
     let unknown = health
         .check(HealthCheckRequest {

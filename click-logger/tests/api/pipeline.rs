@@ -2,25 +2,23 @@
 //! an outage (a cut TCP proxy in front of the broker) spooled and replayed
 //! exactly once, and a restart that replays a non-empty spool.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::{collections::BTreeMap, time::Duration};
 
 use futures::StreamExt;
 use lapin::{
     Channel, Connection, ConnectionProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions},
+    options::{BasicAckOptions, BasicConsumeOptions},
     types::FieldTable,
 };
 use prost::Message;
-use shortfleet_common::{amqp, config::ConfigSource, service::Service, time::to_proto};
+use shortfleet_common::{amqp, config::ConfigSource, time::to_proto};
 use shortfleet_e2e::proxy::FaultProxy;
 use shortfleet_proto::v1::{ClickBatch, ClickEvent, click_logger_client::ClickLoggerClient};
-use tokio_util::sync::CancellationToken;
+use shortfleet_testkit::{
+    AMQP, broker,
+    services::{self, Running},
+};
 use tonic::Code;
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 struct Names {
     exchange: String,
@@ -30,7 +28,7 @@ struct Names {
 
 impl Names {
     fn fresh() -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = shortfleet_testkit::unique_id();
         Self {
             exchange: format!("test.clicks.{id}"),
             queue: format!("test.clicks.{id}.analytics"),
@@ -39,22 +37,13 @@ impl Names {
     }
 
     async fn cleanup(&self, channel: &Channel) {
-        for q in [self.queue.clone(), format!("{}.dlq", self.queue)] {
-            let _ = channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for x in [self.exchange.clone(), format!("{}.dlx", self.exchange)] {
-            let _ = channel
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        broker::remove_click_topology(channel, &self.exchange, &self.queue).await;
         let _ = std::fs::remove_dir_all(&self.spool);
     }
 }
 
-async fn start(names: &Names, amqp_url: &str) -> (String, CancellationToken) {
-    let config = click_logger::Config::from_source(&ConfigSource::from_pairs([
+async fn start(names: &Names, amqp_url: &str) -> (String, Running) {
+    let source = ConfigSource::from_pairs([
         ("SHORTFLEET_GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("SHORTFLEET_OPS_ADDR", "127.0.0.1:0".to_owned()),
         ("SHORTFLEET_AMQP_URL", amqp_url.to_owned()),
@@ -62,13 +51,9 @@ async fn start(names: &Names, amqp_url: &str) -> (String, CancellationToken) {
         ("SHORTFLEET_CLICKS_EXCHANGE", names.exchange.clone()),
         ("SHORTFLEET_CLICKS_QUEUE", names.queue.clone()),
         ("SHORTFLEET_SPOOL_DIR", names.spool.display().to_string()),
-    ]))
-    .unwrap();
-    let app = click_logger::App::build(config).await.unwrap();
-    let url = format!("http://{}", app.grpc_addr());
-    let stop = CancellationToken::new();
-    tokio::spawn(app.run_until(stop.clone()));
-    (url, stop)
+    ]);
+    let running = services::start::<click_logger::App>(&source).await;
+    (running.url(), running)
 }
 
 async fn broker_channel(names: &Names) -> (Connection, Channel) {

@@ -2,24 +2,21 @@
 //! against a real RabbitMQ: idempotent declaration, the classic fallback,
 //! and unroutable messages reported as errors rather than confirmed.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use lapin::{
-    options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions},
+    options::QueueDeclareOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
 use shortfleet_common::amqp::{
     self, CLICK_ROUTING_KEY, ConfirmedPublisher, Outgoing, PublishError, QueueKind,
 };
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use shortfleet_testkit::{AMQP, broker};
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn names() -> (String, String) {
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = shortfleet_testkit::unique_id();
     (format!("test.topo.{id}"), format!("test.topo.{id}.q"))
 }
 
@@ -27,16 +24,7 @@ async fn cleanup(connection: &lapin::Connection, exchange: &str, queue: &str) {
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    for q in [queue.to_owned(), format!("{queue}.dlq")] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for x in [exchange.to_owned(), format!("{exchange}.dlx")] {
-        let _ = channel
-            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
+    broker::remove_click_topology(&channel, exchange, queue).await;
 }
 
 #[tokio::test]

@@ -1,14 +1,9 @@
 //! UpdateLink, DeleteLink and ListLinks over gRPC: partial updates,
 //! tombstones, ownership, and keyset pagination newest first.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashSet;
 
-use common::{TestApp, create_request, expect_code, expect_invalid, link_of};
+use crate::helpers::{TestApp, create_request, expect_code, expect_invalid, link_of};
 use shortfleet_proto::v1::{
     CreateLinkRequest, DeleteLinkRequest, GetLinkRequest, Link, ListLinksRequest, UpdateLinkRequest,
 };

@@ -2,12 +2,7 @@
 //! replays the original answer, a different body is refused, and racing
 //! retries produce one link.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{TestApp, create_request, expect_code, link_of, outbox_rows};
+use crate::helpers::{TestApp, create_request, expect_code, link_of, outbox_rows};
 use shortfleet_proto::v1::{CreateLinkRequest, ListLinksRequest};
 use tonic::Code;
 

@@ -2,12 +2,7 @@
 //! on the test's exchange, rows are marked published once confirmed, and
 //! events written while RabbitMQ is unreachable are delivered later.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{
+use crate::helpers::{
     AMQP_URL, Names, TestApp, UNREACHABLE_AMQP_URL,
     events::{EventQueue, Received},
     eventually, link_of, outbox_rows,
@@ -113,7 +108,7 @@ async fn events_written_while_rabbitmq_is_down_are_published_later() {
     // Writes do not depend on the broker, and the service stays in
     // rotation (degraded, not unready) without it.
     let cut_off = TestApp::spawn_with(names, UNREACHABLE_AMQP_URL).await;
-    common::wait_until_serving(cut_off.addr, "shortener.v1.LinkWriter").await;
+    crate::helpers::wait_until_serving(cut_off.addr, "shortener.v1.LinkWriter").await;
     let link = link_of(&cut_off.create("alice", "https://example.com/patient").await);
     let pending = outbox_rows(&cut_off.db().await).await;
     assert_eq!(pending.len(), 1, "{pending:?}");

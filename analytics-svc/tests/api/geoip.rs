@@ -2,9 +2,6 @@
 //! IPv6 and IPv4-mapped clients, the registered-country fallback, misses,
 //! and files that must stop the service from starting.
 
-// A test crate: a panic is how it reports a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use shortfleet_common::geoip::testing as mmdb;
 
 use std::path::PathBuf;

@@ -1,0 +1,184 @@
+//! The redirect hot path against real write-svc, read-svc, Redis and
+//! RabbitMQ: the micro-cache forgets a deleted link within a second, and the
+//! leased anonymous limit never admits more than the shared budget across
+//! two gateway replicas.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use shortfleet_testkit::{DEADLINE, REDIS, within};
+
+use crate::helpers::{Fixture, get_text, no_redirects};
+
+/// A replica with `anonymous_limit`, once its link-event subscription is
+/// live (reported by `/readyz`).
+async fn subscribed_gateway(f: &mut Fixture, anonymous_limit: &str) -> String {
+    let source = f
+        .gateway_source(REDIS)
+        .with("SHORTFLEET_ANONYMOUS_LIMIT", anonymous_limit);
+    let (url, _) = f
+        .gateway_with(gateway::Config::from_source(&source).unwrap())
+        .await;
+    let http = reqwest::Client::new();
+    let ready = format!("{url}/readyz");
+    let subscribed = within(DEADLINE, || async {
+        get_text(&http, &ready)
+            .await
+            .contains("\"rabbitmq\":\"up\"")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        subscribed.is_some(),
+        "gateway never subscribed: {}",
+        get_text(&http, &ready).await
+    );
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_link_stops_redirecting_on_every_replica_within_a_second() {
+    let mut f = Fixture::with_read_svc().await;
+    let a = subscribed_gateway(&mut f, "100000/60").await;
+    let b = subscribed_gateway(&mut f, "100000/60").await;
+    let key = f.key("alice", "free").await;
+    let http = no_redirects();
+    let link: serde_json::Value = http
+        .post(format!("{a}/api/v1/links"))
+        .bearer_auth(&key)
+        .json(&json!({"url": "https://example.com/soon-gone"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let code = link["code"].as_str().unwrap();
+    // Warm both micro-caches.
+    for base in [&a, &b] {
+        for _ in 0..3 {
+            assert_eq!(
+                http.get(format!("{base}/{code}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                StatusCode::FOUND
+            );
+        }
+    }
+    let deleted = http
+        .delete(format!("{a}/api/v1/links/{code}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let at = Instant::now();
+    for base in [&a, &b] {
+        loop {
+            let status = http
+                .get(format!("{base}/{code}"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == StatusCode::GONE {
+                break;
+            }
+            assert_eq!(status, StatusCode::FOUND);
+            assert!(
+                at.elapsed() < Duration::from_secs(1),
+                "{base} still redirects after {:?}",
+                at.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_anonymous_buckets_never_exceed_the_shared_budget() {
+    let mut f = Fixture::with_read_svc().await;
+    // 40 per minute: leases of 2 tokens; refills 1 token per 1.5 s.
+    let a = subscribed_gateway(&mut f, "40/60").await;
+    let b = subscribed_gateway(&mut f, "40/60").await;
+    let http = no_redirects();
+    let mut admitted = 0;
+    let started = Instant::now();
+    for i in 0..120 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        let r = http.get(format!("{base}/unknown{i}")).send().await.unwrap();
+        assert!(r.headers().contains_key("ratelimit"));
+        match r.status() {
+            // Admitted: read-svc answers that the code is unknown.
+            StatusCode::NOT_FOUND => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(r.headers().contains_key("retry-after")),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // Tokens that refilled while the loop ran may be admitted too.
+    let refilled = (started.elapsed().as_secs_f64() / 1.5).ceil() as usize;
+    assert!(
+        admitted <= 40 + refilled,
+        "admitted {admitted} of a 40 budget (+{refilled} refilled)"
+    );
+    // Leases may strand at most 2 tokens per replica.
+    assert!(admitted >= 40 - 2 * 2, "admitted only {admitted}");
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_codes_are_served_from_the_micro_cache_without_read_svc() {
+    let mut f = Fixture::with_read_svc().await;
+    let base = subscribed_gateway(&mut f, "100000/60").await;
+    let key = f.key("alice", "free").await;
+    let http = no_redirects();
+    let link: serde_json::Value = http
+        .post(format!("{base}/api/v1/links"))
+        .bearer_auth(&key)
+        .json(&json!({"url": "https://example.com/hot"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let code = link["code"].as_str().unwrap();
+    assert_eq!(
+        http.get(format!("{base}/{code}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FOUND
+    );
+    // Take read-svc away; the gateway's micro-cache still answers.
+    f.read_svc().cancel();
+    let read_addr = f.read_svc().addr;
+    while tokio::net::TcpStream::connect(read_addr).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Connections opened before the stop may linger: wait until an uncached
+    // code really cannot be resolved (503, never a hang)…
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(format!("{base}/zzzzzzz")).send().await.unwrap();
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read-svc still answers: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // …then the hot code is still served, from the micro-cache.
+    let r = http.get(format!("{base}/{code}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(r.headers()["location"], "https://example.com/hot");
+    f.cleanup().await;
+}
