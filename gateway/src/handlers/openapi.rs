@@ -1,9 +1,9 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of the public API,
-//! compiled into the binary. `gateway/openapi.json` is its one source; tests
-//! hold it to the route table, the request field lists and the response
-//! shapes (gateway/tests/openapi.rs), schemathesis holds the running fleet
-//! to it (e2e/tests/openapi.rs), and docs/openapi.json is a byte-identical
-//! copy for readers.
+//! compiled into the binary. `gateway/openapi.json` is its one source; this
+//! module's tests hold it to the route table, the request field lists and
+//! the response shapes, schemathesis holds the running fleet to it
+//! (e2e/tests/openapi.rs), and docs/openapi.json is a byte-identical copy
+//! for readers.
 
 use std::sync::LazyLock;
 
