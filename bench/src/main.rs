@@ -240,29 +240,22 @@ async fn rules_vs_plain(
     let (mut plain_rounds, mut ruled_rounds) = (Vec::new(), Vec::new());
     // One round more than the baseline comparison: the difference measured
     // here is small, so the medians need the extra sample.
-    for round in 0..=profile.rounds {
-        let order: [bool; 2] = if round % 2 == 0 {
-            [true, false]
+    for is_plain in alternating(profile.rounds + 1) {
+        settle(fleet).await;
+        let codes = if is_plain { &plain } else { &ruled };
+        let o = load::run(
+            gateway,
+            Mode::Closed { connections: 64 },
+            profile.step,
+            browser_redirects(codes.clone()),
+        )
+        .await;
+        anyhow::ensure!(o.count(302) > 0, "no redirects: {:?}", o.statuses);
+        if is_plain {
+            plain_302 += o.count(302);
+            plain_rounds.push(Summary::of(&o));
         } else {
-            [false, true]
-        };
-        for is_plain in order {
-            settle(fleet).await;
-            let codes = if is_plain { &plain } else { &ruled };
-            let o = load::run(
-                gateway,
-                Mode::Closed { connections: 64 },
-                profile.step,
-                browser_redirects(codes.clone()),
-            )
-            .await;
-            anyhow::ensure!(o.count(302) > 0, "no redirects: {:?}", o.statuses);
-            if is_plain {
-                plain_302 += o.count(302);
-                plain_rounds.push(Summary::of(&o));
-            } else {
-                ruled_rounds.push(Summary::of(&o));
-            }
+            ruled_rounds.push(Summary::of(&o));
         }
     }
     let p = median_of(&plain_rounds, |s| s.requests_per_sec);
@@ -318,30 +311,23 @@ async fn wrk_rounds(
     let script = wrk::script(codes, USER_AGENT)?;
     let mut redirects = 0u64;
     let (mut base_runs, mut fleet_runs) = (Vec::new(), Vec::new());
-    for round in 0..profile.rounds {
-        let order: [bool; 2] = if round % 2 == 0 {
-            [true, false]
+    for is_baseline in alternating(profile.rounds) {
+        settle(fleet).await;
+        let (addr, pid) = if is_baseline {
+            (baseline_addr, baseline_pid)
         } else {
-            [false, true]
+            (gateway, fleet.pid("gateway"))
         };
-        for is_baseline in order {
-            settle(fleet).await;
-            let (addr, pid) = if is_baseline {
-                (baseline_addr, baseline_pid)
-            } else {
-                (gateway, fleet.pid("gateway"))
-            };
-            let cpu_before = cpu_secs(pid);
-            let run = wrk::run(wrk_bin, addr, &script, 64, profile.step).await?;
-            let cpu_us = cpu_us_per_request((cpu_before, cpu_secs(pid)), run.answered_ok());
-            if is_baseline {
-                base_runs.push((run, cpu_us));
-            } else {
-                anyhow::ensure!(run.answered_ok() > 0, "wrk: no redirects: {run:?}");
-                // The bench's visitors are not bots: each 302 is a click.
-                redirects += run.answered_ok();
-                fleet_runs.push((run, cpu_us));
-            }
+        let cpu_before = cpu_secs(pid);
+        let run = wrk::run(wrk_bin, addr, &script, 64, profile.step).await?;
+        let cpu_us = cpu_us_per_request((cpu_before, cpu_secs(pid)), run.answered_ok());
+        if is_baseline {
+            base_runs.push((run, cpu_us));
+        } else {
+            anyhow::ensure!(run.answered_ok() > 0, "wrk: no redirects: {run:?}");
+            // The bench's visitors are not bots: each 302 is a click.
+            redirects += run.answered_ok();
+            fleet_runs.push((run, cpu_us));
         }
     }
     let med = |runs: &[(wrk::WrkRun, f64)], f: fn(&(wrk::WrkRun, f64)) -> f64| {
@@ -416,38 +402,31 @@ async fn this_gateway_vs_before(
     }
     let (mut this_rounds, mut before_rounds) = (Vec::new(), Vec::new());
     let (mut this_cpu, mut before_cpu) = (Vec::new(), Vec::new());
-    for round in 0..=profile.rounds {
-        let order: [bool; 2] = if round % 2 == 0 {
-            [true, false]
+    for is_this in alternating(profile.rounds + 1) {
+        settle(fleet).await;
+        let (addr, name) = if is_this {
+            (gateway, "gateway")
         } else {
-            [false, true]
+            (before, BEFORE)
         };
-        for is_this in order {
-            settle(fleet).await;
-            let (addr, name) = if is_this {
-                (gateway, "gateway")
-            } else {
-                (before, BEFORE)
-            };
-            let pid = fleet.pid(name);
-            let cpu_before = cpu_secs(pid);
-            let o = load::run(
-                addr,
-                Mode::Closed { connections: 64 },
-                profile.step,
-                browser_redirects(plain.clone()),
-            )
-            .await;
-            let cpu = cpu_us_per_request((cpu_before, cpu_secs(pid)), o.count(302));
-            anyhow::ensure!(o.count(302) > 0, "{name}: {:?}", o.statuses);
-            redirects += o.count(302);
-            if is_this {
-                this_rounds.push(Summary::of(&o));
-                this_cpu.push(cpu);
-            } else {
-                before_rounds.push(Summary::of(&o));
-                before_cpu.push(cpu);
-            }
+        let pid = fleet.pid(name);
+        let cpu_before = cpu_secs(pid);
+        let o = load::run(
+            addr,
+            Mode::Closed { connections: 64 },
+            profile.step,
+            browser_redirects(plain.clone()),
+        )
+        .await;
+        let cpu = cpu_us_per_request((cpu_before, cpu_secs(pid)), o.count(302));
+        anyhow::ensure!(o.count(302) > 0, "{name}: {:?}", o.statuses);
+        redirects += o.count(302);
+        if is_this {
+            this_rounds.push(Summary::of(&o));
+            this_cpu.push(cpu);
+        } else {
+            before_rounds.push(Summary::of(&o));
+            before_cpu.push(cpu);
         }
     }
     let rps = |rounds: &[Summary]| median_of(rounds, |s| s.requests_per_sec);
@@ -546,43 +525,35 @@ async fn measure(
         // CPU µs per redirect of the answering process (baseline: 301s,
         // gateway: 302s), from /proc around each round.
         let (mut base_cpu, mut fleet_cpu) = (Vec::new(), Vec::new());
-        for round in 0..profile.rounds {
-            // Alternate which side goes first so drift hits both.
-            let order: [bool; 2] = if round % 2 == 0 {
-                [true, false]
+        for is_baseline in alternating(profile.rounds) {
+            settle(fleet).await;
+            let (addr, pid) = if is_baseline {
+                (baseline_addr, baseline.id())
             } else {
-                [false, true]
+                (gateway, fleet.pid("gateway"))
             };
-            for is_baseline in order {
-                settle(fleet).await;
-                let (addr, pid) = if is_baseline {
-                    (baseline_addr, baseline.id())
-                } else {
-                    (gateway, fleet.pid("gateway"))
-                };
-                let cpu_before = cpu_secs(pid);
-                let o = load::run(
-                    addr,
-                    Mode::Closed { connections },
-                    profile.step,
-                    redirects(codes.clone()),
-                )
-                .await;
-                let cpu_us =
-                    cpu_us_per_request((cpu_before, cpu_secs(pid)), o.count(301).max(o.count(302)));
-                if is_baseline {
-                    base_cpu.push(cpu_us);
-                    base_rounds.push(Summary::of(&o));
-                } else {
-                    fleet_cpu.push(cpu_us);
-                    fleet_redirects += o.count(302);
-                    anyhow::ensure!(
-                        o.count(302) > 0,
-                        "the fleet answered no redirects: {:?}",
-                        o.statuses
-                    );
-                    fleet_rounds.push(Summary::of(&o));
-                }
+            let cpu_before = cpu_secs(pid);
+            let o = load::run(
+                addr,
+                Mode::Closed { connections },
+                profile.step,
+                redirects(codes.clone()),
+            )
+            .await;
+            let cpu_us =
+                cpu_us_per_request((cpu_before, cpu_secs(pid)), o.count(301).max(o.count(302)));
+            if is_baseline {
+                base_cpu.push(cpu_us);
+                base_rounds.push(Summary::of(&o));
+            } else {
+                fleet_cpu.push(cpu_us);
+                fleet_redirects += o.count(302);
+                anyhow::ensure!(
+                    o.count(302) > 0,
+                    "the fleet answered no redirects: {:?}",
+                    o.statuses
+                );
+                fleet_rounds.push(Summary::of(&o));
             }
         }
         let b = median_of(&base_rounds, |s| s.requests_per_sec);
@@ -830,8 +801,13 @@ async fn measure(
     Ok(Value::Object(sections))
 }
 
-/// Polls analytics until the counted clicks reach `expected` (or stop
-/// growing for 10 s); returns the count and how long it took.
+/// The side that runs (`true`: the first one named) in each step of
+/// `rounds` rounds of two: which side goes first alternates every round, so
+/// drift over the run hits both sides alike.
+fn alternating(rounds: usize) -> impl Iterator<Item = bool> {
+    (0..rounds).flat_map(|round| [round % 2 == 0, round % 2 == 1])
+}
+
 /// Waits (at most 60 s) until the click pipeline is idle: the gateway's
 /// buffer is empty and analytics-svc stored nothing new for 500 ms. Each
 /// round then starts on a quiet machine instead of paying for the previous
@@ -865,6 +841,8 @@ async fn settle(fleet: &Fleet) {
     }
 }
 
+/// Polls analytics until the counted clicks reach `expected` (or stop
+/// growing for 10 s); returns the count and how long it took.
 async fn count_clicks(
     fleet: &Fleet,
     key: &str,

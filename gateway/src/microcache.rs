@@ -7,6 +7,11 @@
 //! Both kinds are dropped as soon as a `LinkEvent` for the code arrives
 //! (every gateway replica subscribes), so an edit, disable or delete takes
 //! effect within a second fleet-wide and is never undone by a stale copy.
+//! Nor by an old answer cached again: read-svc applies the same event on
+//! its own schedule, and a resolve may have been in flight when the event
+//! came, so the cache remembers the newest `updated_at` each code's events
+//! carried and does not keep an answer older than that (it still answers
+//! the request; the next one asks read-svc again).
 //! While the event subscription is down the cache is emptied and bypassed:
 //! without invalidation only read-svc's answer is trustworthy. Links
 //! counted against `max_clicks` are never cached (read-svc must count every
@@ -41,6 +46,9 @@ struct Entry {
 #[derive(Clone)]
 pub struct MicroCache {
     entries: Cache<String, Entry>,
+    /// The newest `updated_at` (seconds, nanos) link events carried per
+    /// code, kept as long as an entry can live.
+    newest: moka::sync::Cache<String, (i64, i32)>,
     ttl: Duration,
     /// True while link events flow; otherwise every lookup misses.
     live: Arc<AtomicBool>,
@@ -114,6 +122,10 @@ impl MicroCache {
                     lifetime: ttl.saturating_add(stale_for),
                 })
                 .build(),
+            newest: moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1))
+                .time_to_live(ttl.saturating_add(stale_for))
+                .build(),
             ttl,
             live: Arc::new(AtomicBool::new(false)),
         }
@@ -154,7 +166,7 @@ impl MicroCache {
     }
 
     pub async fn insert(&self, code: &str, resolved: Arc<ResolveResponse>) {
-        if self.live.load(Ordering::Relaxed) {
+        if self.live.load(Ordering::Relaxed) && !self.older_than_events(code, &resolved) {
             let entry = Entry {
                 link: resolved,
                 fresh_until: Instant::now() + self.ttl,
@@ -163,8 +175,27 @@ impl MicroCache {
         }
     }
 
-    /// Event handlers: drop the code on any event; forget everything (and
-    /// go live) on each new subscription.
+    /// Whether an event newer than `answer` was seen for `code` (an answer
+    /// without a time is older than any event).
+    fn older_than_events(&self, code: &str, answer: &ResolveResponse) -> bool {
+        self.newest.get(code).is_some_and(|newest| {
+            answer
+                .updated_at
+                .as_ref()
+                .is_none_or(|t| (t.seconds, t.nanos) < newest)
+        })
+    }
+
+    /// Remembers the newest change an event announced for its code.
+    fn saw_event(&self, code: &str, updated_at: Option<&prost_types::Timestamp>) {
+        let at = updated_at.map_or((i64::MIN, 0), |t| (t.seconds, t.nanos));
+        self.newest
+            .entry(code.to_owned())
+            .and_upsert_with(|old| old.map_or(at, |o| (*o.value()).max(at)));
+    }
+
+    /// Event handlers: drop the code on any event (remembering how new the
+    /// event was); forget everything (and go live) on each new subscription.
     pub fn handlers(&self) -> Handlers {
         let on_event = self.clone();
         let on_subscribed = self.clone();
@@ -174,6 +205,7 @@ impl MicroCache {
                 let cache = on_event.clone();
                 Box::pin(async move {
                     if let Some(link) = event.link {
+                        cache.saw_event(&link.code, link.updated_at.as_ref());
                         cache.entries.invalidate(&link.code).await;
                     }
                 })
@@ -266,6 +298,42 @@ mod tests {
             cache.stale("kept", code).await.is_none(),
             "no events, no stale"
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_older_than_an_event_seen_is_not_cached_again() {
+        let cache = live_cache(Duration::from_secs(60), Duration::ZERO).await;
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let answer = |seconds| {
+            let mut l = (*link("abc", None)).clone();
+            l.updated_at = at(seconds);
+            Arc::new(l)
+        };
+        (cache.handlers().on_event)(LinkEvent {
+            link: Some(Link {
+                code: "abc".into(),
+                updated_at: at(200),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+        // read-svc has not applied the event yet: its answer predates it.
+        cache.insert("abc", answer(100)).await;
+        assert!(cache.get("abc").await.is_none(), "the old answer was kept");
+        let mut timeless = (*answer(0)).clone();
+        timeless.updated_at = None;
+        cache.insert("abc", Arc::new(timeless)).await;
+        assert!(
+            cache.get("abc").await.is_none(),
+            "no time: older than any event"
+        );
+        // Caught up: the event's own version (or anything newer) is kept.
+        cache.insert("abc", answer(200)).await;
+        assert!(cache.get("abc").await.is_some());
+        // Codes without events are cached as before.
+        cache.insert("other", link("other", None)).await;
+        assert!(cache.get("other").await.is_some());
     }
 
     #[tokio::test]

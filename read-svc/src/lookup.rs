@@ -54,6 +54,7 @@ pub fn response(link: &Link, now: DateTime<Utc>) -> ResolveResponse {
         } else {
             link.expired_url.clone()
         },
+        updated_at: link.updated_at,
     }
 }
 
