@@ -270,6 +270,21 @@ impl RateLimiter {
         if let Some(decision) = spend(&lease, policy, now) {
             return record(policy, decision);
         }
+        // Boxed: the renewal's Redis call is a large future that nearly
+        // every redirect skips, and an inline one would be moved with each
+        // redirect's future.
+        Box::pin(self.renew_lease(policy, key, lease, now)).await
+    }
+
+    /// The lease is spent or lapsed: one task renews it from Redis (the
+    /// others wait for that renewal, then spend from it).
+    async fn renew_lease(
+        &self,
+        policy: &Policy,
+        key: String,
+        lease: Arc<Mutex<Lease>>,
+        now: Instant,
+    ) -> Decision {
         let renewal = lease
             .lock()
             .unwrap_or_else(|p| p.into_inner())

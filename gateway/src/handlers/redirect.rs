@@ -140,17 +140,18 @@ async fn resolve(ctx: &Ctx<'_>, code: &str) -> Result<Arc<ResolveResponse>, Http
         return Ok(hit);
     }
     let upstreams = &ctx.state.upstreams;
-    let resolved = upstreams
-        .resolver(|mut c| {
-            let r = upstreams.request(
-                ResolveRequest {
-                    code: code.to_owned(),
-                },
-                ctx.request_id,
-            );
-            async move { c.resolve(r).await }
-        })
-        .await;
+    // Boxed: the gRPC call is a large future only a miss needs; inline, it
+    // would be carried (and moved) by every redirect's future.
+    let resolved = Box::pin(upstreams.resolver(|mut c| {
+        let r = upstreams.request(
+            ResolveRequest {
+                code: code.to_owned(),
+            },
+            ctx.request_id,
+        );
+        async move { c.resolve(r).await }
+    }))
+    .await;
     match resolved {
         Ok(link) => {
             let link = Arc::new(link);
@@ -204,7 +205,9 @@ async fn answer(
             // Shown, not followed: no click yet.
             return password::form(&link.code, query, false);
         };
-        if let Err(refused) = check_password(ctx, link, who, &offered, posted, query).await {
+        // Boxed, like every rare path here: see `resolve`.
+        let check = Box::pin(check_password(ctx, link, who, &offered, posted, query));
+        if let Err(refused) = check.await {
             return refused;
         }
     }
