@@ -388,10 +388,9 @@ impl Fleet {
                 .display()
                 .to_string(),
         ));
-        env.push((
-            "SHORTFLEET_OPS_ADDR".into(),
-            format!("127.0.0.1:{}", free_port()),
-        ));
+        // Its probes and /metrics answer on its own ops port.
+        let ops = format!("127.0.0.1:{}", free_port());
+        env.push(("SHORTFLEET_OPS_ADDR".into(), ops.clone()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -406,7 +405,7 @@ impl Fleet {
             .with_context(|| format!("starting {name}"))?;
         self.envs.insert(name, env);
         self.children.insert(name, child);
-        self.ops_urls.insert(name, format!("http://{public}"));
+        self.ops_urls.insert(name, format!("http://{ops}"));
         self.wait_ready(name, Duration::from_secs(60)).await?;
         Ok(format!("http://{public}"))
     }
