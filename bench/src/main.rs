@@ -229,14 +229,7 @@ async fn rules_vs_plain(
 ) -> anyhow::Result<(Value, u64)> {
     let mut plain_302 = 0u64;
     // Warm the micro-cache with the ruled links too.
-    let warm = load::run(
-        gateway,
-        Mode::Closed { connections: 8 },
-        Duration::from_secs(1),
-        browser_redirects(ruled.clone()),
-    )
-    .await;
-    anyhow::ensure!(warm.count(302) > 0, "ruled links: {:?}", warm.statuses);
+    warm_up(gateway, &ruled).await?;
     let (mut plain_rounds, mut ruled_rounds) = (Vec::new(), Vec::new());
     // One round more than the baseline comparison: the difference measured
     // here is small, so the medians need the extra sample.
@@ -390,15 +383,7 @@ async fn this_gateway_vs_before(
 ) -> anyhow::Result<(Value, u64)> {
     let mut redirects = 0u64;
     for addr in [gateway, before] {
-        let warm = load::run(
-            addr,
-            Mode::Closed { connections: 8 },
-            Duration::from_secs(1),
-            browser_redirects(plain.clone()),
-        )
-        .await;
-        anyhow::ensure!(warm.count(302) > 0, "{addr}: {:?}", warm.statuses);
-        redirects += warm.count(302);
+        redirects += warm_up(addr, &plain).await?;
     }
     let (mut this_rounds, mut before_rounds) = (Vec::new(), Vec::new());
     let (mut this_cpu, mut before_cpu) = (Vec::new(), Vec::new());
@@ -815,6 +800,20 @@ async fn measure(
         }),
     );
     Ok(Value::Object(sections))
+}
+
+/// One second of browser redirects over `codes` at 8 connections, so the
+/// rounds that follow find every cache warm; the redirects it made.
+async fn warm_up(addr: SocketAddr, codes: &Arc<Vec<String>>) -> anyhow::Result<u64> {
+    let warm = load::run(
+        addr,
+        Mode::Closed { connections: 8 },
+        Duration::from_secs(1),
+        browser_redirects(codes.clone()),
+    )
+    .await;
+    anyhow::ensure!(warm.count(302) > 0, "{addr}: {:?}", warm.statuses);
+    Ok(warm.count(302))
 }
 
 /// The side that runs (`true`: the first one named) in each step of

@@ -5,12 +5,16 @@
 //! keys, anonymous redirects, failed authentications, link passwords) goes
 //! through it, so the headers cannot drift between them.
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::{
     problem::{HttpResponse, Problem},
     ratelimit::{Decision, Policy},
 };
+
+// Parsed once, not on every insert as a `&str` name would be.
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 pub struct Limit<'p> {
     policy: &'p Policy,
@@ -44,9 +48,11 @@ impl<'p> Limit<'p> {
     /// on an answer this decision allowed.
     pub fn stamp<B>(&self, response: &mut Response<B>) {
         let headers = response.headers_mut();
-        headers.insert("ratelimit-policy", self.policy.header_value.clone());
-        if let Ok(v) = HeaderValue::from_str(&self.decision.header(self.policy)) {
-            headers.insert("ratelimit", v);
+        headers.insert(&RATELIMIT_POLICY, self.policy.header_value.clone());
+        // The formatted String becomes the header's bytes without a copy.
+        let value = bytes::Bytes::from(self.decision.header(self.policy));
+        if let Ok(v) = HeaderValue::from_maybe_shared(value) {
+            headers.insert(&RATELIMIT, v);
         }
     }
 }

@@ -103,8 +103,12 @@ pub async fn handle(
     }
     .instrument(span.clone())
     .await;
-    span.record("otel.name", format!("{method} {endpoint}"));
-    span.record("http.response.status_code", response.status().as_u16());
+    // A disabled span (info off, no trace export) records nothing: skip
+    // building its name, an allocation on every redirect.
+    if !span.is_disabled() {
+        span.record("otel.name", format!("{method} {endpoint}"));
+        span.record("http.response.status_code", response.status().as_u16());
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
