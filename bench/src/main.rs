@@ -33,7 +33,7 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 use shortfleet_bench::{
     load::{self, Mode, RequestFactory},
-    probe::{ProcessUse, cpu_secs, cpu_us_per_request, process_use},
+    probe::{ProcessUse, cpu_secs, cpu_secs_named, cpu_us_per_request, process_use},
     stats::{Summary, median, median_of, ratio, round2, round3},
     wrk,
 };
@@ -489,6 +489,12 @@ async fn measure(
     let ruled = Arc::new(create_rule_links(fleet, &key, profile.links).await?);
     let (mut baseline, baseline_addr) = start_baseline(fleet).await?;
     let gateway = gateway_addr(fleet)?;
+    // The click pipeline's CPU per click is read over the redirect steps
+    // only (no creates yet), ending once every click is stored.
+    let pipeline_before = (
+        pipeline_cpu(fleet),
+        redirects_sent(fleet, before.is_some()).await?,
+    );
     let mut fleet_redirects = 0u64;
     // Warm every cache level once.
     let warm = load::run(
@@ -608,6 +614,17 @@ async fn measure(
     // Let the click pipeline catch up first: its backlog would otherwise
     // steal the CPU the latency step is measuring (for both sides).
     count_clicks(fleet, &key, &codes, fleet_redirects).await?;
+    settle(fleet).await;
+    sections.insert(
+        "click_pipeline_cpu".into(),
+        pipeline_per_click(
+            pipeline_before,
+            (
+                pipeline_cpu(fleet),
+                redirects_sent(fleet, before.is_some()).await?,
+            ),
+        ),
+    );
 
     // Fixed-rate latency, coordinated omission corrected.
     let mode = Mode::Open {
@@ -670,18 +687,7 @@ async fn measure(
     // analytics. The gateways' own counts, not the load generators': a
     // closed-loop generator stops with requests in flight that the gateway
     // still answers (and counts as clicks) but the generator never saw.
-    let mut gateways = vec!["gateway"];
-    gateways.extend(before.map(|_| BEFORE));
-    let mut sent = 0.0;
-    for gw in gateways {
-        sent += fleet
-            .metric(
-                gw,
-                "shortfleet_http_requests_total",
-                &["endpoint=\"redirect\"", "status=\"302\""],
-            )
-            .await?;
-    }
+    let sent = redirects_sent(fleet, before.is_some()).await?;
     let fleet_redirects = sent as u64;
     let every_code: Vec<String> = codes.iter().chain(ruled.iter()).cloned().collect();
     let (counted, waited) = count_clicks(fleet, &key, &every_code, fleet_redirects).await?;
@@ -800,6 +806,58 @@ async fn measure(
         }),
     );
     Ok(Value::Object(sections))
+}
+
+/// The 302s the fleet's gateways (and the `--gateway-before` one) answered
+/// so far, by their own count.
+async fn redirects_sent(fleet: &Fleet, with_before: bool) -> anyhow::Result<f64> {
+    let mut gateways = vec!["gateway"];
+    if with_before {
+        gateways.push(BEFORE);
+    }
+    let mut sent = 0.0;
+    for gw in gateways {
+        sent += fleet
+            .metric(
+                gw,
+                "shortfleet_http_requests_total",
+                &["endpoint=\"redirect\"", "status=\"302\""],
+            )
+            .await?;
+    }
+    Ok(sent)
+}
+
+/// CPU µs per click of each pipeline stage between two readings of
+/// [`pipeline_cpu`] and the gateways' redirect counts; printed and returned.
+fn pipeline_per_click(
+    (cpu0, sent0): ([(&'static str, f64); 4], f64),
+    (cpu1, sent1): ([(&'static str, f64); 4], f64),
+) -> Value {
+    let clicks = (sent1 - sent0).max(0.0) as u64;
+    let mut stages = serde_json::Map::new();
+    let mut total = 0.0;
+    let mut line = String::new();
+    for ((stage, before), (_, after)) in cpu0.iter().zip(cpu1.iter()) {
+        let us = cpu_us_per_request((*before, *after), clicks);
+        total += us;
+        line.push_str(&format!(" {stage} {us:.2}"));
+        stages.insert((*stage).into(), json!(round2(us)));
+    }
+    println!("click pipeline CPU µs per click over {clicks} clicks:{line}; total {total:.2}");
+    json!({"clicks": clicks, "cpu_us_per_click": stages, "total_cpu_us_per_click": round2(total)})
+}
+
+/// The click pipeline's stages and the CPU seconds each has used so far:
+/// click-logger and analytics-svc (their processes), RabbitMQ (`beam.smp`)
+/// and PostgreSQL (every backend).
+fn pipeline_cpu(fleet: &Fleet) -> [(&'static str, f64); 4] {
+    [
+        ("click-logger", cpu_secs(fleet.pid("click-logger"))),
+        ("rabbitmq", cpu_secs_named("beam.smp")),
+        ("analytics-svc", cpu_secs(fleet.pid("analytics-svc"))),
+        ("postgresql", cpu_secs_named("postgres")),
+    ]
 }
 
 /// One second of browser redirects over `codes` at 8 connections, so the

@@ -35,3 +35,21 @@ pub fn cpu_us_per_request(cpu: (f64, f64), requests: u64) -> f64 {
     }
     (cpu.1 - cpu.0).max(0.0) * 1e6 / requests as f64
 }
+
+/// CPU seconds used so far by every process whose name (`/proc/<pid>/comm`)
+/// starts with `name` — the infrastructure the fleet shares, e.g. all of
+/// PostgreSQL's backends or RabbitMQ's `beam.smp`. Processes that exited
+/// meanwhile are not counted: read it over a window where they persist.
+pub fn cpu_secs_named(name: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end().starts_with(name))
+        })
+        .map(|pid| cpu_secs(Some(pid)))
+        .sum()
+}
