@@ -33,6 +33,7 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 use shortfleet_bench::{
     load::{self, Mode, RequestFactory},
+    oha,
     probe::{ProcessUse, cpu_secs, cpu_secs_named, cpu_us_per_request, process_use},
     stats::{Summary, median, median_of, ratio, round2, round3},
     wrk,
@@ -62,6 +63,10 @@ struct Args {
     /// (`bench/run` passes Debian's).
     #[arg(long)]
     wrk: Option<std::path::PathBuf>,
+    /// oha, to measure fixed-rate latency (coordinated omission corrected)
+    /// with a generator that is not ours too (`bench/run` installs it).
+    #[arg(long)]
+    oha: Option<std::path::PathBuf>,
 }
 
 struct Profile {
@@ -370,6 +375,75 @@ async fn wrk_rounds(
     Ok((section, redirects))
 }
 
+/// Baseline against fleet at a fixed `rate` with oha (64 connections,
+/// latency corrected), interleaved rounds: medians of p50/p99/p99.9 and
+/// the non-3xx answers.
+async fn oha_rounds(
+    fleet: &Fleet,
+    oha_bin: &std::path::Path,
+    baseline: SocketAddr,
+    gateway: SocketAddr,
+    profile: &Profile,
+    codes: &[String],
+    rate: u64,
+) -> anyhow::Result<Value> {
+    let (mut base_runs, mut fleet_runs) = (Vec::new(), Vec::new());
+    for is_baseline in alternating(profile.rounds) {
+        settle(fleet).await;
+        let addr = if is_baseline { baseline } else { gateway };
+        let pattern = oha::url_pattern(addr, codes)?;
+        let run = oha::run(oha_bin, &pattern, USER_AGENT, rate, 64, profile.step).await?;
+        if is_baseline {
+            base_runs.push(run);
+        } else {
+            fleet_runs.push(run);
+        }
+    }
+    let med = |runs: &[oha::OhaRun], f: fn(&oha::OhaRun) -> Option<f64>| {
+        median(
+            &runs
+                .iter()
+                .filter_map(f)
+                .map(|s| s * 1000.0)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or(0.0)
+    };
+    for (name, runs) in [("baseline", &base_runs), ("fleet", &fleet_runs)] {
+        println!(
+            "{:<34} {:>12} {:>12.0} {:>7} {:>9.3} {:>9.3} {:>9.3}",
+            format!("oha {name} at {rate} req/s"),
+            "",
+            median(
+                &runs
+                    .iter()
+                    .map(|r| r.summary.requests_per_sec)
+                    .collect::<Vec<_>>()
+            )
+            .unwrap_or(0.0),
+            "",
+            med(runs, |r| r.latency.p50),
+            med(runs, |r| r.latency.p99),
+            med(runs, |r| r.latency.p999),
+        );
+    }
+    let fleet_non_3xx: u64 = fleet_runs.iter().map(oha::OhaRun::non_3xx).sum();
+    println!("{:<34} fleet non-3xx {fleet_non_3xx}", "  oha");
+    Ok(json!({
+        "rate": rate,
+        "connections": 64,
+        "baseline_p50_ms": round3(med(&base_runs, |r| r.latency.p50)),
+        "baseline_p99_ms": round3(med(&base_runs, |r| r.latency.p99)),
+        "baseline_p999_ms": round3(med(&base_runs, |r| r.latency.p999)),
+        "fleet_p50_ms": round3(med(&fleet_runs, |r| r.latency.p50)),
+        "fleet_p99_ms": round3(med(&fleet_runs, |r| r.latency.p99)),
+        "fleet_p999_ms": round3(med(&fleet_runs, |r| r.latency.p999)),
+        "fleet_non_3xx": fleet_non_3xx,
+        "baseline_rounds": base_runs.iter().map(oha::OhaRun::to_json).collect::<Vec<_>>(),
+        "fleet_rounds": fleet_runs.iter().map(oha::OhaRun::to_json).collect::<Vec<_>>(),
+    }))
+}
+
 /// This gateway against the `--gateway-before` one on the same plain
 /// links (browser requests), interleaved rounds at 64 connections: req/s
 /// and each gateway process's CPU µs per redirect. Returns the section and
@@ -651,6 +725,19 @@ async fn measure(
         "redirect_latency_fixed_rate".into(),
         json!({"rate": args.rate, "baseline": base.to_json(), "fleet": fl.to_json()}),
     );
+    if let Some(oha_bin) = &args.oha {
+        let section = oha_rounds(
+            fleet,
+            oha_bin,
+            baseline_addr,
+            gateway,
+            profile,
+            &codes,
+            args.rate,
+        )
+        .await?;
+        sections.insert("oha_fixed_rate".into(), section);
+    }
     let _ = baseline.kill().await;
 
     // Creates: unique URLs, the bench tier so the limiter is not the bottleneck.
