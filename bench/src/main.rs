@@ -393,6 +393,11 @@ async fn oha_rounds(
         let addr = if is_baseline { baseline } else { gateway };
         let pattern = oha::url_pattern(addr, codes)?;
         let run = oha::run(oha_bin, &pattern, USER_AGENT, rate, 64, profile.step).await?;
+        anyhow::ensure!(
+            run.statuses.keys().any(|code| code.starts_with('3')),
+            "oha: no redirects from {addr}: {:?}",
+            run.statuses
+        );
         if is_baseline {
             base_runs.push(run);
         } else {
@@ -687,7 +692,8 @@ async fn measure(
 
     // Let the click pipeline catch up first: its backlog would otherwise
     // steal the CPU the latency step is measuring (for both sides).
-    count_clicks(fleet, &key, &codes, fleet_redirects).await?;
+    // Read before polling the stats (those queries are PostgreSQL work
+    // too), once the pipeline went quiet.
     settle(fleet).await;
     sections.insert(
         "click_pipeline_cpu".into(),
@@ -699,6 +705,7 @@ async fn measure(
             ),
         ),
     );
+    count_clicks(fleet, &key, &codes, fleet_redirects).await?;
 
     // Fixed-rate latency, coordinated omission corrected.
     let mode = Mode::Open {
