@@ -395,6 +395,40 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A protected link's max_clicks counts redirects, not forms shown or
+    // wrong passwords: one click allowed, the form twice and a wrong guess
+    // first, then the right password gets through once and only once.
+    let (status, limited) = api
+        .create(
+            json!({"url": "https://example.com/once", "password": "open sesame",
+                       "max_clicks": 1}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{limited}");
+    let lcode = limited["code"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let form = http.get(format!("{base}/{lcode}")).send().await?;
+        assert_eq!(form.status(), StatusCode::OK, "the form, not a click");
+    }
+    let wrong = http
+        .get(format!("{base}/{lcode}"))
+        .header("x-link-password", "guess")
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let unlock = || {
+        http.get(format!("{base}/{lcode}"))
+            .header("x-link-password", "open sesame")
+    };
+    let (status, loc) = location(unlock()).await?;
+    assert_eq!(
+        (status, loc.as_str()),
+        (StatusCode::FOUND, "https://example.com/once"),
+        "the form and the wrong guess used up no click"
+    );
+    let (status, _) = location(unlock()).await?;
+    assert_eq!(status, StatusCode::GONE, "the one click is spent");
+
     // --- forward_query ---------------------------------------------------
     let (_, with_query) = api
         .create(json!({"url": "https://example.com/p?a=1#frag", "forward_query": true}))

@@ -34,7 +34,7 @@ impl LinkResolver for LinkResolverService {
     ) -> Result<Response<ResolveResponse>, Status> {
         let code = input::CODE.check(&request.get_ref().code)?;
         let started = std::time::Instant::now();
-        let result = self.resolve_code(code).await;
+        let result = self.resolve_code(code, request.get_ref().unlocked).await;
         metrics::histogram!("shortfleet_resolve_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         result
@@ -42,13 +42,22 @@ impl LinkResolver for LinkResolverService {
 }
 
 impl LinkResolverService {
-    async fn resolve_code(&self, code: &str) -> Result<Response<ResolveResponse>, Status> {
+    /// A link with `max_clicks` counts this redirect, unless it is
+    /// password-protected and the caller has not passed its check yet.
+    async fn resolve_code(
+        &self,
+        code: &str,
+        unlocked: bool,
+    ) -> Result<Response<ResolveResponse>, Status> {
         match self.resolver.resolve(code).await {
             Ok(Lookup::Found(link)) => {
                 let mut answer = response(&link, Utc::now());
-                if let (Some(max), true) =
-                    (link.max_clicks, answer.state == LinkState::Active as i32)
-                {
+                let counts = link.password_hash.is_empty() || unlocked;
+                if let (Some(max), true, true) = (
+                    link.max_clicks,
+                    answer.state == LinkState::Active as i32,
+                    counts,
+                ) {
                     match self.resolver.count_click(code, max).await {
                         Ok(true) => {}
                         Ok(false) => answer.state = LinkState::Gone as i32,

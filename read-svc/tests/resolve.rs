@@ -222,7 +222,10 @@ async fn max_clicks_is_exact_under_concurrent_redirects_across_replicas() {
             let mut active = 0;
             for _ in 0..10 {
                 let r = resolver
-                    .resolve(shortfleet_proto::v1::ResolveRequest { code: code.clone() })
+                    .resolve(shortfleet_proto::v1::ResolveRequest {
+                        code: code.clone(),
+                        unlocked: false,
+                    })
                     .await
                     .unwrap()
                     .into_inner();

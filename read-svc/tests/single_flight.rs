@@ -22,8 +22,11 @@ async fn concurrent_misses_for_one_code_make_one_upstream_call() {
         let mut c = client.clone();
         let code = link.code.clone();
         tasks.push(tokio::spawn(async move {
-            c.resolve(shortfleet_proto::v1::ResolveRequest { code })
-                .await
+            c.resolve(shortfleet_proto::v1::ResolveRequest {
+                code,
+                unlocked: false,
+            })
+            .await
         }));
     }
     for t in tasks {

@@ -120,7 +120,7 @@ async fn limited(
             ip: client.ip,
             country,
         };
-        match resolve(ctx, code).await {
+        match resolve(ctx, code, false).await {
             Ok(link) => answer(ctx, &link, parts, &who, attempt).await,
             Err(response) => response,
         }
@@ -137,8 +137,14 @@ struct Who<'a> {
 }
 
 /// The link: the micro-cache answers hot codes with no gRPC hop at all.
-async fn resolve(ctx: &Ctx<'_>, code: &str) -> Result<Arc<ResolveResponse>, HttpResponse> {
-    if let Some(hit) = ctx.state.microcache.get(code).await {
+/// `unlocked`: the password check passed, so a protected link's
+/// `max_clicks` redirect is counted now (read-svc is always asked then).
+async fn resolve(
+    ctx: &Ctx<'_>,
+    code: &str,
+    unlocked: bool,
+) -> Result<Arc<ResolveResponse>, HttpResponse> {
+    if !unlocked && let Some(hit) = ctx.state.microcache.get(code).await {
         return Ok(hit);
     }
     let upstreams = &ctx.state.upstreams;
@@ -148,6 +154,7 @@ async fn resolve(ctx: &Ctx<'_>, code: &str) -> Result<Arc<ResolveResponse>, Http
         let r = upstreams.request(
             ResolveRequest {
                 code: code.to_owned(),
+                unlocked,
             },
             ctx.request_id,
         );
@@ -211,6 +218,16 @@ async fn answer(
         let check = Box::pin(check_password(ctx, link, who, &offered, posted, query));
         if let Err(refused) = check.await {
             return refused;
+        }
+        // read-svc did not count this redirect against max_clicks while
+        // the password was unchecked (a form shown is not a click): count
+        // it now, and it may be the one over the limit.
+        if link.uncacheable {
+            match Box::pin(resolve(ctx, &link.code, true)).await {
+                Ok(counted) if counted.state != LinkState::Active as i32 => return gone(&counted),
+                Ok(_) => {}
+                Err(response) => return response,
+            }
         }
     }
     // Only past this point may a target be answered.

@@ -95,7 +95,10 @@ impl Replica {
     pub async fn resolve(&self, code: &str) -> Result<ResolveResponse, tonic::Status> {
         self.client()
             .await
-            .resolve(ResolveRequest { code: code.into() })
+            .resolve(ResolveRequest {
+                code: code.into(),
+                unlocked: false,
+            })
             .await
             .map(tonic::Response::into_inner)
     }
