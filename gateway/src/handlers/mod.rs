@@ -92,13 +92,10 @@ pub async fn handle(
             Err(RouteError::MethodNotAllowed(allowed)) => {
                 ("unknown", full(method_not_allowed(&allowed)))
             }
-            Ok((endpoint, params)) => {
-                let params: Vec<String> = params.into_iter().map(str::to_owned).collect();
-                (
-                    endpoint.name(),
-                    dispatch(&ctx, endpoint, &params, req, peer).await,
-                )
-            }
+            Ok((endpoint, params)) => (
+                endpoint.name(),
+                dispatch(&ctx, endpoint, &params, req, peer).await,
+            ),
         }
     }
     .instrument(span.clone())
@@ -139,11 +136,11 @@ pub async fn handle(
 async fn dispatch(
     ctx: &Ctx<'_>,
     endpoint: Endpoint,
-    params: &[String],
+    params: &[&str],
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let param = || params.first().map(String::as_str).unwrap_or_default();
+    let param = || params.first().copied().unwrap_or_default();
     let response = match endpoint {
         // With an ops port, metrics are served there only.
         Endpoint::Metrics if ctx.state.config.ops_addr.is_some() => {
@@ -172,11 +169,11 @@ async fn dispatch(
 async fn api(
     ctx: &Ctx<'_>,
     endpoint: Endpoint,
-    params: &[String],
+    params: &[&str],
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let param = || params.first().map(String::as_str).unwrap_or_default();
+    let param = || params.first().copied().unwrap_or_default();
     let principal = match authenticate(ctx, &req).await {
         Some(p) => p,
         None => return full(refuse_authentication(ctx, &req, peer).await),
