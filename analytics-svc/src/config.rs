@@ -52,10 +52,7 @@ impl Config {
             ),
             db_pool_size: r.get("SHORTFLEET_DB_POOL_SIZE", 16),
             db_timeout: r.millis("SHORTFLEET_DB_TIMEOUT_MS", 3000),
-            amqp_url: r.string(
-                "SHORTFLEET_AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-            ),
+            amqp_url: r.string("SHORTFLEET_AMQP_URL", shortfleet_common::amqp::LOCAL_URL),
             clicks_exchange: r.string(
                 "SHORTFLEET_CLICKS_EXCHANGE",
                 shortfleet_common::amqp::CLICKS_EXCHANGE,

@@ -32,10 +32,7 @@ impl Config {
         let config = Self {
             grpc_addr: r.get("SHORTFLEET_GRPC_ADDR", ([127, 0, 0, 1], 50053).into()),
             ops_addr: r.get("SHORTFLEET_OPS_ADDR", ([127, 0, 0, 1], 9103).into()),
-            amqp_url: r.string(
-                "SHORTFLEET_AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-            ),
+            amqp_url: r.string("SHORTFLEET_AMQP_URL", shortfleet_common::amqp::LOCAL_URL),
             clicks_exchange: r.string(
                 "SHORTFLEET_CLICKS_EXCHANGE",
                 shortfleet_common::amqp::CLICKS_EXCHANGE,

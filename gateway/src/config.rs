@@ -229,10 +229,7 @@ impl Config {
             click_batch_max: r.get("SHORTFLEET_CLICK_BATCH_MAX", 500),
             click_batch_wait: r.millis("SHORTFLEET_CLICK_BATCH_WAIT_MS", 50),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
-            amqp_url: r.string(
-                "SHORTFLEET_AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-            ),
+            amqp_url: r.string("SHORTFLEET_AMQP_URL", shortfleet_common::amqp::LOCAL_URL),
             link_events_exchange: r.string(
                 "SHORTFLEET_LINK_EVENTS_EXCHANGE",
                 shortfleet_common::amqp::LINK_EVENTS_EXCHANGE,

@@ -46,10 +46,7 @@ impl Config {
             redis_timeout: r.millis("SHORTFLEET_REDIS_TIMEOUT_MS", 100),
             write_svc_url: r.string("SHORTFLEET_WRITE_SVC_URL", "http://127.0.0.1:50051"),
             upstream_timeout: r.millis("SHORTFLEET_UPSTREAM_TIMEOUT_MS", 1000),
-            amqp_url: r.string(
-                "SHORTFLEET_AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-            ),
+            amqp_url: r.string("SHORTFLEET_AMQP_URL", shortfleet_common::amqp::LOCAL_URL),
             link_events_exchange: r.string(
                 "SHORTFLEET_LINK_EVENTS_EXCHANGE",
                 shortfleet_common::amqp::LINK_EVENTS_EXCHANGE,

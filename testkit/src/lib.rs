@@ -33,7 +33,7 @@ pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 /// The Redis every test shares, apart by key prefix.
 pub const REDIS: &str = "redis://127.0.0.1:6379";
 /// The RabbitMQ every test shares, apart by exchange and queue names.
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const AMQP: &str = shortfleet_common::amqp::LOCAL_URL;
 /// How long to wait for an asynchronous effect before calling it lost;
 /// generous because the test machine is small and shared.
 pub const DEADLINE: Duration = Duration::from_secs(10);

@@ -37,6 +37,9 @@ pub use topology::{
 /// The exchange write-svc's outbox publishes `LinkEvent`s to (topic,
 /// routing keys `link.created|updated|deleted`).
 pub const LINK_EVENTS_EXCHANGE: &str = "links.events";
+/// The broker `deploy/local/infra` runs: every service's default
+/// `SHORTFLEET_AMQP_URL`.
+pub const LOCAL_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The exchange click-logger publishes clicks to (direct).
 pub const CLICKS_EXCHANGE: &str = "clicks";
 /// The durable queue analytics-svc consumes clicks from.

@@ -96,12 +96,11 @@ async fn limited(
 ) -> HttpResponse {
     let state = ctx.state;
     let client = state.config.trusted_proxies.client(peer, &parts.headers);
+    // Formatted once: the limiter's subject and the click's client_ip.
+    let ip_text = client.ip.to_string();
     let policy = &state.config.anonymous;
     // No Redis round trip per redirect: a leased slice of the shared bucket.
-    let decision = state
-        .limiter
-        .check_leased(policy, &client.ip.to_string())
-        .await;
+    let decision = state.limiter.check_leased(policy, &ip_text).await;
     let limit = Limit::new(policy, decision);
     if let Some(refusal) = limit.refusal() {
         return refusal;
@@ -118,6 +117,7 @@ async fn limited(
         };
         let who = Who {
             ip: client.ip,
+            ip_text: &ip_text,
             country,
         };
         match resolve(ctx, code, false).await {
@@ -132,6 +132,8 @@ async fn limited(
 /// The client as the redirect sees it.
 struct Who<'a> {
     ip: std::net::IpAddr,
+    /// `ip` as text.
+    ip_text: &'a str,
     /// From the trusted country header, or empty.
     country: &'a str,
 }
@@ -397,7 +399,7 @@ fn record_click(
         occurred_at: Some(to_proto(Utc::now())),
         referrer: header(header::REFERER),
         user_agent: header(header::USER_AGENT),
-        client_ip: who.ip.to_string(),
+        client_ip: who.ip_text.to_owned(),
         head_request: parts.method == Method::HEAD,
         // The redirect's own span when spans are exported (its click then
         // continues the same trace); otherwise the caller's context, if any,

@@ -143,6 +143,21 @@ pub async fn list(http: &reqwest::Client, base: &str, key: &str) -> reqwest::Res
         .unwrap()
 }
 
+/// Creates a link to `url` through the gateway at `base`; its code.
+pub async fn create_link(http: &reqwest::Client, base: &str, key: &str, url: &str) -> String {
+    let link: serde_json::Value = http
+        .post(format!("{base}/api/v1/links"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({ "url": url }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    link["code"].as_str().unwrap().to_owned()
+}
+
 /// A client that reports redirects instead of following them.
 pub fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()

@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::json;
 use shortfleet_testkit::{DEADLINE, REDIS, within};
 
-use crate::helpers::{Fixture, get_text, no_redirects};
+use crate::helpers::{Fixture, create_link, get_text, no_redirects};
 
 /// A replica with `anonymous_limit`, once its link-event subscription is
 /// live (reported by `/readyz`).
@@ -44,17 +43,7 @@ async fn a_deleted_link_stops_redirecting_on_every_replica_within_a_second() {
     let b = subscribed_gateway(&mut f, "100000/60").await;
     let key = f.key("alice", "free").await;
     let http = no_redirects();
-    let link: serde_json::Value = http
-        .post(format!("{a}/api/v1/links"))
-        .bearer_auth(&key)
-        .json(&json!({"url": "https://example.com/soon-gone"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let code = link["code"].as_str().unwrap();
+    let code = &create_link(&http, &a, &key, "https://example.com/soon-gone").await;
     // Warm both micro-caches.
     for base in [&a, &b] {
         for _ in 0..3 {
@@ -136,17 +125,7 @@ async fn hot_codes_are_served_from_the_micro_cache_without_read_svc() {
     let base = subscribed_gateway(&mut f, "100000/60").await;
     let key = f.key("alice", "free").await;
     let http = no_redirects();
-    let link: serde_json::Value = http
-        .post(format!("{base}/api/v1/links"))
-        .bearer_auth(&key)
-        .json(&json!({"url": "https://example.com/hot"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let code = link["code"].as_str().unwrap();
+    let code = &create_link(&http, &base, &key, "https://example.com/hot").await;
     assert_eq!(
         http.get(format!("{base}/{code}"))
             .send()
