@@ -397,6 +397,16 @@ async fn claim_idempotency_key(
     Ok(Some(replay))
 }
 
+/// The statement of every create, built once.
+static INSERT_LINK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO links (code, owner, url, url_sha256, is_alias, expires_at, redirect_type, max_clicks, tags,
+                            dedupe, password_hash, rules, forward_query, crawlable, expired_url)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT DO NOTHING RETURNING {LINK_COLUMNS}"
+    )
+});
+
 async fn insert_link(
     tx: &impl GenericClient,
     new: &NewLink,
@@ -405,64 +415,40 @@ async fn insert_link(
     let b = &new.behaviour;
     let dedupe = new.alias.is_none() && b.is_plain();
     let rules = crate::behaviour::rules_to_json(&b.rules);
-    let insert = format!(
-        "INSERT INTO links (code, owner, url, url_sha256, is_alias, expires_at, redirect_type, max_clicks, tags,
-                            dedupe, password_hash, rules, forward_query, crawlable, expired_url)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         ON CONFLICT DO NOTHING RETURNING {LINK_COLUMNS}"
-    );
+    // One row, under `code`: `None` when the code (or, for a plain link,
+    // this owner's URL) is taken.
+    let try_insert = async |code: &str, is_alias: bool| {
+        tx.query_opt(
+            &tx.prepare_cached(&INSERT_LINK).await?,
+            &[
+                &code,
+                &new.owner,
+                &new.url.as_str(),
+                &url_sha,
+                &is_alias,
+                &new.expires_at,
+                &new.redirect_type,
+                &new.max_clicks,
+                &new.tags,
+                &dedupe,
+                &b.password_hash,
+                &rules,
+                &b.forward_query,
+                &b.crawlable,
+                &b.expired_url,
+            ],
+        )
+        .await
+    };
     if let Some(alias) = &new.alias {
-        let row = tx
-            .query_opt(
-                &tx.prepare_cached(&insert).await?,
-                &[
-                    &alias.as_str(),
-                    &new.owner,
-                    &new.url.as_str(),
-                    &url_sha,
-                    &true,
-                    &new.expires_at,
-                    &new.redirect_type,
-                    &new.max_clicks,
-                    &new.tags,
-                    &dedupe,
-                    &b.password_hash,
-                    &rules,
-                    &b.forward_query,
-                    &b.crawlable,
-                    &b.expired_url,
-                ],
-            )
-            .await?;
-        return match row {
+        return match try_insert(alias.as_str(), true).await? {
             Some(row) => Ok(created(link_from_row(&row), true)),
             None => Err(WriteError::Conflict("alias is already taken")),
         };
     }
     for _ in 0..CODE_ATTEMPTS {
         let code = ShortCode::generate();
-        let row = tx
-            .query_opt(
-                &tx.prepare_cached(&insert).await?,
-                &[
-                    &code.as_str(),
-                    &new.owner,
-                    &new.url.as_str(),
-                    &url_sha,
-                    &false,
-                    &new.expires_at,
-                    &new.redirect_type,
-                    &new.max_clicks,
-                    &new.tags,
-                    &dedupe,
-                    &b.password_hash,
-                    &rules,
-                    &b.forward_query,
-                    &b.crawlable,
-                    &b.expired_url,
-                ],
-            )
-            .await?;
+        let row = try_insert(code.as_str(), false).await?;
         if let Some(row) = row {
             return Ok(created(link_from_row(&row), true));
         }
