@@ -10,7 +10,18 @@
 //!   server answers: its own, health and reflection, never the rest of
 //!   `shortener.v1` that happens to live in the same descriptor file.
 
-use std::time::Duration;
+pub mod balance;
+pub mod discovery;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+pub use balance::Balanced;
+pub use discovery::Discovery;
 
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -190,41 +201,173 @@ pub async fn serve(
     }
 }
 
-/// The one way the fleet builds a client channel to another service: lazy
-/// (a caller starts, and serves what it can, while the callee is down), with
-/// a connect deadline of at most a second, `timeout` per call, `TCP_NODELAY`
-/// and HTTP/2 keep-alive pings so a dead peer is noticed. With `tls` the URL
-/// must be `https://` and the peer must prove it is `service`; without, it
+/// The one way the fleet builds a client channel to another service.
+///
+/// `url` is one `http(s)://host:port` or a comma-separated list; every
+/// address its names resolve to is an endpoint, re-resolved as
+/// `discovery` says, and calls are balanced over them ([`balance`]). Each
+/// endpoint's connection is lazy (a caller starts, and serves what it can,
+/// while the callee is down), with a connect deadline of at most a second,
+/// `timeout` per call, `TCP_NODELAY` and HTTP/2 keep-alive pings so a dead
+/// peer is noticed. With `tls` the URLs must be `https://` and the peer must
+/// prove it is `service` (whatever address it was reached at); without, they
 /// must be `http://`, so a typo can never silently fall back to plaintext.
-/// `key` names the setting `url` came from, for the error.
+/// `key` names the setting `url` came from, for errors and metrics.
 pub fn channel(
     url: &str,
     key: &str,
     timeout: Duration,
     tls: Option<&FleetTls>,
     service: &str,
-) -> anyhow::Result<tonic::transport::Channel> {
+    discovery: &Discovery,
+) -> anyhow::Result<Balanced> {
     use anyhow::Context as _;
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{key}: {url:?} is not a URL"))?
-        .connect_timeout(timeout.min(Duration::from_secs(1)))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20));
-    let scheme = endpoint.uri().scheme_str().unwrap_or_default().to_owned();
-    let endpoint = match (tls, scheme.as_str()) {
-        (Some(tls), "https") => endpoint
-            .tls_config(tls.client_config(service))
-            .with_context(|| format!("{key}: configuring TLS"))?,
-        (None, "http") => endpoint,
-        (Some(_), _) => {
+    let targets = discovery::parse_targets(url).with_context(|| format!("{key}: {url:?}"))?;
+    match (tls, targets[0].https) {
+        (Some(_), true) | (None, false) => {}
+        (Some(_), false) => {
             anyhow::bail!("{key}: {url:?} must be https:// when SHORTFLEET_TLS_* is set")
         }
-        (None, _) => {
+        (None, true) => {
             anyhow::bail!("{key}: {url:?} must be http:// (set SHORTFLEET_TLS_* for https://)")
         }
+    }
+    let connector = Connector {
+        timeout,
+        tls: tls.map(|t| t.client_config(service)),
     };
-    Ok(endpoint.connect_lazy())
+    // Proves the TLS settings once, so a bad one fails start-up, not a call.
+    connector
+        .endpoint(SocketAddr::from(([127, 0, 0, 1], 1)))
+        .with_context(|| format!("{key}: configuring TLS"))?;
+    let needs_dns = targets
+        .iter()
+        .any(|t| matches!(t.host, discovery::Host::Name(_)));
+    let resolver = if needs_dns {
+        Some(
+            discovery
+                .resolver()
+                .with_context(|| format!("{key}: {url:?}"))?,
+        )
+    } else {
+        None
+    };
+    let pool = Arc::new(balance::Pool::new(key.to_owned(), timeout));
+    let membership = Membership {
+        pool: Arc::downgrade(&pool),
+        connector,
+        targets,
+        resolver,
+        refresh: discovery.refresh,
+    };
+    // IP literals are known now; names join when the first lookup answers.
+    let current = membership
+        .apply(&membership.literal_addresses(), &HashMap::new())
+        .unwrap_or_default();
+    if needs_dns {
+        tokio::spawn(membership.run(current));
+    }
+    Ok(Balanced::new(pool))
+}
+
+/// How an endpoint's channel is made: the same for every endpoint of a
+/// backend.
+struct Connector {
+    timeout: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl Connector {
+    fn endpoint(&self, addr: SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(self.timeout.min(Duration::from_secs(1)))
+            .timeout(self.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+}
+
+/// Keeps a backend's endpoints in step with its targets' addresses, until
+/// every client of the backend is gone.
+struct Membership {
+    pool: Weak<balance::Pool>,
+    connector: Connector,
+    targets: Vec<discovery::Target>,
+    resolver: Option<hickory_resolver::TokioResolver>,
+    refresh: Duration,
+}
+
+impl Membership {
+    fn literal_addresses(&self) -> Vec<SocketAddr> {
+        self.targets
+            .iter()
+            .filter_map(|t| match t.host {
+                discovery::Host::Ip(ip) => Some(SocketAddr::new(ip, t.port)),
+                discovery::Host::Name(_) => None,
+            })
+            .collect()
+    }
+
+    async fn run(self, mut current: HashMap<SocketAddr, Arc<balance::Member>>) {
+        // Each target's last good answer, kept when a lookup fails.
+        let mut answers: Vec<Vec<SocketAddr>> = vec![Vec::new(); self.targets.len()];
+        loop {
+            for (target, answer) in self.targets.iter().zip(&mut answers) {
+                match discovery::resolve(target, self.resolver.as_ref()).await {
+                    Ok(addrs) => *answer = addrs,
+                    Err(e) => {
+                        metrics::counter!("shortfleet_dns_lookup_failures_total").increment(1);
+                        tracing::warn!(error = format!("{e:#}"), "keeping the last endpoints");
+                    }
+                }
+            }
+            let mut wanted: Vec<SocketAddr> = answers.concat();
+            wanted.sort_unstable();
+            wanted.dedup();
+            let unchanged =
+                wanted.len() == current.len() && wanted.iter().all(|a| current.contains_key(a));
+            if !unchanged {
+                match self.apply(&wanted, &current) {
+                    Some(members) => current = members,
+                    None => return,
+                }
+            }
+            tokio::time::sleep(self.refresh).await;
+        }
+    }
+
+    /// Makes `wanted` the pool's endpoints, keeping the connection (and
+    /// balancing state) of every endpoint already in `current`. `None`
+    /// when the pool is gone.
+    fn apply(
+        &self,
+        wanted: &[SocketAddr],
+        current: &HashMap<SocketAddr, Arc<balance::Member>>,
+    ) -> Option<HashMap<SocketAddr, Arc<balance::Member>>> {
+        let pool = self.pool.upgrade()?;
+        let mut next = HashMap::with_capacity(wanted.len());
+        for &addr in wanted {
+            let member = match current.get(&addr) {
+                Some(member) => member.clone(),
+                None => match self.connector.endpoint(addr) {
+                    Ok(channel) => Arc::new(balance::Member::new(addr, channel)),
+                    Err(e) => {
+                        tracing::warn!(endpoint = %addr, error = format!("{e:#}"), "endpoint skipped");
+                        continue;
+                    }
+                },
+            };
+            next.insert(addr, member);
+        }
+        tracing::info!(backend = pool.backend(), endpoints = ?wanted, "endpoints changed");
+        pool.replace(next.values().cloned().collect());
+        Some(next)
+    }
 }
 
 /// A service's background work (relays, consumers, trackers, the ops

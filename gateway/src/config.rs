@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use shortfleet_common::{
     config::{ConfigError, ConfigSource},
+    grpc::Discovery,
     tls::FleetTls,
 };
 
@@ -33,6 +34,8 @@ pub struct Config {
     /// Mutual TLS to the services (the gateway is a client only, so no
     /// callers apply); `None` on plaintext (loopback).
     pub tls: Option<FleetTls>,
+    /// How backend names are resolved (their endpoints balanced over).
+    pub discovery: Discovery,
     /// Rate-limit policies by tier name; "anonymous" limits redirects per IP.
     pub tiers: Tiers,
     pub anonymous: Policy,
@@ -198,6 +201,7 @@ impl Config {
             analytics_url: r.string("SHORTFLEET_ANALYTICS_URL", "http://127.0.0.1:50054"),
             upstream_timeout: r.millis("SHORTFLEET_UPSTREAM_TIMEOUT_MS", 2000),
             tls: FleetTls::read(&mut r, ""),
+            discovery: Discovery::read(&mut r),
             tiers: Tiers::new(tiers),
             anonymous,
             trusted_proxies,

@@ -5,12 +5,13 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use crate::{problem::Problem, resilience::Guard};
+use shortfleet_common::grpc::Balanced as Channel;
 use shortfleet_common::tls::names;
 use shortfleet_proto::v1::{
     analytics_client::AnalyticsClient, click_logger_client::ClickLoggerClient,
     link_resolver_client::LinkResolverClient, link_writer_client::LinkWriterClient,
 };
-use tonic::{metadata::MetadataValue, transport::Channel};
+use tonic::metadata::MetadataValue;
 
 #[derive(Clone)]
 pub struct Upstreams {
@@ -36,6 +37,7 @@ fn channel(
         config.upstream_timeout,
         config.tls.as_ref(),
         service,
+        &config.discovery,
     )
 }
 

@@ -68,6 +68,7 @@ impl Service for App {
             config.upstream_timeout,
             config.tls.as_ref(),
             shortfleet_common::tls::names::WRITE_SVC,
+            &config.discovery,
         )?;
         let resolver = Resolver::new(ResolverParts {
             redis,

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use shortfleet_common::config::{ConfigError, ConfigSource};
-use shortfleet_common::tls::FleetTls;
+use shortfleet_common::{grpc::Discovery, tls::FleetTls};
 
 /// Who may call us when TLS is on (see `shortfleet_common::tls`).
 const ALLOWED_CALLERS: &str = "gateway";
@@ -33,6 +33,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Mutual TLS and the callers admitted; `None` on plaintext (loopback).
     pub tls: Option<FleetTls>,
+    /// How write-svc's name is resolved (its endpoints balanced over).
+    pub discovery: Discovery,
 }
 
 impl Config {
@@ -57,6 +59,7 @@ impl Config {
             redis_ttl: r.millis("SHORTFLEET_REDIS_TTL_MS", 86_400_000),
             shutdown_grace: r.millis("SHORTFLEET_SHUTDOWN_GRACE_MS", 10_000),
             tls: FleetTls::read(&mut r, ALLOWED_CALLERS),
+            discovery: Discovery::read(&mut r),
         };
         if config.redis_ttl < Duration::from_secs(1) {
             r.invalid("SHORTFLEET_REDIS_TTL_MS", "must be at least 1000");

@@ -17,9 +17,10 @@ use std::{sync::Arc, time::Duration};
 use fred::prelude::{Client as RedisClient, Expiration, KeysInterface, SetOptions};
 use moka::{Expiry, future::Cache};
 use prost::Message;
+use shortfleet_common::grpc::Balanced as Channel;
 use shortfleet_common::ops::Health;
 use shortfleet_proto::v1::{GetLinkRequest, Link, link_writer_client::LinkWriterClient};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 use crate::lookup::{Lookup, is_plausible_code};
 

@@ -11,9 +11,11 @@ use common::Fixture;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_one_code_make_one_upstream_call() {
     let mut f = Fixture::start().await;
-    // Created before the replica exists, so no link event warms its cache;
-    // and a Redis it cannot reach, so every miss would go to write-svc.
+    // Created, and its event published, before the replica exists, so no
+    // link event warms its cache; and a Redis it cannot reach, so every
+    // miss would go to write-svc.
     let link = f.create("https://example.com/stampede").await;
+    f.await_outbox_published().await;
     let replica = f.replica("redis://127.0.0.1:1").await;
     let before = replica.upstream_calls().await;
     let client = replica.client().await;

@@ -6,12 +6,13 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use shortfleet_common::amqp::Backoff;
+use shortfleet_common::grpc::Balanced as Channel;
 use shortfleet_proto::v1::{
     ClickAck, ClickBatch, ClickEvent, click_logger_client::ClickLoggerClient,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Streaming, transport::Channel};
+use tonic::Streaming;
 
 use super::spill::Spill;
 

@@ -74,6 +74,27 @@ impl Fixture {
         links::link_of(&links::create(&mut self.writer().await, "alice", url).await)
     }
 
+    /// Waits until write-svc's outbox relay has published every event, so a
+    /// replica started afterwards cannot receive an earlier link's event.
+    pub async fn await_outbox_published(&self) {
+        let db = self.database.client().await;
+        shortfleet_testkit::eventually("the outbox relay to publish every event", || {
+            let db = &db;
+            async move {
+                let pending: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                (pending == 0).then_some(())
+            }
+        })
+        .await;
+    }
+
     /// Stops write-svc (to prove later answers come from caches).
     pub fn stop_writer(&self) {
         self.writer.cancel();
