@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod api;
+pub mod dns;
 pub mod load;
 pub mod ports;
 pub mod proxy;
@@ -76,6 +78,10 @@ pub struct Fleet {
     pub log_dir: PathBuf,
     infra: Infra,
     databases: Vec<String>,
+    /// The fleet's DNS server, when it runs replicas.
+    pub dns: Option<dns::TestDns>,
+    /// Each service's extra replicas (`svc@i`), in start order.
+    pub replicas: HashMap<&'static str, Vec<&'static str>>,
 }
 
 /// The directory holding this workspace's binaries: next to the running
@@ -144,6 +150,22 @@ pub struct FleetOptions {
     pub tls_dir: Option<PathBuf>,
     /// Where the service binaries are; [`bin_dir`] when `None`.
     pub bin_dir: Option<PathBuf>,
+    /// Replicas of backend services, e.g. `("read-svc", 3)`: replica `i`
+    /// (named `read-svc@i` from 2 on) listens on `127.0.0.i` with the first
+    /// one's ports. With any replicas, every backend is found by name
+    /// ([`backend_host`]) through a DNS server the fleet runs, re-resolved
+    /// every 200 ms, as pods find a Kubernetes headless Service.
+    pub replicas: Vec<(&'static str, usize)>,
+}
+
+/// The DNS name of a backend's replicas when the fleet runs its own DNS.
+pub fn backend_host(svc: &str) -> String {
+    format!("{svc}.fleet.test")
+}
+
+/// The loopback address replica `i` (1-based) of a service listens on.
+pub fn replica_ip(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, u8::try_from(i).expect("at most 255 replicas"))
 }
 
 /// The release binaries `deploy/local/test` builds (and exports as
@@ -179,7 +201,15 @@ impl Fleet {
         } else {
             "http"
         };
-        let grpc_url = |s: &str| format!("{scheme}://127.0.0.1:{}", grpc[s]);
+        let dns = if options.replicas.is_empty() {
+            None
+        } else {
+            Some(dns::TestDns::start().await?)
+        };
+        let grpc_url = |s: &str| match &dns {
+            Some(_) => format!("{scheme}://{}:{}", backend_host(s), grpc[s]),
+            None => format!("{scheme}://127.0.0.1:{}", grpc[s]),
+        };
         let tls_env = |svc: &str| -> Vec<(String, String)> {
             let Some(dir) = &options.tls_dir else {
                 return Vec::new();
@@ -226,6 +256,12 @@ impl Fleet {
                 ("SHORTFLEET_SHUTDOWN_GRACE_MS".into(), "5000".into()),
                 ("SHORTFLEET_LOG".into(), "info".into()),
             ]);
+            if let Some(dns) = &dns {
+                env.extend([
+                    ("SHORTFLEET_DNS_SERVER".into(), dns.addr.to_string()),
+                    ("SHORTFLEET_DNS_REFRESH_MS".into(), "200".into()),
+                ]);
+            }
             env
         };
         let mut envs: HashMap<&'static str, Vec<(String, String)>> = HashMap::new();
@@ -281,11 +317,38 @@ impl Fleet {
             .map(|s| (*s, format!("http://127.0.0.1:{}", ops[s])))
             .collect();
         ops_urls.insert("gateway", format!("http://{public}"));
-        let grpc_addrs = SERVICES
+        let mut grpc_addrs: HashMap<&'static str, String> = SERVICES
             .iter()
             .filter(|s| **s != "gateway")
             .map(|s| (*s, format!("127.0.0.1:{}", grpc[s])))
             .collect();
+        let mut replicas: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+        for &(svc, count) in &options.replicas {
+            anyhow::ensure!(
+                svc != "gateway" && SERVICES.contains(&svc),
+                "replicas are for backends; start_gateway_replica adds gateways"
+            );
+            for i in 2..=count {
+                // Harness names live as long as the test process.
+                let name: &'static str = Box::leak(format!("{svc}@{i}").into_boxed_str());
+                let ip = replica_ip(i);
+                let mut env = envs[svc].clone();
+                for (key, value) in &mut env {
+                    match key.as_str() {
+                        "SHORTFLEET_GRPC_ADDR" => *value = format!("{ip}:{}", grpc[svc]),
+                        "SHORTFLEET_OPS_ADDR" => *value = format!("{ip}:{}", ops[svc]),
+                        "SHORTFLEET_SPOOL_DIR" => {
+                            *value = log_dir.join(format!("spool-{i}")).display().to_string();
+                        }
+                        _ => {}
+                    }
+                }
+                envs.insert(name, env);
+                ops_urls.insert(name, format!("http://{ip}:{}", ops[svc]));
+                grpc_addrs.insert(name, format!("{ip}:{}", grpc[svc]));
+                replicas.entry(svc).or_default().push(name);
+            }
+        }
         let mut fleet = Self {
             gateway_ops_url: format!("http://127.0.0.1:{}", ops["gateway"]),
             id,
@@ -298,10 +361,19 @@ impl Fleet {
             log_dir,
             infra,
             databases,
+            dns,
+            replicas,
         };
         for svc in SERVICES {
-            fleet.spawn(svc)?;
-            fleet.wait_ready(svc, Duration::from_secs(60)).await?;
+            let extra = fleet.replicas.get(svc).cloned().unwrap_or_default();
+            for (i, name) in std::iter::once(svc).chain(extra).enumerate() {
+                fleet.spawn(name)?;
+                fleet.wait_ready(name, Duration::from_secs(60)).await?;
+                // Ready: in DNS, as a ready pod is in its headless Service.
+                if let Some(dns) = &fleet.dns {
+                    dns.add(&backend_host(svc), replica_ip(i + 1));
+                }
+            }
         }
         Ok(fleet)
     }
@@ -312,7 +384,9 @@ impl Fleet {
             .create(true)
             .append(true)
             .open(self.log_dir.join(format!("{svc}.log")))?;
-        let child = Command::new(self.bin_dir.join(svc))
+        // A replica (`svc@i`) runs the service's binary.
+        let binary = svc.split('@').next().unwrap_or(svc);
+        let child = Command::new(self.bin_dir.join(binary))
             .envs(self.envs[svc].iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -25,18 +25,14 @@ use std::{
 };
 
 use anyhow::{Context, ensure};
-use bytes::Bytes;
-use http::{Request, header};
-use http_body_util::Full;
-use reqwest::{Client, StatusCode, redirect::Policy};
-use serde_json::{Value, json};
+use reqwest::{Client, StatusCode};
 use shortfleet_e2e::{
     Fleet, FleetOptions, Infra, SERVICES,
-    load::{self, Mode, RequestFactory},
+    api::{self, BROWSER_UA, create_link, redirects, status_is, until, wait_for_totals},
+    load::{self, Mode},
     proxy::FaultProxy,
 };
 
-const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
 /// Links the load cycles over, all resolved before the first outage.
 const LINKS: usize = 200;
 /// How long each dependency stays away.
@@ -45,8 +41,10 @@ const OUTAGE: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(2);
 /// Upper bound of the load phase whatever happens.
 const MAX_LOAD: Duration = Duration::from_secs(150);
-/// Polling step while waiting for a recovery signal.
+/// Polling step while wrk runs.
 const POLL: Duration = Duration::from_millis(10);
+/// The longest a recovery may take.
+const RECOVERY: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_under_load_cost_no_redirect_and_no_click() {
@@ -106,17 +104,13 @@ struct Figures {
 }
 
 async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result<()> {
-    let http = Client::builder()
-        .user_agent(USER_AGENT)
-        .redirect(Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let http = api::client()?;
     let base = fleet.gateway_url.clone();
     let key = fleet.create_key("chaos", "bench")?;
     let mut codes = Vec::with_capacity(LINKS);
     for i in 0..LINKS {
         codes.push(
-            create(
+            create_link(
                 &http,
                 &base,
                 &key,
@@ -127,7 +121,7 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
     }
     // Never resolved before read-svc goes away: it answers only once
     // read-svc is back, which times the gateway's recovery.
-    let probe = create(&http, &base, &key, "https://example.com/chaos/probe").await?;
+    let probe = create_link(&http, &base, &key, "https://example.com/chaos/probe").await?;
     let mut answered = 0u64;
     for code in &codes {
         let r = http.get(format!("{base}/{code}")).send().await?;
@@ -319,7 +313,7 @@ async fn wrk_until(
         .arg(&script)
         .arg(&base)
         .env("CHAOS_CODES", &list)
-        .env("CHAOS_UA", USER_AGENT)
+        .env("CHAOS_UA", BROWSER_UA)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -371,34 +365,6 @@ async fn wrk_until(
     })
 }
 
-async fn create(http: &Client, base: &str, key: &str, url: &str) -> anyhow::Result<String> {
-    let link: Value = http
-        .post(format!("{base}/api/v1/links"))
-        .bearer_auth(key)
-        .json(&json!({ "url": url }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(link["code"]
-        .as_str()
-        .context("link without a code")?
-        .to_owned())
-}
-
-/// GET `/{code}` over `codes`, as a browser (so analytics counts it human).
-fn redirects(codes: Arc<Vec<String>>) -> RequestFactory {
-    Arc::new(move |_, seq| {
-        let code = &codes[(seq as usize) % codes.len()];
-        Request::get(format!("/{code}"))
-            .header(header::HOST, "127.0.0.1")
-            .header(header::USER_AGENT, USER_AGENT)
-            .body(Full::new(Bytes::new()))
-            .expect("static request parts")
-    })
-}
-
 /// Each dependency away for [`OUTAGE`] in turn, then back; the time from
 /// its restart to the first call through the gateway that succeeded again
 /// is recorded. The read-svc probe gets exactly one redirect (a click).
@@ -423,14 +389,29 @@ async fn inject_faults(
         fleet.spawn(svc)?;
         let took = match svc {
             // The first Resolve through the gateway: a code it never saw.
-            "read-svc" => until(|| status_is(http, &probe_url, None, StatusCode::FOUND)).await?,
+            "read-svc" => {
+                until(RECOVERY, || {
+                    status_is(http, &probe_url, None, StatusCode::FOUND)
+                })
+                .await?
+            }
             // The first batch click-logger acknowledged to the gateway.
             "click-logger" => {
                 let before = forwarded(fleet).await?;
-                until(|| async { Ok(forwarded(fleet).await? > before) }).await?
+                until(RECOVERY, || async { Ok(forwarded(fleet).await? > before) }).await?
             }
-            "analytics-svc" => until(|| status_is(http, &stats, Some(key), StatusCode::OK)).await?,
-            _ => until(|| status_is(http, &link, Some(key), StatusCode::OK)).await?,
+            "analytics-svc" => {
+                until(RECOVERY, || {
+                    status_is(http, &stats, Some(key), StatusCode::OK)
+                })
+                .await?
+            }
+            _ => {
+                until(RECOVERY, || {
+                    status_is(http, &link, Some(key), StatusCode::OK)
+                })
+                .await?
+            }
         };
         fleet.wait_ready(svc, Duration::from_secs(30)).await?;
         figures.recoveries.insert(
@@ -445,7 +426,7 @@ async fn inject_faults(
     proxy.cut();
     tokio::time::sleep(OUTAGE).await;
     proxy.restore();
-    let took = until(|| async {
+    let took = until(RECOVERY, || async {
         Ok(fleet
             .metric(
                 "gateway",
@@ -471,82 +452,4 @@ async fn forwarded(fleet: &Fleet) -> anyhow::Result<f64> {
     fleet
         .metric("gateway", "shortfleet_clicks_forwarded_total", &[])
         .await
-}
-
-async fn status_is(
-    http: &Client,
-    url: &str,
-    key: Option<&str>,
-    want: StatusCode,
-) -> anyhow::Result<bool> {
-    let mut request = http.get(url).timeout(Duration::from_secs(2));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    Ok(request.send().await.is_ok_and(|r| r.status() == want))
-}
-
-/// Polls `check` until it holds (within 30 s); returns how long it took.
-async fn until<F, Fut>(mut check: F) -> anyhow::Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(30);
-    loop {
-        if check().await.unwrap_or(false) {
-            return Ok(started.elapsed());
-        }
-        ensure!(Instant::now() < deadline, "no recovery within 30 s");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Sums `clicks` over the key's links until it reaches `answered` (or 120 s
-/// pass), then once more after a short window in which a redelivered batch
-/// counted twice would show.
-async fn wait_for_totals(
-    http: &Client,
-    base: &str,
-    key: &str,
-    answered: u64,
-) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let counted = total_clicks(http, base, key).await.unwrap_or(0);
-        if counted >= answered || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    total_clicks(http, base, key).await
-}
-
-async fn total_clicks(http: &Client, base: &str, key: &str) -> anyhow::Result<u64> {
-    let mut sum = 0;
-    let mut cursor: Option<String> = None;
-    for _ in 0..100 {
-        let mut url = format!("{base}/api/v1/links?limit=100");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page: Value = http
-            .get(url)
-            .bearer_auth(key)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        for link in page["items"].as_array().context("items")? {
-            sum += link["clicks"].as_u64().context("clicks unknown")?;
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return Ok(sum),
-        }
-    }
-    anyhow::bail!("more than 100 pages of links")
 }

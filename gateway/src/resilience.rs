@@ -18,9 +18,12 @@
 //!    of recent requests) so retries cannot amplify an outage.
 //!
 //! A call whose connection broke (the upstream died mid-call, a reset, a
-//! GOAWAY) is reported by tonic as INTERNAL or UNKNOWN; it is not an answer
-//! of the upstream, so [`connection_failure`] turns it into UNAVAILABLE:
-//! retried when idempotent, 503 with `Retry-After` at the edge, never 502.
+//! GOAWAY) is reported by tonic as INTERNAL or UNKNOWN, or as CANCELLED when
+//! the dying connection dropped the request before sending it; none is an
+//! answer of the upstream, so [`connection_failure`] turns it into
+//! UNAVAILABLE: retried when idempotent (on another replica: the balancer
+//! has ejected the broken one), 503 with `Retry-After` at the edge, never
+//! 502.
 
 use std::{
     future::Future,
@@ -209,8 +212,10 @@ pub fn is_failure(code: Code) -> bool {
 /// error as its source; an upstream's own answer never does) becomes
 /// UNAVAILABLE: the upstream did not answer, it went away.
 pub fn connection_failure(status: Status) -> Status {
-    let broken = matches!(status.code(), Code::Internal | Code::Unknown)
-        && std::error::Error::source(&status).is_some();
+    let broken = matches!(
+        status.code(),
+        Code::Internal | Code::Unknown | Code::Cancelled
+    ) && std::error::Error::source(&status).is_some();
     if broken {
         Status::unavailable(format!("connection lost: {}", status.message()))
     } else {
@@ -383,10 +388,18 @@ mod tests {
             Code::Unknown | Code::Internal | Code::Unavailable
         ));
         assert_eq!(connection_failure(broken).code(), Code::Unavailable);
-        // An upstream's own INTERNAL answer stays what it is.
+        // A request the dying connection dropped unsent (hyper: canceled).
+        let mut dropped = Status::cancelled("request has been canceled");
+        dropped.set_source(std::sync::Arc::new(std::io::Error::other("canceled")));
+        assert_eq!(connection_failure(dropped).code(), Code::Unavailable);
+        // An upstream's own INTERNAL or CANCELLED answer stays what it is.
         assert_eq!(
             connection_failure(Status::internal("bug")).code(),
             Code::Internal
+        );
+        assert_eq!(
+            connection_failure(Status::cancelled("gone")).code(),
+            Code::Cancelled
         );
     }
 

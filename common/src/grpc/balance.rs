@@ -203,7 +203,8 @@ impl Pool {
     }
 }
 
-/// Counts a call in flight on its endpoint until dropped.
+/// Counts a call in flight on its endpoint until dropped: with the
+/// response body, so a stream counts for as long as it is open.
 struct InFlight(Arc<Member>);
 
 impl InFlight {
@@ -216,6 +217,33 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its call counted in flight until the body is
+/// done (read to its end or dropped).
+struct CountedBody {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -286,11 +314,26 @@ impl Service<http::Request<Body>> for Balanced {
                 Ok(ready) => ready.call(request).await,
                 Err(e) => Err(e),
             };
-            match &result {
-                Ok(response) if !says_unavailable(response) => in_flight.0.succeeded(),
-                _ => in_flight.0.eject(),
+            let member = in_flight.0.clone();
+            match result {
+                Ok(response) if !says_unavailable(&response) => {
+                    member.succeeded();
+                    Ok(response.map(|inner| {
+                        Body::new(CountedBody {
+                            inner,
+                            _in_flight: in_flight,
+                        })
+                    }))
+                }
+                Ok(response) => {
+                    member.eject();
+                    Ok(response)
+                }
+                Err(e) => {
+                    member.eject();
+                    Err(e.into())
+                }
             }
-            result.map_err(Into::into)
         })
     }
 }

@@ -27,10 +27,20 @@ const REPLAY_BATCH: usize = 5_000;
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// How long one click stream is used before the next batch opens another.
+/// The new one is opened while the old one is still open (and counted in
+/// flight on its replica), so the balancer sends it to another replica: the
+/// gateways' streams move round the click-logger replicas, and one that
+/// joins gets streams within about this time, while a stream still carries
+/// thousands of batches. The old one closes with every batch acknowledged
+/// (each batch waits for its ack), so nothing is lost in the move.
+const SESSION_MAX_AGE: Duration = Duration::from_secs(10);
+
 /// One open stream to click-logger.
 struct Session {
     batches: mpsc::Sender<ClickBatch>,
     acks: Streaming<ClickAck>,
+    opened: tokio::time::Instant,
 }
 
 /// How a batch fared.
@@ -232,13 +242,22 @@ impl ClickForwarder {
             .map_err(|_| "opening the click stream timed out".to_owned())?
             .map_err(|s| format!("opening the click stream: {}", s.message()))?
             .into_inner();
-        Ok(Session { batches, acks })
+        Ok(Session {
+            batches,
+            acks,
+            opened: tokio::time::Instant::now(),
+        })
     }
 
     /// One attempt: send on the open stream (opening one if needed) and wait
     /// for this batch's ack.
     async fn send(&mut self, events: &[ClickEvent]) -> Sent {
         let session = match self.session.take() {
+            Some(old) if old.opened.elapsed() >= SESSION_MAX_AGE => match self.open().await {
+                Ok(new) => new,
+                // Keep what works; the move is tried again next batch.
+                Err(_) => old,
+            },
             Some(session) => session,
             None => match self.open().await {
                 Ok(session) => session,
