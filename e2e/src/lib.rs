@@ -22,6 +22,7 @@ pub mod dns;
 pub mod load;
 pub mod ports;
 pub mod proxy;
+pub mod redis_cluster;
 
 pub use ports::free_port;
 
@@ -82,6 +83,8 @@ pub struct Fleet {
     pub dns: Option<dns::TestDns>,
     /// Each service's extra replicas (`svc@i`), in start order.
     pub replicas: HashMap<&'static str, Vec<&'static str>>,
+    /// The fleet's own Redis Cluster, when asked for.
+    pub redis_cluster: Option<redis_cluster::RedisCluster>,
 }
 
 /// The directory holding this workspace's binaries: next to the running
@@ -156,6 +159,10 @@ pub struct FleetOptions {
     /// ([`backend_host`]) through a DNS server the fleet runs, re-resolved
     /// every 200 ms, as pods find a Kubernetes headless Service.
     pub replicas: Vec<(&'static str, usize)>,
+    /// Runs the fleet on a Redis Cluster of its own (three masters with a
+    /// replica each, [`redis_cluster::RedisCluster`]) instead of the shared
+    /// single Redis.
+    pub redis_cluster: bool,
 }
 
 /// The DNS name of a backend's replicas when the fleet runs its own DNS.
@@ -201,6 +208,14 @@ impl Fleet {
         } else {
             "http"
         };
+        let redis_cluster = if options.redis_cluster {
+            Some(redis_cluster::RedisCluster::start(&id)?)
+        } else {
+            None
+        };
+        let redis_url = redis_cluster
+            .as_ref()
+            .map_or_else(|| infra.redis.clone(), |c| c.url.clone());
         let dns = if options.replicas.is_empty() {
             None
         } else {
@@ -233,7 +248,7 @@ impl Fleet {
                     format!("127.0.0.1:{}", ops[svc]),
                 ),
                 ("SHORTFLEET_AMQP_URL".into(), infra.amqp.clone()),
-                ("SHORTFLEET_REDIS_URL".into(), infra.redis.clone()),
+                ("SHORTFLEET_REDIS_URL".into(), redis_url.clone()),
                 ("SHORTFLEET_REDIS_PREFIX".into(), format!("sf:e2e:{id}:")),
                 (
                     "SHORTFLEET_LINK_EVENTS_EXCHANGE".into(),
@@ -363,6 +378,7 @@ impl Fleet {
             databases,
             dns,
             replicas,
+            redis_cluster,
         };
         for svc in SERVICES {
             let extra = fleet.replicas.get(svc).cloned().unwrap_or_default();

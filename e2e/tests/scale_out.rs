@@ -2,14 +2,16 @@
 //! write-svc, two click-logger and two analytics-svc, each replica on its
 //! own loopback address (127.0.0.x) and every backend found by name through
 //! a DNS server the test runs, re-resolved every 200 ms, the way pods find a
-//! Kubernetes headless Service. The gateways' micro-caches are off, so
-//! every redirect is a `Resolve` call to some read-svc.
+//! Kubernetes headless Service; all on a Redis Cluster of three masters
+//! with a replica each. The gateways' micro-caches are off, so every
+//! redirect is a `Resolve` call to some read-svc.
 //!
 //! Under load through both gateways it checks that:
 //! - creates reach both write-svc and `Resolve` calls spread within ±15 %
 //!   over the three read-svc;
-//! - killing (SIGKILL) one read-svc, one write-svc and one click-logger in
-//!   turn costs no failed redirect, and each one restarted gets calls again;
+//! - killing (SIGKILL) one read-svc, one write-svc, one click-logger and
+//!   one Redis master in turn costs no failed redirect, each service
+//!   restarted gets calls again, and the Redis replica takes over;
 //! - every redirect answered is counted once (no click lost or doubled);
 //! - a link edited through one gateway redirects to its new URL through the
 //!   other within a second;
@@ -75,6 +77,7 @@ async fn a_fleet_of_replicas_spreads_calls_and_loses_none_when_one_of_each_dies(
             ("SHORTFLEET_TIER_FREE", "40/60"),
         ]),
         bin_dir: shortfleet_e2e::release_bin_dir(),
+        redis_cluster: true,
         ..Default::default()
     })
     .await
@@ -113,6 +116,13 @@ async fn run(fleet: &mut Fleet) -> anyhow::Result<()> {
         let base = if i % 2 == 0 { &one } else { &two };
         codes.push(create_link(&http, base, &key, &format!("https://example.com/s/{i}")).await?);
     }
+    let keys = fleet
+        .redis_cluster
+        .as_ref()
+        .context("a Redis Cluster")?
+        .keys()?;
+    ensure!(keys > 0, "the services wrote nothing to the Redis Cluster");
+    eprintln!("scale-out: the Redis Cluster's masters hold {keys} keys");
     for svc in WRITE_SVC {
         let created = fleet
             .metric(svc, "shortfleet_links_created_total", &[])
@@ -255,6 +265,22 @@ async fn faults_under_load(
                 took.as_millis()
             );
         }
+        let cluster = fleet.redis_cluster.as_ref().context("a Redis Cluster")?;
+        let master = cluster.masters()?[0];
+        cluster.kill(master)?;
+        let took = until(RECOVERY, || async {
+            let masters = cluster.masters()?;
+            Ok(masters.len() == 3 && !masters.contains(&master))
+        })
+        .await
+        .context("no replica took over the killed Redis master")?;
+        eprintln!(
+            "scale-out: Redis master :{master} killed; a replica took over after {} ms",
+            took.as_millis()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.restart(master)?;
+        cluster.wait_healthy(RECOVERY).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         anyhow::Ok(())
     }
