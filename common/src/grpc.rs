@@ -222,6 +222,7 @@ pub fn channel(
     discovery: &Discovery,
 ) -> anyhow::Result<Balanced> {
     use anyhow::Context as _;
+    describe_client_metrics();
     let targets = discovery::parse_targets(url).with_context(|| format!("{key}: {url:?}"))?;
     match (tls, targets[0].https) {
         (Some(_), true) | (None, false) => {}
@@ -268,6 +269,27 @@ pub fn channel(
         tokio::spawn(membership.run(current));
     }
     Ok(Balanced::new(pool))
+}
+
+/// Registers the HELP text of the client-side balancing metrics (from
+/// [`channel`] itself, so no caller can forget; registering twice is
+/// harmless).
+fn describe_client_metrics() {
+    metrics::describe_gauge!(
+        "shortfleet_grpc_endpoints",
+        metrics::Unit::Count,
+        "Endpoints a gRPC client balances its calls over, by backend setting."
+    );
+    metrics::describe_counter!(
+        "shortfleet_grpc_endpoint_ejections_total",
+        metrics::Unit::Count,
+        "gRPC endpoints left out for a backoff after a failed connection or an UNAVAILABLE answer."
+    );
+    metrics::describe_counter!(
+        "shortfleet_dns_lookup_failures_total",
+        metrics::Unit::Count,
+        "Backend name lookups that failed or answered nothing (the last addresses were kept)."
+    );
 }
 
 /// How an endpoint's channel is made: the same for every endpoint of a

@@ -20,11 +20,10 @@ use std::{
 pub mod api;
 pub mod dns;
 pub mod load;
-pub mod ports;
 pub mod proxy;
 pub mod redis_cluster;
 
-pub use ports::free_port;
+pub use shortfleet_testkit::ports::free_port;
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
@@ -85,6 +84,8 @@ pub struct Fleet {
     pub replicas: HashMap<&'static str, Vec<&'static str>>,
     /// The fleet's own Redis Cluster, when asked for.
     pub redis_cluster: Option<redis_cluster::RedisCluster>,
+    /// write-svc's own primary and replica, when asked for.
+    pub pg_replica: Option<shortfleet_testkit::pg_replica::PgReplica>,
 }
 
 /// The directory holding this workspace's binaries: next to the running
@@ -163,6 +164,10 @@ pub struct FleetOptions {
     /// replica each, [`redis_cluster::RedisCluster`]) instead of the shared
     /// single Redis.
     pub redis_cluster: bool,
+    /// Keeps write-svc's links on a PostgreSQL primary of the fleet's own
+    /// with a streaming replica its reads use
+    /// (`SHORTFLEET_DATABASE_READ_URL`), made by `deploy/local/pg-replica`.
+    pub pg_replica: bool,
 }
 
 /// The DNS name of a backend's replicas when the fleet runs its own DNS.
@@ -280,11 +285,28 @@ impl Fleet {
             env
         };
         let mut envs: HashMap<&'static str, Vec<(String, String)>> = HashMap::new();
+        let pg_replica = if options.pg_replica {
+            Some(shortfleet_testkit::pg_replica::PgReplica::start()?)
+        } else {
+            None
+        };
         let mut write = common("write-svc");
-        write.push((
-            "SHORTFLEET_DATABASE_URL".into(),
-            format!("{}/{}", infra.postgres, db("links")),
-        ));
+        match &pg_replica {
+            Some(pg) => write.extend([
+                (
+                    "SHORTFLEET_DATABASE_URL".into(),
+                    format!("{}/{}", pg.primary, db("links")),
+                ),
+                (
+                    "SHORTFLEET_DATABASE_READ_URL".into(),
+                    format!("{}/{}", pg.replica, db("links")),
+                ),
+            ]),
+            None => write.push((
+                "SHORTFLEET_DATABASE_URL".into(),
+                format!("{}/{}", infra.postgres, db("links")),
+            )),
+        }
         envs.insert("write-svc", write);
         envs.insert("read-svc", common("read-svc"));
         let mut clicks = common("click-logger");
@@ -379,6 +401,7 @@ impl Fleet {
             dns,
             replicas,
             redis_cluster,
+            pg_replica,
         };
         for svc in SERVICES {
             let extra = fleet.replicas.get(svc).cloned().unwrap_or_default();

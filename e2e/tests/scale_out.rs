@@ -3,7 +3,8 @@
 //! own loopback address (127.0.0.x) and every backend found by name through
 //! a DNS server the test runs, re-resolved every 200 ms, the way pods find a
 //! Kubernetes headless Service; all on a Redis Cluster of three masters
-//! with a replica each. The gateways' micro-caches are off, so every
+//! with a replica each, and write-svc on a PostgreSQL primary whose
+//! streaming replica serves its reads. The gateways' micro-caches are off, so every
 //! redirect is a `Resolve` call to some read-svc.
 //!
 //! Under load through both gateways it checks that:
@@ -78,6 +79,7 @@ async fn a_fleet_of_replicas_spreads_calls_and_loses_none_when_one_of_each_dies(
         ]),
         bin_dir: shortfleet_e2e::release_bin_dir(),
         redis_cluster: true,
+        pg_replica: true,
         ..Default::default()
     })
     .await
@@ -147,6 +149,16 @@ async fn run(fleet: &mut Fleet) -> anyhow::Result<()> {
         counted == served,
         "the gateways answered {served} redirects, analytics counted {counted}"
     );
+
+    // read-svc's misses were read from the PostgreSQL replica.
+    let mut replica_reads = 0.0;
+    for svc in WRITE_SVC {
+        replica_reads += fleet
+            .metric(svc, "shortfleet_db_reads_total", &["target=\"replica\""])
+            .await?;
+    }
+    eprintln!("scale-out: write-svc reads served by the PostgreSQL replica: {replica_reads}");
+    ensure!(replica_reads > 0.0, "no read used the PostgreSQL replica");
 
     edits_cross_gateways(&http, &one, &two, &key, &codes[0]).await?;
     rate_limit_is_shared(fleet, &http, &one, &two).await

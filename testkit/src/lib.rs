@@ -9,6 +9,8 @@
 //!   ephemeral ports, with the token that stops it.
 //! - [`broker`]: removing the RabbitMQ names a test declared.
 //! - [`links`]: creating links through write-svc's gRPC API.
+//! - [`ports`]: free loopback ports for servers a test starts as processes.
+//! - [`pg_replica`]: a PostgreSQL primary with a streaming replica.
 //!
 //! Everything talks to the local infrastructure (`deploy/local/infra`) on
 //! fixed loopback addresses. This crate is only ever a dev-dependency; it
@@ -23,6 +25,8 @@ pub mod broker;
 pub mod database;
 pub mod eventually;
 pub mod links;
+pub mod pg_replica;
+pub mod ports;
 pub mod services;
 
 pub use database::TestDatabase;

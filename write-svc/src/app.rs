@@ -20,6 +20,7 @@ use crate::{
     cursor::CursorKey,
     migrations::MIGRATIONS,
     outbox::{self, OutboxRelay},
+    replica::ReadReplica,
     service::LinkWriterService,
     store::Store,
     target::TargetRules,
@@ -31,6 +32,7 @@ pub struct App {
     store: Store,
     health: Health,
     outbox_wakeup: Arc<tokio::sync::Notify>,
+    replica: Option<Arc<ReadReplica>>,
 }
 
 impl App {
@@ -56,6 +58,7 @@ impl Service for App {
         crate::outbox::describe_metrics();
         crate::store::describe_metrics();
         crate::service::describe_metrics();
+        crate::replica::describe_metrics();
         health.register("postgres", true);
         health.register("rabbitmq", false);
         let pool = postgres::open(
@@ -69,13 +72,34 @@ impl Service for App {
         health.set("postgres", true);
         let listeners = Listeners::bind(config.grpc_addr, config.ops_addr).await?;
         let outbox_wakeup = Arc::new(tokio::sync::Notify::new());
-        let store = Store::new(pool, outbox_wakeup.clone());
+        let replica = match &config.database_read_url {
+            Some(url) => {
+                // Lazy: write-svc starts, and reads from the primary, while
+                // the replica is down. Short waits: a replica that does not
+                // answer quickly is skipped for the primary.
+                let replica_pool = postgres::pool(
+                    url,
+                    config.db_pool_size,
+                    config.db_timeout.min(std::time::Duration::from_millis(500)),
+                )
+                .context("SHORTFLEET_DATABASE_READ_URL")?;
+                health.register("postgres-replica", false);
+                Some(Arc::new(ReadReplica::new(
+                    replica_pool,
+                    pool.clone(),
+                    config.read_replica_max_lag,
+                )))
+            }
+            None => None,
+        };
+        let store = Store::new(pool, outbox_wakeup.clone(), replica.clone());
         Ok(Self {
             config,
             listeners,
             store,
             health,
             outbox_wakeup,
+            replica,
         })
     }
 
@@ -102,6 +126,9 @@ impl Service for App {
         background.spawn(|stop| outbox::housekeeping(store, stop));
         let (pool, health) = (self.store.pool().clone(), self.health.clone());
         background.spawn(|stop| postgres::track(pool, health, "postgres", stop));
+        if let Some(replica) = self.replica.clone() {
+            background.spawn(|stop| replica.track(stop));
+        }
 
         let service = LinkWriterService::new(
             self.store.clone(),

@@ -14,6 +14,11 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     pub ops_addr: SocketAddr,
     pub database_url: String,
+    /// A streaming replica for reads ([`crate::replica`]); `None`: all
+    /// reads go to the primary.
+    pub database_read_url: Option<String>,
+    /// Past this lag, resolve misses go to the primary instead.
+    pub read_replica_max_lag: Duration,
     pub db_pool_size: usize,
     /// Bounds every wait on PostgreSQL: pool checkout, connect, recycle.
     pub db_timeout: Duration,
@@ -48,6 +53,8 @@ impl Config {
                 "SHORTFLEET_DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/links",
             ),
+            database_read_url: r.raw("SHORTFLEET_DATABASE_READ_URL").map(str::to_owned),
+            read_replica_max_lag: r.millis("SHORTFLEET_READ_REPLICA_MAX_LAG_MS", 1000),
             db_pool_size: r.get("SHORTFLEET_DB_POOL_SIZE", 16),
             db_timeout: r.millis("SHORTFLEET_DB_TIMEOUT_MS", 3000),
             amqp_url: r.string("SHORTFLEET_AMQP_URL", shortfleet_common::amqp::LOCAL_URL),

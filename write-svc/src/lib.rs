@@ -19,6 +19,7 @@ pub mod cursor;
 pub mod error;
 pub mod migrations;
 pub mod outbox;
+pub mod replica;
 pub mod service;
 pub mod store;
 pub mod target;

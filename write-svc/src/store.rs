@@ -4,6 +4,8 @@
 //!
 //! When PostgreSQL is down every call fails fast with
 //! [`WriteError::Unavailable`] (pool waits and connects are bounded).
+//! Reads may be served by a streaming replica ([`crate::replica`]); writes
+//! never are.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
@@ -13,7 +15,13 @@ use shortfleet_common::time::to_proto;
 use shortfleet_proto::v1::{CreateLinkResponse, Link, LinkEvent, LinkEventType};
 use tokio_postgres::{Row, error::SqlState};
 
-use crate::{code::ShortCode, cursor::Cursor, error::WriteError, target::TargetUrl};
+use crate::{
+    code::ShortCode,
+    cursor::Cursor,
+    error::WriteError,
+    replica::{self, ReadReplica, Target},
+    target::TargetUrl,
+};
 
 /// How many random codes to try before giving up; see `code.rs` for odds.
 const CODE_ATTEMPTS: usize = 5;
@@ -82,13 +90,38 @@ pub struct Store {
     pool: Pool,
     /// Wakes the outbox relay right after a commit instead of at its next poll.
     outbox_wakeup: std::sync::Arc<tokio::sync::Notify>,
+    /// The read replica, when `SHORTFLEET_DATABASE_READ_URL` names one.
+    replica: Option<std::sync::Arc<ReadReplica>>,
+}
+
+/// Which reads a replica may serve.
+#[derive(Debug, Clone, Copy)]
+enum Freshness {
+    /// A resolve miss: within the replica lag bound.
+    WithinLag,
+    /// An owner's read: every commit made before it.
+    CaughtUp,
 }
 
 impl Store {
-    pub fn new(pool: Pool, outbox_wakeup: std::sync::Arc<tokio::sync::Notify>) -> Self {
+    pub fn new(
+        pool: Pool,
+        outbox_wakeup: std::sync::Arc<tokio::sync::Notify>,
+        replica: Option<std::sync::Arc<ReadReplica>>,
+    ) -> Self {
         Self {
             pool,
             outbox_wakeup,
+            replica,
+        }
+    }
+
+    /// A replica connection fresh enough for `freshness`, if any.
+    async fn replica(&self, freshness: Freshness) -> Option<deadpool_postgres::Object> {
+        let replica = self.replica.as_ref()?;
+        match freshness {
+            Freshness::WithinLag => replica.within_lag().await,
+            Freshness::CaughtUp => replica.caught_up().await,
         }
     }
 
@@ -135,21 +168,38 @@ impl Store {
     /// A link by code. With `owner`, another owner's or a deleted link is
     /// NOT_FOUND; without (internal resolution), tombstones are returned with
     /// `deleted = true` so callers can answer 410.
+    ///
+    /// From the replica when it is fresh enough (see [`crate::replica`]); a
+    /// code it does not know, or a replica failing, is asked of the primary.
     pub async fn get(&self, code: &str, owner: Option<&str>) -> Result<Link, WriteError> {
         if !ShortCode::is_plausible(code) {
             return Err(WriteError::NotFound);
         }
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(&format!("SELECT {LINK_COLUMNS} FROM links WHERE code = $1"))
-                    .await?,
-                &[&code],
-            )
-            .await?
-            .ok_or(WriteError::NotFound)?;
-        let link = link_from_row(&row);
+        let freshness = match owner {
+            None => Freshness::WithinLag,
+            Some(_) => Freshness::CaughtUp,
+        };
+        let mut found = None;
+        if let Some(client) = self.replica(freshness).await {
+            match fetch_link(&client, code).await {
+                Ok(Some(link)) => {
+                    replica::count(Target::Replica);
+                    found = Some(link);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "replica read failed; asking the primary"),
+            }
+        }
+        let link = match found {
+            Some(link) => link,
+            None => {
+                let client = self.pool.get().await?;
+                replica::count(Target::Primary);
+                fetch_link(&client, code)
+                    .await?
+                    .ok_or(WriteError::NotFound)?
+            }
+        };
         match owner {
             Some(owner) if link.owner != owner || link.deleted => Err(WriteError::NotFound),
             _ => Ok(link),
@@ -257,39 +307,18 @@ impl Store {
         cursor: Option<Cursor>,
         tag: Option<&str>,
     ) -> Result<(Vec<Link>, Option<Cursor>), WriteError> {
+        if let Some(client) = self.replica(Freshness::CaughtUp).await {
+            match list_page(&client, owner, limit, cursor.as_ref(), tag).await {
+                Ok(page) => {
+                    replica::count(Target::Replica);
+                    return Ok(page);
+                }
+                Err(e) => tracing::debug!(error = %e, "replica read failed; asking the primary"),
+            }
+        }
         let client = self.pool.get().await?;
-        let (after_ts, after_code) = match &cursor {
-            Some(c) => (Some(c.created_at), Some(c.code.as_str())),
-            None => (None, None),
-        };
-        let fetch = i64::from(limit) + 1;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {LINK_COLUMNS} FROM links
-                     WHERE owner = $1 AND deleted_at IS NULL
-                       AND ($2::text IS NULL OR $2 = ANY(tags))
-                       AND ($3::timestamptz IS NULL OR (created_at, code) < ($3, $4::text))
-                     ORDER BY created_at DESC, code DESC
-                     LIMIT $5"
-                ),
-                &[&owner, &tag, &after_ts, &after_code, &fetch],
-            )
-            .await?;
-        let mut links: Vec<(Link, DateTime<Utc>)> = rows
-            .iter()
-            .map(|r| (link_from_row(r), r.get("created_at")))
-            .collect();
-        let next = if links.len() > limit as usize {
-            links.truncate(limit as usize);
-            links.last().map(|(l, ts)| Cursor {
-                created_at: *ts,
-                code: l.code.clone(),
-            })
-        } else {
-            None
-        };
-        Ok((links.into_iter().map(|(l, _)| l).collect(), next))
+        replica::count(Target::Primary);
+        list_page(&client, owner, limit, cursor.as_ref(), tag).await
     }
 
     /// Codes of live crawlable links, newest first, at most `limit`.
@@ -552,4 +581,61 @@ pub fn describe_metrics() {
         metrics::Unit::Count,
         "Generated codes that collided with an existing one and were drawn again."
     );
+}
+
+/// One page of the owner's live links, newest first, after `cursor`.
+async fn list_page(
+    client: &deadpool_postgres::Client,
+    owner: &str,
+    limit: u32,
+    cursor: Option<&Cursor>,
+    tag: Option<&str>,
+) -> Result<(Vec<Link>, Option<Cursor>), WriteError> {
+    let (after_ts, after_code) = match cursor {
+        Some(c) => (Some(c.created_at), Some(c.code.as_str())),
+        None => (None, None),
+    };
+    let fetch = i64::from(limit) + 1;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {LINK_COLUMNS} FROM links
+                 WHERE owner = $1 AND deleted_at IS NULL
+                   AND ($2::text IS NULL OR $2 = ANY(tags))
+                   AND ($3::timestamptz IS NULL OR (created_at, code) < ($3, $4::text))
+                 ORDER BY created_at DESC, code DESC
+                 LIMIT $5"
+            ),
+            &[&owner, &tag, &after_ts, &after_code, &fetch],
+        )
+        .await?;
+    let mut links: Vec<(Link, DateTime<Utc>)> = rows
+        .iter()
+        .map(|r| (link_from_row(r), r.get("created_at")))
+        .collect();
+    let next = if links.len() > limit as usize {
+        links.truncate(limit as usize);
+        links.last().map(|(l, ts)| Cursor {
+            created_at: *ts,
+            code: l.code.clone(),
+        })
+    } else {
+        None
+    };
+    Ok((links.into_iter().map(|(l, _)| l).collect(), next))
+}
+
+/// The link `code`, tombstones included.
+async fn fetch_link(
+    client: &deadpool_postgres::Client,
+    code: &str,
+) -> Result<Option<Link>, WriteError> {
+    let statement = client
+        .prepare_cached(&format!("SELECT {LINK_COLUMNS} FROM links WHERE code = $1"))
+        .await?;
+    Ok(client
+        .query_opt(&statement, &[&code])
+        .await?
+        .as_ref()
+        .map(link_from_row))
 }
