@@ -38,7 +38,7 @@ use shortfleet_bench::{
     stats::{Summary, median, median_of, ratio, round2, round3},
     wrk,
 };
-use shortfleet_e2e::{Fleet, FleetOptions, SERVICES};
+use shortfleet_e2e::{Fleet, FleetOptions, SERVICES, api::redirects};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
@@ -155,18 +155,6 @@ async fn start_baseline(fleet: &Fleet) -> anyhow::Result<(tokio::process::Child,
 
 fn gateway_addr(fleet: &Fleet) -> anyhow::Result<SocketAddr> {
     Ok(fleet.gateway_url.trim_start_matches("http://").parse()?)
-}
-
-/// GET `/{code}` cycling through `codes`.
-fn redirects(codes: Arc<Vec<String>>) -> RequestFactory {
-    Arc::new(move |_, seq| {
-        let code = &codes[(seq as usize) % codes.len()];
-        Request::get(format!("/{code}"))
-            .header(header::HOST, "127.0.0.1")
-            .header(header::USER_AGENT, USER_AGENT)
-            .body(Full::new(Bytes::new()))
-            .expect("static request parts")
-    })
 }
 
 /// GET `/{code}` cycling through `codes`, as a browser (user agent and
@@ -580,7 +568,7 @@ async fn measure(
         gateway,
         Mode::Closed { connections: 8 },
         Duration::from_secs(1),
-        redirects(codes.clone()),
+        redirects(codes.clone(), USER_AGENT),
     )
     .await;
     fleet_redirects += warm.count(302);
@@ -607,7 +595,7 @@ async fn measure(
                 addr,
                 Mode::Closed { connections },
                 profile.step,
-                redirects(codes.clone()),
+                redirects(codes.clone(), USER_AGENT),
             )
             .await;
             let cpu_us =
@@ -712,9 +700,22 @@ async fn measure(
         connections: 64,
         rate: args.rate,
     };
-    let base =
-        Summary::of(&load::run(baseline_addr, mode, profile.step, redirects(codes.clone())).await);
-    let fleet_open = load::run(gateway, mode, profile.step, redirects(codes.clone())).await;
+    let base = Summary::of(
+        &load::run(
+            baseline_addr,
+            mode,
+            profile.step,
+            redirects(codes.clone(), USER_AGENT),
+        )
+        .await,
+    );
+    let fleet_open = load::run(
+        gateway,
+        mode,
+        profile.step,
+        redirects(codes.clone(), USER_AGENT),
+    )
+    .await;
     let fl = Summary::of(&fleet_open);
     for (name, s) in [("baseline", &base), ("fleet", &fl)] {
         println!(

@@ -54,13 +54,14 @@ pub async fn create_link(
         .to_owned())
 }
 
-/// GET `/{code}` over `codes` in turn, as a browser.
-pub fn redirects(codes: Arc<Vec<String>>) -> RequestFactory {
+/// GET `/{code}` over `codes` in turn, sent as `user_agent` (e.g.
+/// [`BROWSER_UA`], which analytics counts as a human).
+pub fn redirects(codes: Arc<Vec<String>>, user_agent: &'static str) -> RequestFactory {
     Arc::new(move |_, seq| {
         let code = &codes[(seq as usize) % codes.len()];
         Request::get(format!("/{code}"))
             .header(header::HOST, "127.0.0.1")
-            .header(header::USER_AGENT, BROWSER_UA)
+            .header(header::USER_AGENT, user_agent)
             .body(Full::new(Bytes::new()))
             .expect("static request parts")
     })

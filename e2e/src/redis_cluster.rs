@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::{free_port, workspace_root};
+use crate::free_port;
 
 pub struct RedisCluster {
     /// `redis-cluster://…` naming the masters, as services are configured.
@@ -15,22 +15,8 @@ pub struct RedisCluster {
     pub ports: Vec<u16>,
 }
 
-fn script() -> PathBuf {
-    workspace_root().join("deploy/local/redis-cluster")
-}
-
 fn run(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(script())
-        .args(args)
-        .output()
-        .context("running deploy/local/redis-cluster")?;
-    if !out.status.success() {
-        bail!(
-            "deploy/local/redis-cluster {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    shortfleet_testkit::scripts::run("redis-cluster", args)
 }
 
 impl RedisCluster {

@@ -146,7 +146,7 @@ async fn run(fleet: &mut Fleet, proxy: &FaultProxy, rate: u64) -> anyhow::Result
                     rate,
                 },
                 MAX_LOAD,
-                redirects(Arc::new(codes.clone())),
+                redirects(Arc::new(codes.clone()), BROWSER_UA),
                 stop.clone(),
             );
             tokio::spawn(async move { Ok(Load::from(generator.await)) })

@@ -38,8 +38,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use shortfleet_e2e::{
     Fleet, FleetOptions,
-    api::{self, create_link, redirects, until, wait_for_totals},
+    api::{self, BROWSER_UA, create_link, redirects, until, wait_for_totals},
+    backend_host,
     load::{self, Mode, Outcome},
+    replica_ip,
 };
 
 /// Links the load cycles over.
@@ -134,6 +136,7 @@ async fn run(fleet: &mut Fleet) -> anyhow::Result<()> {
     }
 
     spread_over_read_svc(fleet, &one, &two, &codes).await?;
+    dns_changes_drain_and_add(fleet, &one, &two, &codes).await?;
     let (outcome, served) = faults_under_load(fleet, &http, &key, &one, &two, &codes).await?;
 
     let answered = outcome.count(302);
@@ -197,7 +200,7 @@ async fn load_both(
                 rate: RATE,
             },
             duration,
-            redirects(codes.clone()),
+            redirects(codes.clone(), BROWSER_UA),
             stop.clone(),
         )))
     };
@@ -233,6 +236,53 @@ async fn spread_over_read_svc(
             off * 100.0
         );
     }
+    Ok(())
+}
+
+/// read-svc@3 leaves DNS (as a pod that stopped being ready leaves its
+/// headless Service): once every gateway has re-resolved, it gets no call;
+/// back in DNS, it gets calls again.
+async fn dns_changes_drain_and_add(
+    fleet: &Fleet,
+    one: &str,
+    two: &str,
+    codes: &[String],
+) -> anyhow::Result<()> {
+    let dns = fleet.dns.as_ref().context("the fleet's DNS")?;
+    let (name, ip) = (backend_host("read-svc"), replica_ip(3));
+    let load = || async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, b) = load_both(one, two, codes, Duration::from_secs(1), stop).await?;
+        let (a, b) = (a.await?, b.await?);
+        ensure!(
+            a.count(302) == a.requests && b.count(302) == b.requests,
+            "redirects failed while DNS changed: {:?} {:?}",
+            a.statuses,
+            b.statuses
+        );
+        anyhow::Ok(())
+    };
+    dns.remove(&name, ip);
+    // Five refresh intervals: every gateway has looked again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = calls_to(fleet, "read-svc@3").await?;
+    load().await?;
+    let during = calls_to(fleet, "read-svc@3").await? - before;
+    ensure!(
+        during == 0.0,
+        "read-svc@3 took {during} calls after it left DNS"
+    );
+    dns.add(&name, ip);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load().await?;
+    let after = calls_to(fleet, "read-svc@3").await? - before;
+    ensure!(
+        after > 0.0,
+        "read-svc@3 took no call after it came back to DNS"
+    );
+    eprintln!(
+        "scale-out: read-svc@3 out of DNS took {during} calls; back in DNS, {after} in a second"
+    );
     Ok(())
 }
 

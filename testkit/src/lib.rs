@@ -11,6 +11,7 @@
 //! - [`links`]: creating links through write-svc's gRPC API.
 //! - [`ports`]: free loopback ports for servers a test starts as processes.
 //! - [`pg_replica`]: a PostgreSQL primary with a streaming replica.
+//! - [`scripts`]: running the project's `deploy/local/*` scripts.
 //!
 //! Everything talks to the local infrastructure (`deploy/local/infra`) on
 //! fixed loopback addresses. This crate is only ever a dev-dependency; it
@@ -27,6 +28,7 @@ pub mod eventually;
 pub mod links;
 pub mod pg_replica;
 pub mod ports;
+pub mod scripts;
 pub mod services;
 
 pub use database::TestDatabase;

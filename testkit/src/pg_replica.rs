@@ -2,9 +2,9 @@
 //! loopback ports, made by the project's `deploy/local/pg-replica` and
 //! removed when dropped.
 
-use std::{path::PathBuf, process::Command};
+use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::ports::free_port;
 
@@ -16,18 +16,7 @@ pub struct PgReplica {
 }
 
 fn run(args: &[&str]) -> anyhow::Result<String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/pg-replica");
-    let out = Command::new(script)
-        .args(args)
-        .output()
-        .context("running deploy/local/pg-replica")?;
-    if !out.status.success() {
-        bail!(
-            "deploy/local/pg-replica {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::scripts::run("pg-replica", args)
 }
 
 impl PgReplica {
