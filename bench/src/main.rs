@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let result = measure(&fleet, &profile, &args, before.as_deref()).await;
+    let result = measure(&mut fleet, &profile, &args, before.as_deref()).await;
     let report = match result {
         Ok(report) => report,
         Err(e) => {
@@ -544,7 +544,7 @@ fn usage(fleet: &Fleet) -> Vec<(&'static str, ProcessUse)> {
 }
 
 async fn measure(
-    fleet: &Fleet,
+    fleet: &mut Fleet,
     profile: &Profile,
     args: &Args,
     before: Option<&str>,
@@ -872,6 +872,11 @@ async fn measure(
         }),
     );
 
+    sections.insert(
+        "resolve".into(),
+        resolve_cost(fleet, &codes, profile.step).await?,
+    );
+
     let busy = usage(fleet);
     println!(
         "\n{:<14} {:>10} {:>12} {:>9}",
@@ -901,6 +906,50 @@ async fn measure(
         }),
     );
     Ok(Value::Object(sections))
+}
+
+/// read-svc's CPU per `Resolve`: a gateway of its own with the micro-cache
+/// off turns every redirect into one `Resolve` call; read-svc's CPU over the
+/// round divided by the calls it counted.
+async fn resolve_cost(
+    fleet: &mut Fleet,
+    codes: &Arc<Vec<String>>,
+    step: Duration,
+) -> anyhow::Result<Value> {
+    const NAME: &str = "gateway-nocache";
+    let binary = fleet.bin("gateway");
+    let base = fleet
+        .start_gateway_replica_with(NAME, &binary, &[("SHORTFLEET_MICROCACHE_CAPACITY", "0")])
+        .await?;
+    let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
+    let pid = fleet.pid("read-svc");
+    let calls = |text: &str| {
+        shortfleet_e2e::sum_metric(text, "shortfleet_resolve_duration_seconds_count", &[])
+    };
+    let (cpu_before, calls_before) = (cpu_secs(pid), calls(&fleet.metrics_text("read-svc").await?));
+    let run = load::run(
+        addr,
+        Mode::Closed { connections: 64 },
+        step,
+        redirects(codes.clone(), USER_AGENT),
+    )
+    .await;
+    let (cpu_after, calls_after) = (cpu_secs(pid), calls(&fleet.metrics_text("read-svc").await?));
+    fleet.stop(NAME).await?;
+    let resolves = calls_after - calls_before;
+    let us = cpu_us_per_request((cpu_before, cpu_after), resolves as u64);
+    let per_sec = resolves / run.elapsed.as_secs_f64();
+    println!(
+        "read-svc: {us:.1} µs CPU per Resolve ({resolves} calls at {per_sec:.0}/s, micro-cache off); {:.0} Resolve/s per core",
+        1e6 / us
+    );
+    Ok(json!({
+        "cpu_us_per_resolve": round2(us),
+        "resolves": resolves,
+        "resolves_per_sec": round2(per_sec),
+        "resolves_per_core_sec": round2(1e6 / us),
+        "statuses": run.statuses,
+    }))
 }
 
 /// The 302s the fleet's gateways (and the `--gateway-before` one) answered

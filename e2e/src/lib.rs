@@ -485,8 +485,24 @@ impl Fleet {
         name: &'static str,
         binary: &Path,
     ) -> anyhow::Result<String> {
+        self.start_gateway_replica_with(name, binary, &[]).await
+    }
+
+    /// Like [`Self::start_gateway_replica_from`], with `extra` settings on
+    /// top of the fleet gateway's configuration.
+    pub async fn start_gateway_replica_with(
+        &mut self,
+        name: &'static str,
+        binary: &Path,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let public = format!("127.0.0.1:{}", free_port());
         let mut env = self.envs["gateway"].clone();
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         env.retain(|(k, _)| {
             !matches!(
                 k.as_str(),
