@@ -338,7 +338,8 @@ impl Membership {
     async fn run(self, mut current: HashMap<SocketAddr, Arc<balance::Member>>) {
         // Each target's last good answer, kept when a lookup fails.
         let mut answers: Vec<Vec<SocketAddr>> = vec![Vec::new(); self.targets.len()];
-        loop {
+        // Ends with the last client of the backend.
+        while self.pool.strong_count() > 0 {
             for (target, answer) in self.targets.iter().zip(&mut answers) {
                 match discovery::resolve(target, self.resolver.as_ref()).await {
                     Ok(addrs) => *answer = addrs,

@@ -84,7 +84,15 @@ impl Discovery {
                     TokioRuntimeProvider::default(),
                 )
             }
-            None => TokioResolver::builder_tokio().context("reading /etc/resolv.conf")?,
+            None => TokioResolver::builder_tokio().unwrap_or_else(|e| {
+                // No usable /etc/resolv.conf (a bare container): names
+                // from /etc/hosts still resolve; others fail each lookup.
+                tracing::warn!(error = %e, "no system DNS configuration; using /etc/hosts only");
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(Vec::new()),
+                    TokioRuntimeProvider::default(),
+                )
+            }),
         };
         // An answer is never trusted for longer than one refresh, whatever
         // its TTL: the refresh interval is the promise operators read.
@@ -236,6 +244,17 @@ mod tests {
         assert_eq!(
             resolve(target, None).await.unwrap(),
             vec!["127.0.0.9:81".parse().unwrap()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_resolves_through_the_system_configuration() {
+        let resolver = Discovery::default().resolver().unwrap();
+        let target = &parse_targets("http://localhost:50052").unwrap()[0];
+        let addrs = resolve(target, Some(&resolver)).await.unwrap();
+        assert!(
+            addrs.contains(&"127.0.0.1:50052".parse().unwrap()),
+            "{addrs:?}"
         );
     }
 
