@@ -11,6 +11,11 @@
 //!   the local cache and write-svc, only slower.
 //! - write-svc down: cached codes keep resolving; uncached ones answer
 //!   UNAVAILABLE.
+//! - A load racing a link event never leaves the older answer behind: moka
+//!   stores a load's result even over an event's newer link that arrived
+//!   while the load ran (write-svc may answer from a replica up to its lag
+//!   bound behind), so a load's result is checked against the links of
+//!   recent events ([`Resolver::newest`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,9 +40,15 @@ pub enum ResolveError {
     Timeout,
 }
 
+/// How long an event's link is remembered for loads that started before it:
+/// longer than any load takes (each level is bounded by its timeout).
+const RECENT_EVENT_TTL: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct Resolver {
     local: Cache<String, Lookup>,
+    /// Links that events delivered in the last [`RECENT_EVENT_TTL`], by code.
+    recent_events: Cache<String, Arc<Link>>,
     redis: RedisClient,
     prefix: Arc<str>,
     redis_ttl: Duration,
@@ -90,6 +101,10 @@ impl Resolver {
             .build();
         Self {
             local,
+            recent_events: Cache::builder()
+                .max_capacity(p.local_capacity)
+                .time_to_live(RECENT_EVENT_TTL)
+                .build(),
             redis: p.redis,
             prefix: p.prefix.into(),
             redis_ttl: p.redis_ttl,
@@ -112,10 +127,26 @@ impl Resolver {
         count("local", "miss");
         let this = self.clone();
         let key = code.to_owned();
-        self.local
+        let loaded = self
+            .local
             .try_get_with(key.clone(), async move { this.load(&key).await })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        Ok(self.newest(code, loaded).await)
+    }
+
+    /// `loaded`, unless an event brought a newer link for `code` while it
+    /// loaded: then that link, put back in the local level.
+    async fn newest(&self, code: &str, loaded: Lookup) -> Lookup {
+        let Some(event) = self.recent_events.get(code).await else {
+            return loaded;
+        };
+        if !supersedes(&event, &loaded) {
+            return loaded;
+        }
+        let newer = Lookup::Found(event);
+        self.local.insert(code.to_owned(), newer.clone()).await;
+        newer
     }
 
     /// The Redis client, for health tracking.
@@ -135,9 +166,9 @@ impl Resolver {
     pub async fn refresh(&self, link: Link) {
         let code = link.code.clone();
         let value = link.encode_to_vec();
-        self.local
-            .insert(code.clone(), Lookup::Found(Arc::new(link)))
-            .await;
+        let link = Arc::new(link);
+        self.recent_events.insert(code.clone(), link.clone()).await;
+        self.local.insert(code.clone(), Lookup::Found(link)).await;
         let expiry = Expiration::PX(i64::try_from(self.redis_ttl.as_millis()).unwrap_or(i64::MAX));
         let result: Result<(), _> = self
             .redis
@@ -262,4 +293,38 @@ pub fn describe_metrics() {
         metrics::Unit::Count,
         "Link cache lookups, by level (local, redis) and result."
     );
+}
+
+/// Whether an event's link is newer than what a load found: any link beats
+/// "missing", else the later `updated_at` wins.
+fn supersedes(event: &Link, loaded: &Lookup) -> bool {
+    let at = |l: &Link| l.updated_at.map(|t| (t.seconds, t.nanos));
+    match loaded {
+        Lookup::Missing => true,
+        Lookup::Found(link) => at(event) > at(link),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(seconds: i64, nanos: i32) -> Link {
+        Link {
+            code: "abc1234".into(),
+            updated_at: Some(prost_types::Timestamp { seconds, nanos }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_newer_event_replaces_what_a_load_found() {
+        let loaded = Lookup::Found(Arc::new(link(100, 5)));
+        assert!(supersedes(&link(100, 6), &loaded));
+        assert!(supersedes(&link(101, 0), &loaded));
+        assert!(!supersedes(&link(100, 5), &loaded), "the same version");
+        assert!(!supersedes(&link(99, 999), &loaded), "an older event");
+        // A link created while the load found nothing.
+        assert!(supersedes(&link(1, 0), &Lookup::Missing));
+    }
 }
