@@ -237,7 +237,8 @@ pub fn channel(
         timeout,
         tls: tls.map(|t| t.client_config(service)),
     };
-    // Proves the TLS settings once, so a bad one fails start-up, not a call.
+    // Proves the TLS settings once, so a bad one fails start-up, not a call
+    // (an endpoint only: no connection or task is made for it).
     connector
         .endpoint(SocketAddr::from(([127, 0, 0, 1], 1)))
         .with_context(|| format!("{key}: configuring TLS"))?;
@@ -300,7 +301,7 @@ struct Connector {
 }
 
 impl Connector {
-    fn endpoint(&self, addr: SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+    fn endpoint(&self, addr: SocketAddr) -> anyhow::Result<tonic::transport::Endpoint> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(self.timeout.min(Duration::from_secs(1)))
@@ -310,7 +311,7 @@ impl Connector {
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
-        Ok(endpoint.connect_lazy())
+        Ok(endpoint)
     }
 }
 
@@ -378,7 +379,7 @@ impl Membership {
             let member = match current.get(&addr) {
                 Some(member) => member.clone(),
                 None => match self.connector.endpoint(addr) {
-                    Ok(channel) => Arc::new(balance::Member::new(addr, channel)),
+                    Ok(endpoint) => Arc::new(balance::Member::new(addr, endpoint.connect_lazy())),
                     Err(e) => {
                         tracing::warn!(endpoint = %addr, error = format!("{e:#}"), "endpoint skipped");
                         continue;

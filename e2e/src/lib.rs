@@ -23,7 +23,7 @@ pub mod load;
 pub mod proxy;
 pub mod redis_cluster;
 
-pub use shortfleet_testkit::ports::free_port;
+pub use shortfleet_testkit::{metrics::sum as sum_metric, ports::free_port};
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
@@ -125,15 +125,7 @@ pub fn tools_promtool() -> PathBuf {
 
 /// Runs `deploy/local/tools` (a no-op when up to date): the python path.
 fn run_tools() -> PathBuf {
-    let out = std::process::Command::new(workspace_root().join("deploy/local/tools"))
-        .output()
-        .expect("running deploy/local/tools");
-    assert!(
-        out.status.success(),
-        "deploy/local/tools failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = shortfleet_testkit::scripts::run("tools", &[]).expect("deploy/local/tools");
     PathBuf::from(
         stdout
             .lines()
@@ -685,21 +677,6 @@ pub async fn get_json(
     key: &str,
 ) -> anyhow::Result<serde_json::Value> {
     Ok(http.get(url).bearer_auth(key).send().await?.json().await?)
-}
-
-/// Sums the samples of `metric` in Prometheus text whose label set contains
-/// every string in `labels` (e.g. `level="local"`).
-pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name_labels, value) = l.rsplit_once(' ')?;
-            let name = name_labels.split('{').next()?;
-            (name == metric && labels.iter().all(|want| name_labels.contains(want)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// The `shortfleet_*` metric families in a Prometheus text exposition that

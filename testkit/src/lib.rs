@@ -9,6 +9,7 @@
 //!   ephemeral ports, with the token that stops it.
 //! - [`broker`]: removing the RabbitMQ names a test declared.
 //! - [`links`]: creating links through write-svc's gRPC API.
+//! - [`metrics`]: summing a metric in Prometheus text.
 //! - [`ports`]: free loopback ports for servers a test starts as processes.
 //! - [`pg_replica`]: a PostgreSQL primary with a streaming replica.
 //! - [`scripts`]: running the project's `deploy/local/*` scripts.
@@ -26,6 +27,7 @@ pub mod broker;
 pub mod database;
 pub mod eventually;
 pub mod links;
+pub mod metrics;
 pub mod pg_replica;
 pub mod ports;
 pub mod scripts;

@@ -76,7 +76,7 @@ async fn reads_use_the_replica_without_missing_an_owners_own_writes() {
         .await
         .unwrap();
     eventually("the replica to be past the lag bound", || async {
-        (metric(&metrics, "shortfleet_db_replica_lag_seconds").await > 0.3).then_some(())
+        (metric(&metrics, "shortfleet_db_replica_lag_seconds", &[]).await > 0.3).then_some(())
     })
     .await;
     assert_eq!(
@@ -159,22 +159,13 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-async fn metric(url: &str, name: &str) -> f64 {
+async fn metric(url: &str, name: &str, labels: &[&str]) -> f64 {
     let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    shortfleet_testkit::metrics::sum(&text, name, labels)
 }
 
 /// Link reads answered by `target` (replica or primary).
 async fn reads(url: &str, target: &str) -> f64 {
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("shortfleet_db_reads_total")
-                && l.contains(&format!("target=\"{target}\""))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    let label = format!("target=\"{target}\"");
+    metric(url, "shortfleet_db_reads_total", &[&label]).await
 }

@@ -140,11 +140,10 @@ impl Replica {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| {
-                l.starts_with("shortfleet_cache_requests_total") && l.contains("level=\"upstream\"")
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
+        shortfleet_testkit::metrics::sum(
+            &text,
+            "shortfleet_cache_requests_total",
+            &["level=\"upstream\""],
+        )
     }
 }
