@@ -246,10 +246,10 @@ impl ClickConsumer {
                     // Queue lag: how long after the redirect its click became
                     // countable (gateway buffer + click-logger + RabbitMQ + us).
                     let now = chrono::Utc::now();
+                    let lags = metrics::histogram!("shortfleet_click_lag_seconds");
                     for click in &clicks {
                         let lag = (now - click.occurred_at).to_std().unwrap_or_default();
-                        metrics::histogram!("shortfleet_click_lag_seconds")
-                            .record(lag.as_secs_f64());
+                        lags.record(lag.as_secs_f64());
                     }
                     metrics::counter!("shortfleet_clicks_duplicates_total")
                         .increment((clicks.len() - new) as u64);

@@ -109,6 +109,9 @@ impl Spool {
             ),
             std::fs::TryLockError::Error(e) => e,
         })?;
+        // The bound beside the fill, so one alert fits every process's
+        // configured bound.
+        metrics::gauge!("shortfleet_spool_max_bytes").set(max_bytes as f64);
         let (mut bytes, mut last) = (0, 0);
         for path in segments(dir).await? {
             bytes += fs::metadata(&path).await?.len();
@@ -234,6 +237,11 @@ pub fn describe_metrics() {
         "shortfleet_spool_bytes",
         metrics::Unit::Bytes,
         "Bytes in this process's on-disk click spool."
+    );
+    metrics::describe_gauge!(
+        "shortfleet_spool_max_bytes",
+        metrics::Unit::Bytes,
+        "The bound of this process's on-disk click spool; past it clicks are refused (click-logger) or dropped and counted (gateway)."
     );
 }
 

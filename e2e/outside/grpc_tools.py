@@ -13,7 +13,9 @@ nothing about Shortfleet but the addresses. For each server it:
    (SERVING), and NOT_FOUND for a name the server does not serve;
 4. calls every method with an empty request and with a malformed one (every
    string a control character, every number its maximum), and requires a
-   precise status: never UNKNOWN, INTERNAL or UNIMPLEMENTED.
+   precise status: never UNKNOWN, INTERNAL or UNIMPLEMENTED;
+5. sends bytes that do not decode (a wire type that does not exist, and a
+   string field that is not UTF-8): INVALID_ARGUMENT.
 
 Input: SHORTFLEET_GRPC_SERVERS="name=host:port=shortener.v1.Service,...".
 Prints one line per check; exits 1 if any failed.
@@ -176,6 +178,25 @@ def call(channel, service, method, request, output):
 UNDECODABLE = b"\x0f\xff\xff"
 
 
+def varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def invalid_utf8(descriptor):
+    """A well-formed message whose first string field holds bytes that are
+    not UTF-8 (proto3 requires UTF-8 in strings), or None when the message
+    has no string field of its own."""
+    for field in descriptor.fields:
+        if field.type == field.TYPE_STRING:
+            return varint(field.number << 3 | 2) + varint(2) + b"\xff\xfe"
+    return None
+
+
 def call_raw(channel, service, method, payload):
     """Sends `payload` as the request bytes, unserialised."""
     path = f"/{service}/{method.name}"
@@ -242,6 +263,11 @@ def judge(name, address, service):
         # type 7 does not exist) are the caller's mistake too.
         code, detail, _ = call_raw(channel, service, method, UNDECODABLE)
         check(code == grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {method.name}(undecodable bytes) is INVALID_ARGUMENT: {code.name} {detail[:80]!r}")
+        # Framing intact, but a string that is not UTF-8: still no decode.
+        payload = invalid_utf8(method.input_type)
+        if payload is not None:
+            code, detail, _ = call_raw(channel, service, method, payload)
+            check(code == grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {method.name}(a string field that is not UTF-8) is INVALID_ARGUMENT: {code.name} {detail[:80]!r}")
     channel.close()
 
 

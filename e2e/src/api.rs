@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Full;
@@ -19,9 +19,6 @@ use crate::load::RequestFactory;
 /// A desktop browser's User-Agent, so analytics counts the clicks as human.
 pub const BROWSER_UA: &str =
     "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
-
-/// Polling step while waiting for a recovery signal.
-const POLL: Duration = Duration::from_millis(10);
 
 /// A client that does not follow redirects, with a deadline on each call.
 pub fn client() -> anyhow::Result<reqwest::Client> {
@@ -88,13 +85,13 @@ where
     Fut: Future<Output = anyhow::Result<bool>>,
 {
     let started = Instant::now();
-    loop {
-        if check().await.unwrap_or(false) {
-            return Ok(started.elapsed());
-        }
-        ensure!(started.elapsed() < limit, "not within {limit:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    shortfleet_testkit::within(limit, || {
+        let holds = check();
+        async move { holds.await.unwrap_or(false).then_some(()) }
+    })
+    .await
+    .map(|()| started.elapsed())
+    .ok_or_else(|| anyhow::anyhow!("not within {limit:?}"))
 }
 
 /// Sums `clicks` over the key's links until it reaches `answered` (or 120 s

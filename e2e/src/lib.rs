@@ -651,19 +651,13 @@ impl Fleet {
         for svc in running {
             let _ = self.stop(svc).await;
         }
-        let (client, conn) = tokio_postgres::connect(
-            &format!("{}/postgres", self.infra.postgres),
-            tokio_postgres::NoTls,
-        )
-        .await?;
-        tokio::spawn(conn);
         for db in &self.databases {
-            let _ = client
-                .execute(
-                    &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
-                    &[],
-                )
-                .await;
+            // A database left behind is litter, not a failed test.
+            if let Err(e) =
+                shortfleet_testkit::database::drop_database_on(&self.infra.postgres, db).await
+            {
+                eprintln!("could not drop {db}: {e:#}");
+            }
         }
         Ok(())
     }

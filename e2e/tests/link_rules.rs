@@ -469,6 +469,24 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
     assert!(text.contains(&format!("Allow: /{ccode}$\n")), "{text}");
     assert!(text.ends_with("Disallow: /\n"));
     assert!(!text.contains(&code), "non-crawlable codes are not listed");
+    // Made non-crawlable: its link event drops the replica's robots.txt,
+    // so within a second it is no longer allowed.
+    let (status, _) = api.patch(&ccode, json!({"crawlable": false})).await?;
+    assert_eq!(status, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let text = http
+            .get(format!("{base}/robots.txt"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        if !text.contains(&format!("Allow: /{ccode}$")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still allowed: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // --- expired_url -----------------------------------------------------
     let (_, fallback) = api
@@ -485,6 +503,31 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         (StatusCode::FOUND, "https://example.com/sorry"),
         "over max_clicks"
     );
+    // Expired by its expires_at: redirects go to expired_url once it passes.
+    let expires_at = (chrono::Utc::now() + chrono::TimeDelta::milliseconds(1500)).to_rfc3339();
+    let (_, expiring) = api
+        .create(
+            json!({"url": "https://example.com/soon", "expires_at": expires_at,
+                       "expired_url": "https://example.com/sorry"}),
+        )
+        .await?;
+    let ecode = code_of(&expiring);
+    let (_, loc) = location(http.get(format!("{base}/{ecode}"))).await?;
+    assert_eq!(loc, "https://example.com/soon", "before expires_at");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, loc) = location(http.get(format!("{base}/{ecode}"))).await?;
+        if loc == "https://example.com/sorry" {
+            assert_eq!(status, StatusCode::FOUND);
+            break;
+        }
+        assert_eq!(loc, "https://example.com/soon");
+        assert!(
+            Instant::now() < deadline,
+            "expired link still answers {loc}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_, disabled) = api
         .create(
             json!({"url": "https://example.com/off", "expired_url": "https://example.com/sorry"}),

@@ -168,7 +168,7 @@ impl Service for App {
                 amqp_url: config.amqp_url.clone(),
                 exchange: config.link_events_exchange.clone(),
                 consumer_tag: "gateway",
-                handlers: self.state.microcache.handlers(),
+                handlers: link_event_handlers(&self.state),
                 health: self.state.health.clone(),
                 subscribed: Arc::new(tokio::sync::Notify::new()),
             };
@@ -193,4 +193,22 @@ impl Service for App {
         background.stop(config.shutdown_grace).await;
         Ok(())
     }
+}
+
+/// What the gateway does with a link event: the micro-cache forgets the
+/// code, and robots.txt forgets its body when the link can change it.
+fn link_event_handlers(state: &State) -> shortfleet_common::link_events::Handlers {
+    let mut handlers = state.microcache.handlers();
+    let cache_on_event = handlers.on_event.clone();
+    let robots = state.robots.clone();
+    handlers.on_event = Arc::new(move |event| {
+        let (robots, cache_on_event) = (robots.clone(), cache_on_event.clone());
+        Box::pin(async move {
+            if let Some(link) = &event.link {
+                robots.saw_link(link).await;
+            }
+            cache_on_event(event).await;
+        })
+    });
+    handlers
 }

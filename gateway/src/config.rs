@@ -219,6 +219,8 @@ impl Config {
                 first_byte: r.millis("SHORTFLEET_FIRST_BYTE_TIMEOUT_MS", 5_000),
                 idle: r.millis("SHORTFLEET_IDLE_TIMEOUT_MS", 60_000),
                 max_per_ip: r.get("SHORTFLEET_MAX_CONNECTIONS_PER_IP", 256),
+                h2_ping_interval: r.millis("SHORTFLEET_H2_PING_INTERVAL_MS", 20_000),
+                h2_ping_timeout: r.millis("SHORTFLEET_H2_PING_TIMEOUT_MS", 10_000),
             },
             auth_failures,
             password_attempts,
@@ -289,6 +291,12 @@ impl Config {
         }
         if config.sockets.max_per_ip == 0 {
             r.invalid("SHORTFLEET_MAX_CONNECTIONS_PER_IP", "must be positive");
+        }
+        if config.sockets.h2_ping_interval.is_zero() || config.sockets.h2_ping_timeout.is_zero() {
+            r.invalid(
+                "SHORTFLEET_H2_PING_INTERVAL_MS",
+                "the h2 PING interval and timeout must be positive",
+            );
         }
         if config.click_buffer == 0 || config.click_batch_max == 0 {
             r.invalid(

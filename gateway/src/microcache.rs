@@ -35,6 +35,9 @@ use shortfleet_proto::v1::ResolveResponse;
 
 /// Bytes an entry costs besides its strings (key, `Arc`, moka's node).
 const ENTRY_OVERHEAD: usize = 160;
+/// A rule's `RedirectRule` and `RuleConditions` structs (their vectors and
+/// strings' headers), beyond the bytes of its strings.
+const RULE_OVERHEAD: usize = 200;
 
 #[derive(Clone)]
 struct Entry {
@@ -89,10 +92,16 @@ impl Expiry<String, Entry> for UntilLinkExpiry {
     }
 }
 
-/// What an entry weighs against `max_bytes`.
+/// What an entry weighs against `max_bytes`: the link's encoded size
+/// stands for the bytes of all its strings (url, owner, rules' urls and
+/// conditions, `expired_url`, the password hash), plus the fixed size of
+/// each rule's structs, which encoding does not show.
 fn weight(code: &str, entry: &Entry, floor: u64) -> u32 {
     let link = &entry.link;
-    let bytes = ENTRY_OVERHEAD + 2 * code.len() + link.url.len() + link.owner.len();
+    let bytes = ENTRY_OVERHEAD
+        + 2 * code.len()
+        + prost::Message::encoded_len(&**link)
+        + link.rules.len() * RULE_OVERHEAD;
     (bytes as u64).max(floor).min(u64::from(u32::MAX)) as u32
 }
 
@@ -354,5 +363,26 @@ mod tests {
         cache.entries.run_pending_tasks().await;
         assert!(cache.entries.entry_count() <= 10);
         assert!(cache.entries.weighted_size() <= 64 << 10);
+    }
+
+    #[tokio::test]
+    async fn rules_and_other_urls_weigh_too() {
+        let mut small = (*link("s", None)).clone();
+        small.url = "https://a/".into();
+        let mut ruled = small.clone();
+        ruled.expired_url = "https://example.com/".to_owned() + &"e".repeat(2_000);
+        ruled.rules = (0..20)
+            .map(|_| shortfleet_proto::v1::RedirectRule {
+                when: None,
+                url: "https://example.com/".to_owned() + &"r".repeat(2_000),
+            })
+            .collect();
+        let entry = |l: ResolveResponse| Entry {
+            link: Arc::new(l),
+            fresh_until: Instant::now(),
+        };
+        let (light, heavy) = (weight("s", &entry(small), 0), weight("s", &entry(ruled), 0));
+        assert!(light < 512, "{light}");
+        assert!(heavy > 20 * 2_000 + 2_000, "{heavy}");
     }
 }

@@ -2,7 +2,10 @@
 //! except the crawlable ones, which are allowed by name. The body is built
 //! from write-svc's `ListCrawlable` at most once per [`TTL`] per replica
 //! (concurrent misses make one call) and served from memory otherwise, so
-//! crawlers hammering it cost nothing. When write-svc cannot answer and no
+//! crawlers hammering it cost nothing. A link event that can change the
+//! list (a crawlable link, or one the held body allows) drops the held
+//! body, so a change shows within a second, like every other cache; the
+//! TTL bounds it when events are not received. When write-svc cannot answer and no
 //! copy is held, everything is disallowed (the safe answer) and that answer
 //! is not kept. The HTTP side is `handlers::robots`.
 
@@ -10,6 +13,7 @@ use std::{future::Future, time::Duration};
 
 use bytes::Bytes;
 use moka::future::Cache;
+use shortfleet_proto::v1::Link;
 
 /// How long a replica keeps its robots.txt: a link made crawlable appears
 /// within this (redirects' `X-Robots-Tag` follows the link at once).
@@ -41,6 +45,28 @@ impl Robots {
     }
 }
 
+impl Robots {
+    /// A link event: forgets the held body when the link may enter or
+    /// leave it. Events for links that are not crawlable and not listed
+    /// (nearly all of them) cost one substring search.
+    pub async fn saw_link(&self, link: &Link) {
+        let listed = self
+            .0
+            .get(&())
+            .await
+            .is_some_and(|body| allows(&body, &link.code));
+        if link.crawlable || listed {
+            self.0.invalidate(&()).await;
+        }
+    }
+}
+
+/// Whether `body` has the `Allow` line of `code`.
+fn allows(body: &[u8], code: &str) -> bool {
+    let line = format!("Allow: /{code}$\n");
+    body.windows(line.len()).any(|w| w == line.as_bytes())
+}
+
 /// `Allow` lines for the crawlable codes, then `Disallow: /`: the longest
 /// (most specific) matching rule wins for crawlers (RFC 9309 §2.2.2).
 fn body(codes: &[String]) -> Bytes {
@@ -67,5 +93,40 @@ mod tests {
             body(&["abc".into(), "x-y_z".into()]),
             "User-agent: *\nAllow: /abc$\nAllow: /x-y_z$\nDisallow: /\n".as_bytes()
         );
+    }
+
+    fn link(code: &str, crawlable: bool) -> Link {
+        Link {
+            code: code.into(),
+            crawlable,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn events_that_can_change_the_list_drop_the_held_body() {
+        let robots = Robots::default();
+        let loads = std::sync::atomic::AtomicUsize::new(0);
+        let load = |codes: Vec<&str>| {
+            let codes: Vec<String> = codes.into_iter().map(String::from).collect();
+            let loads = &loads;
+            async move {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(codes)
+            }
+        };
+        let first = robots.body(load(vec!["abc"])).await;
+        assert!(allows(&first, "abc") && !allows(&first, "ab"));
+        // Neither crawlable nor listed: the body stays.
+        robots.saw_link(&link("zzz", false)).await;
+        assert_eq!(robots.body(load(vec!["other"])).await, first);
+        // A listed link stops being crawlable: reloaded.
+        robots.saw_link(&link("abc", false)).await;
+        let second = robots.body(load(vec![])).await;
+        assert_eq!(second, DISALLOW_ALL.as_bytes());
+        // A link becomes crawlable: reloaded.
+        robots.saw_link(&link("new", true)).await;
+        assert!(allows(&robots.body(load(vec!["new"])).await, "new"));
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

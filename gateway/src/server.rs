@@ -3,7 +3,7 @@
 //! timeout against slowloris, and a graceful drain on shutdown (stop
 //! accepting, let in-flight requests finish within the grace period).
 
-use std::{sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -15,14 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     handlers,
-    sockets::{self, Activity, ConnectionCounts, Watched},
+    sockets::{self, Activity, ConnectionCounts, Tracked, Watched},
     state::State,
 };
-
-/// h2 PINGs a quiet peer this often and drops it if the PING is not answered
-/// in [`H2_PING_TIMEOUT`]: a vanished client frees its streams.
-const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     listener: TcpListener,
@@ -41,8 +36,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+        .keep_alive_interval(policy.h2_ping_interval)
+        .keep_alive_timeout(policy.h2_ping_timeout);
     let graceful = GracefulShutdown::new();
     let counts = Arc::new(ConnectionCounts::default());
     loop {
@@ -84,7 +79,14 @@ pub async fn serve(
             }
             let activity = Activity::new();
             let io = TokioIo::new(Watched::new(stream, activity.clone()));
-            let service = service_fn(move |req| handlers::handle(state.clone(), req, peer));
+            let requests = activity.clone();
+            let service = service_fn(move |req| {
+                let in_flight = requests.request();
+                let answer = handlers::handle(state.clone(), req, peer);
+                async move {
+                    Ok::<_, Infallible>(answer.await?.map(|body| Tracked::new(body, in_flight)))
+                }
+            });
             let conn = watcher.watch(
                 builder
                     .serve_connection_with_upgrades(io, service)

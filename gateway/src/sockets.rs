@@ -4,9 +4,13 @@
 //! - **first byte**: a connection that sends nothing within `first_byte` is
 //!   closed (hyper's own header timeout starts only once the HTTP/1 vs h2
 //!   detection has bytes to look at, so a silent socket would wait forever);
-//! - **idle**: a connection on which no byte moved either way for `idle` is
-//!   closed, HTTP/1 keep-alive and h2 alike (a streaming response that keeps
-//!   writing is not idle);
+//! - **idle**: a connection is closed once it has been idle for `idle`,
+//!   HTTP/1 keep-alive and h2 alike. Idle means either no byte moved
+//!   either way (a peer that stopped reading a response, too), or no
+//!   request in flight and none begun or ended. The second is what closes
+//!   a quiet h2 connection: its PINGs and their answers move bytes every
+//!   PING interval without ever being a request. A streaming response
+//!   that keeps writing is not idle;
 //! - **per client address**: at most `max_per_ip` open connections from one
 //!   peer address; the excess is closed at accept, before any parsing.
 //!   Trusted proxies are exempt (every client behind them shares their
@@ -22,7 +26,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -39,6 +43,11 @@ pub struct SocketPolicy {
     pub first_byte: Duration,
     pub idle: Duration,
     pub max_per_ip: usize,
+    /// h2 PINGs a quiet peer this often and drops it if a PING is not
+    /// answered within `h2_ping_timeout`: a vanished client frees its
+    /// streams. (Answered PINGs do not keep a connection from `idle`.)
+    pub h2_ping_interval: Duration,
+    pub h2_ping_timeout: Duration,
 }
 
 /// Open connections per peer address.
@@ -87,30 +96,105 @@ impl Drop for Slot {
     }
 }
 
-/// When bytes last moved on a connection, in milliseconds since it opened.
+/// What moved on a connection: when bytes last moved and when a request
+/// last began or ended (milliseconds since it opened), and how many
+/// requests are in flight.
 #[derive(Debug, Clone)]
 pub struct Activity {
     opened: Instant,
-    last_ms: Arc<AtomicU64>,
+    inner: Arc<Moved>,
+}
+
+#[derive(Debug, Default)]
+struct Moved {
+    bytes_ms: AtomicU64,
+    request_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight on a connection, until dropped (with the end of
+/// its response body).
+#[derive(Debug)]
+pub struct InFlight(Activity);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.stamp(&self.0.inner.request_ms);
+        self.0.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Activity {
     pub fn new() -> Self {
         Self {
             opened: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+            inner: Arc::default(),
         }
     }
 
-    fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+    fn stamp(&self, at: &AtomicU64) {
+        at.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// How long ago bytes last moved.
-    pub fn quiet_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+    fn touch(&self) {
+        self.stamp(&self.inner.bytes_ms);
+    }
+
+    /// A request begins; it is in flight until the guard drops.
+    pub fn request(&self) -> InFlight {
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.stamp(&self.inner.request_ms);
+        InFlight(self.clone())
+    }
+
+    fn since(&self, at: &AtomicU64) -> Duration {
+        let last = Duration::from_millis(at.load(Ordering::Relaxed));
         self.opened.elapsed().saturating_sub(last)
+    }
+
+    /// How long the connection has been idle (see the module docs).
+    pub fn quiet_for(&self) -> Duration {
+        let bytes = self.since(&self.inner.bytes_ms);
+        if self.inner.in_flight.load(Ordering::Relaxed) > 0 {
+            return bytes;
+        }
+        bytes.max(self.since(&self.inner.request_ms))
+    }
+}
+
+/// A response body that keeps its request [`InFlight`] until it is done
+/// (dropped by the connection once written, or abandoned).
+pub struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, in_flight: InFlight) -> Self {
+        Self {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -233,8 +317,9 @@ mod tests {
     async fn idle_expiry_counts_from_the_last_activity() {
         let activity = Activity::new();
         let idle = Duration::from_millis(300);
-        // Bytes keep moving: the deadline keeps moving with them.
+        // A response writing: bytes keep moving, and the deadline with them.
         let started = Instant::now();
+        let in_flight = activity.request();
         let busy = async {
             for _ in 0..4 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -245,8 +330,41 @@ mod tests {
             () = idle_expired(&activity, idle) => panic!("expired while bytes were moving"),
             () = busy => {}
         }
+        drop(in_flight);
         idle_expired(&activity, idle).await;
         assert!(started.elapsed() >= Duration::from_millis(700));
         assert!(activity.quiet_for() >= idle);
+    }
+
+    #[tokio::test]
+    async fn bytes_without_requests_are_idle_but_a_request_in_flight_is_not() {
+        let activity = Activity::new();
+        let idle = Duration::from_millis(300);
+        // PINGs and their answers: bytes move, no request begins.
+        let pings = async {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                activity.touch();
+            }
+        };
+        tokio::select! {
+            () = idle_expired(&activity, idle) => {}
+            () = pings => panic!("bytes alone kept an h2 connection open"),
+        }
+        // A request in flight (a long response still writing) is not idle.
+        let in_flight = activity.request();
+        let writing = async {
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                activity.touch();
+            }
+        };
+        tokio::select! {
+            () = idle_expired(&activity, idle) => panic!("expired with a request in flight"),
+            () = writing => {}
+        }
+        drop(in_flight);
+        assert!(activity.quiet_for() < idle, "the request just ended");
+        idle_expired(&activity, idle).await;
     }
 }

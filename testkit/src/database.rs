@@ -88,7 +88,13 @@ impl Drop for TestDatabase {
 }
 
 async fn drop_database(name: &str) -> anyhow::Result<()> {
-    let client = connect(&format!("{POSTGRES}/postgres")).await?;
+    drop_database_on(POSTGRES, name).await
+}
+
+/// Drops database `name` on the server at `server` (a URL without a
+/// database), whoever is still connected to it.
+pub async fn drop_database_on(server: &str, name: &str) -> anyhow::Result<()> {
+    let client = connect(&format!("{server}/postgres")).await?;
     client
         .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .await?;

@@ -321,14 +321,19 @@ impl Store {
         list_page(&client, owner, limit, cursor.as_ref(), tag).await
     }
 
-    /// Codes of live crawlable links, newest first, at most `limit`.
+    /// Codes of crawlable links that redirect now (not deleted, disabled
+    /// or expired), newest first, at most `limit`. A link over its
+    /// `max_clicks` is only known to read-svc; it stays listed and answers
+    /// crawlers 410 (or its `expired_url`) like everyone else.
     pub async fn crawlable_codes(&self, limit: u32) -> Result<Vec<String>, WriteError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT code FROM links WHERE crawlable AND deleted_at IS NULL
+                        "SELECT code FROM links
+                         WHERE crawlable AND deleted_at IS NULL AND NOT disabled
+                           AND (expires_at IS NULL OR expires_at > now())
                          ORDER BY created_at DESC LIMIT $1",
                     )
                     .await?,

@@ -208,6 +208,7 @@ async fn sockets_that_send_nothing_are_closed_and_capped_per_address() {
         first_byte: Duration::from_millis(500),
         idle: Duration::from_millis(800),
         max_per_ip: 4,
+        ..config.sockets
     };
     config.body_read_timeout = Duration::from_millis(1000);
     let (base, _) = f.gateway_with(config).await;
@@ -281,5 +282,41 @@ async fn sockets_that_send_nothing_are_closed_and_capped_per_address() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(8));
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_h2_connection_is_closed_though_it_answers_pings() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut f = Fixture::start().await;
+    let mut config = f.gateway_config("redis://127.0.0.1:6379");
+    config.sockets.idle = Duration::from_millis(800);
+    // PINGs (each answered by the client) far more often than the idle
+    // deadline: bytes keep moving on the socket the whole time.
+    config.sockets.h2_ping_interval = Duration::from_millis(100);
+    let (base, _) = f.gateway_with(config).await;
+    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(format!("{base}/healthz"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    let answered = Instant::now();
+    // No request in flight or begun for 800 ms: the gateway closes it.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("a quiet h2 connection was kept open by its PINGs")
+        .unwrap()
+        .ok();
+    assert!(answered.elapsed() >= Duration::from_millis(600));
     f.cleanup().await;
 }
