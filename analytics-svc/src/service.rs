@@ -149,17 +149,20 @@ type StatsParts = (
 );
 
 impl AnalyticsService {
-    /// A whole link's stats from the rollups (no rule filter).
+    /// A link's stats from the rollups: all its clicks, or with `rule` those
+    /// that rule sent ([`store::NO_RULE`]: sent by none).
     async fn rollup_stats(
         &self,
         code: &str,
+        rule: Option<i16>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         step: TimeDelta,
     ) -> Result<StatsParts, Status> {
         // Whole UTC days at a daily interval read the daily rollup (one row a
-        // day); anything else is summed from hourly rows.
-        let whole_days = step == TimeDelta::days(1)
+        // day, all rules together); anything else is summed from hourly rows.
+        let whole_days = rule.is_none()
+            && step == TimeDelta::days(1)
             && from.duration_trunc(step).ok() == Some(from)
             && to.duration_trunc(step).ok() == Some(to);
         let rows = if whole_days {
@@ -168,7 +171,7 @@ impl AnalyticsService {
                 .await?
         } else {
             let first_hour = from.duration_trunc(TimeDelta::hours(1)).unwrap_or(from);
-            self.query(store::hourly(&self.pool, code, first_hour, to))
+            self.query(store::hourly(&self.pool, code, rule, first_hour, to))
                 .await?
         };
         // `to` is exclusive: a period ending at midnight does not touch the
@@ -178,6 +181,7 @@ impl AnalyticsService {
             .query(store::audience(
                 &self.pool,
                 code,
+                rule,
                 from.date_naive(),
                 last_day,
             ))
@@ -207,16 +211,11 @@ impl Analytics for AnalyticsService {
         // `?rule=`: -1 is "no rule matched", 0.. a rule's index.
         let rule = match req.rule {
             None => None,
-            Some(-1) => Some(None),
-            Some(r @ 0..64) => Some(Some(r as i16)),
+            Some(-1) => Some(store::NO_RULE),
+            Some(r @ 0..64) => Some(r as i16),
             Some(_) => return Err(invalid("rule", "must be a rule index (0-19) or none").into()),
         };
-        let (rows, visitors, dims) = if let Some(rule) = rule {
-            self.query(store::by_rule(&self.pool, &req.code, rule, from, to))
-                .await?
-        } else {
-            self.rollup_stats(&req.code, from, to, step).await?
-        };
+        let (rows, visitors, dims) = self.rollup_stats(&req.code, rule, from, to, step).await?;
         let mut series: Vec<SeriesPoint> = slots
             .iter()
             .map(|t| SeriesPoint {

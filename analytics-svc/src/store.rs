@@ -20,28 +20,38 @@ pub fn rule_name(rule: Option<i16>) -> String {
     rule.map_or_else(|| "none".to_owned(), |r| r.to_string())
 }
 
-/// Rollup increments for a set of newly stored clicks.
+/// The rollups' key for "sent by no rule" (a click of a link without rules,
+/// or of one whose rules all missed).
+pub const NO_RULE: i16 = -1;
+
+/// A link's hour sent by one rule: (code, hour, rule).
+pub type HourKey<'a> = (&'a str, DateTime<Utc>, i16);
+
+/// Rollup increments for a set of newly stored clicks, borrowing their
+/// strings. Every key carries the rule that sent the clicks ([`NO_RULE`]:
+/// none), so stats by rule read rollups like whole-link stats do.
 #[derive(Debug, Default, PartialEq)]
-pub struct Rollups {
-    /// (code, hour) → (owner, clicks, bots)
-    pub hourly: BTreeMap<(String, DateTime<Utc>), (String, i64, i64)>,
-    /// (code, day, dimension, value) → human clicks
-    pub dimensions: BTreeMap<(String, NaiveDate, &'static str, String), i64>,
-    /// (code, day, visitor) of humans
-    pub visitors: HashSet<(String, NaiveDate, Vec<u8>)>,
+pub struct Rollups<'a> {
+    /// (code, hour, rule) → (owner, clicks, bots)
+    pub hourly: BTreeMap<HourKey<'a>, (&'a str, i64, i64)>,
+    /// (code, day, rule, dimension, value) → human clicks
+    pub dimensions: BTreeMap<(&'a str, NaiveDate, i16, &'static str, String), i64>,
+    /// (code, day, rule, visitor) of humans
+    pub visitors: HashSet<(&'a str, NaiveDate, i16, &'a [u8])>,
 }
 
-pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups {
+pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups<'a> {
     let mut r = Rollups::default();
     for c in clicks {
         let hour = c
             .occurred_at
             .duration_trunc(TimeDelta::hours(1))
             .unwrap_or(c.occurred_at);
+        let rule = c.rule.unwrap_or(NO_RULE);
         let entry = r
             .hourly
-            .entry((c.code.clone(), hour))
-            .or_insert_with(|| (c.owner.clone(), 0, 0));
+            .entry((c.code.as_str(), hour, rule))
+            .or_insert_with(|| (c.owner.as_str(), 0, 0));
         if c.is_bot {
             entry.2 += 1;
             continue;
@@ -49,20 +59,22 @@ pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups {
         entry.1 += 1;
         let day = c.occurred_at.date_naive();
         for (dimension, value) in [
-            ("referrer", &c.referrer_host),
+            ("referrer", c.referrer_host.as_str()),
             ("browser", &c.browser),
             ("os", &c.os),
             ("device", &c.device),
             ("country", &c.country),
-            ("rule", &rule_name(c.rule)),
         ] {
             if !value.is_empty() {
                 *r.dimensions
-                    .entry((c.code.clone(), day, dimension, value.clone()))
+                    .entry((&c.code, day, rule, dimension, value.to_owned()))
                     .or_default() += 1;
             }
         }
-        r.visitors.insert((c.code.clone(), day, c.visitor.clone()));
+        *r.dimensions
+            .entry((&c.code, day, rule, "rule", rule_name(c.rule)))
+            .or_default() += 1;
+        r.visitors.insert((&c.code, day, rule, &c.visitor));
     }
     r
 }
@@ -97,40 +109,45 @@ pub async fn write_batch(
 async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let col = |f: fn(&Click) -> String| clicks.iter().map(f).collect::<Vec<_>>();
+    // Columns borrow the clicks' strings: no copy per click.
+    let col = |f: fn(&Click) -> &str| clicks.iter().map(f).collect::<Vec<&str>>();
     let times: Vec<DateTime<Utc>> = clicks.iter().map(|c| c.occurred_at).collect();
     let bots: Vec<bool> = clicks.iter().map(|c| c.is_bot).collect();
-    let visitors: Vec<Vec<u8>> = clicks.iter().map(|c| c.visitor.clone()).collect();
+    let visitors: Vec<&[u8]> = clicks.iter().map(|c| c.visitor.as_slice()).collect();
+    let rules: Vec<Option<i16>> = clicks.iter().map(|c| c.rule).collect();
     let inserted = tx
         .query(
-            "INSERT INTO clicks (occurred_at, event_id, code, owner, is_bot, referrer_host, browser, os, device, country, visitor, rule)
-             SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bool[],
-                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
-                                  $12::int2[])
-             ON CONFLICT DO NOTHING
-             RETURNING event_id",
+            &tx.prepare_cached(
+                "INSERT INTO clicks (occurred_at, event_id, code, owner, is_bot, referrer_host, browser, os, device, country, visitor, rule)
+                 SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bool[],
+                                      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
+                                      $12::int2[])
+                 ON CONFLICT DO NOTHING
+                 RETURNING event_id",
+            )
+            .await?,
             &[
                 &times,
-                &col(|c| c.event_id.clone()),
-                &col(|c| c.code.clone()),
-                &col(|c| c.owner.clone()),
+                &col(|c| &c.event_id),
+                &col(|c| &c.code),
+                &col(|c| &c.owner),
                 &bots,
-                &col(|c| c.referrer_host.clone()),
-                &col(|c| c.browser.clone()),
-                &col(|c| c.os.clone()),
-                &col(|c| c.device.clone()),
-                &col(|c| c.country.clone()),
+                &col(|c| &c.referrer_host),
+                &col(|c| &c.browser),
+                &col(|c| &c.os),
+                &col(|c| &c.device),
+                &col(|c| &c.country),
                 &visitors,
-                &clicks.iter().map(|c| c.rule).collect::<Vec<_>>(),
+                &rules,
             ],
         )
         .await?;
-    let new: HashSet<String> = inserted.iter().map(|r| r.get::<_, String>(0)).collect();
+    let new: HashSet<&str> = inserted.iter().map(|r| r.get::<_, &str>(0)).collect();
     // A click repeated inside one batch is inserted once; count it once.
     let mut seen = HashSet::new();
     let fresh: Vec<&Click> = clicks
         .iter()
-        .filter(|c| new.contains(&c.event_id) && seen.insert(c.event_id.clone()))
+        .filter(|c| new.contains(c.event_id.as_str()) && seen.insert(c.event_id.as_str()))
         .collect();
     let r = rollups(fresh.iter().copied());
     write_rollups(&tx, &r).await?;
@@ -154,68 +171,104 @@ pub fn human_counts(fresh: &[&Click]) -> BTreeMap<(String, String), u64> {
 
 async fn write_rollups(
     tx: &deadpool_postgres::Transaction<'_>,
-    r: &Rollups,
+    r: &Rollups<'_>,
 ) -> Result<(), tokio_postgres::Error> {
     if !r.hourly.is_empty() {
-        let (mut codes, mut hours, mut owners, mut clicks, mut bots) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for ((code, hour), (owner, c, b)) in &r.hourly {
-            codes.push(code.clone());
+        let n = r.hourly.len();
+        let (mut codes, mut hours, mut rules, mut owners, mut clicks, mut bots) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((code, hour, rule), (owner, c, b)) in &r.hourly {
+            codes.push(*code);
             hours.push(*hour);
-            owners.push(owner.clone());
+            rules.push(*rule);
+            owners.push(*owner);
             clicks.push(*c);
             bots.push(*b);
         }
         tx.execute(
-            "INSERT INTO rollup_hourly (code, hour, owner, clicks, bots)
-             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[])
-             ON CONFLICT (code, hour) DO UPDATE
-             SET clicks = rollup_hourly.clicks + EXCLUDED.clicks, bots = rollup_hourly.bots + EXCLUDED.bots",
-            &[&codes, &hours, &owners, &clicks, &bots],
+            &tx.prepare_cached(
+                "INSERT INTO rollup_hourly (code, hour, rule, owner, clicks, bots)
+                 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int2[], $4::text[], $5::int8[], $6::int8[])
+                 ON CONFLICT (code, hour, rule) DO UPDATE
+                 SET clicks = rollup_hourly.clicks + EXCLUDED.clicks, bots = rollup_hourly.bots + EXCLUDED.bots",
+            )
+            .await?,
+            &[&codes, &hours, &rules, &owners, &clicks, &bots],
         )
         .await?;
+        // Whole days, whatever the rule: the daily rollup has no rule.
         tx.execute(
-            "INSERT INTO rollup_daily (code, day, owner, clicks, bots)
-             SELECT code, (hour AT TIME ZONE 'UTC')::date, min(owner), sum(clicks)::int8, sum(bots)::int8
-             FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[])
-                  AS t(code, hour, owner, clicks, bots)
-             GROUP BY 1, 2
-             ON CONFLICT (code, day) DO UPDATE
-             SET clicks = rollup_daily.clicks + EXCLUDED.clicks, bots = rollup_daily.bots + EXCLUDED.bots",
+            &tx.prepare_cached(
+                "INSERT INTO rollup_daily (code, day, owner, clicks, bots)
+                 SELECT code, (hour AT TIME ZONE 'UTC')::date, min(owner), sum(clicks)::int8, sum(bots)::int8
+                 FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[])
+                      AS t(code, hour, owner, clicks, bots)
+                 GROUP BY 1, 2
+                 ON CONFLICT (code, day) DO UPDATE
+                 SET clicks = rollup_daily.clicks + EXCLUDED.clicks, bots = rollup_daily.bots + EXCLUDED.bots",
+            )
+            .await?,
             &[&codes, &hours, &owners, &clicks, &bots],
         )
         .await?;
     }
     if !r.dimensions.is_empty() {
-        let (mut codes, mut days, mut dims, mut values, mut clicks) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for ((code, day, dim, value), n) in &r.dimensions {
-            codes.push(code.clone());
+        let n = r.dimensions.len();
+        let (mut codes, mut days, mut rules, mut dims, mut values, mut clicks) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((code, day, rule, dim, value), c) in &r.dimensions {
+            codes.push(*code);
             days.push(*day);
-            dims.push((*dim).to_owned());
-            values.push(value.clone());
-            clicks.push(*n);
+            rules.push(*rule);
+            dims.push(*dim);
+            values.push(value.as_str());
+            clicks.push(*c);
         }
         tx.execute(
-            "INSERT INTO rollup_dimensions (code, day, dimension, value, clicks)
-             SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::int8[])
-             ON CONFLICT (code, day, dimension, value) DO UPDATE
-             SET clicks = rollup_dimensions.clicks + EXCLUDED.clicks",
-            &[&codes, &days, &dims, &values, &clicks],
+            &tx.prepare_cached(
+                "INSERT INTO rollup_dimensions (code, day, rule, dimension, value, clicks)
+                 SELECT * FROM unnest($1::text[], $2::date[], $3::int2[], $4::text[], $5::text[], $6::int8[])
+                 ON CONFLICT (code, day, dimension, value, rule) DO UPDATE
+                 SET clicks = rollup_dimensions.clicks + EXCLUDED.clicks",
+            )
+            .await?,
+            &[&codes, &days, &rules, &dims, &values, &clicks],
         )
         .await?;
     }
     if !r.visitors.is_empty() {
-        let (mut codes, mut days, mut visitors) = (vec![], vec![], vec![]);
-        for (code, day, visitor) in &r.visitors {
-            codes.push(code.clone());
+        let n = r.visitors.len();
+        let (mut codes, mut days, mut rules, mut visitors) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (code, day, rule, visitor) in &r.visitors {
+            codes.push(*code);
             days.push(*day);
-            visitors.push(visitor.clone());
+            rules.push(*rule);
+            visitors.push(*visitor);
         }
         tx.execute(
-            "INSERT INTO visitors_daily (code, day, visitor)
-             SELECT * FROM unnest($1::text[], $2::date[], $3::bytea[]) ON CONFLICT DO NOTHING",
-            &[&codes, &days, &visitors],
+            &tx.prepare_cached(
+                "INSERT INTO visitors_daily (code, day, rule, visitor)
+                 SELECT * FROM unnest($1::text[], $2::date[], $3::int2[], $4::bytea[]) ON CONFLICT DO NOTHING",
+            )
+            .await?,
+            &[&codes, &days, &rules, &visitors],
         )
         .await?;
     }
@@ -277,120 +330,81 @@ pub async fn daily(
         .collect())
 }
 
-/// Hourly rollup rows of one link in `[from, to)`.
+/// Hourly rollup rows of one link in `[from, to)`: all its clicks, or
+/// with `rule` only those that rule sent ([`NO_RULE`]: sent by none).
 pub async fn hourly(
     pool: &Pool,
     code: &str,
+    rule: Option<i16>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> anyhow::Result<Vec<(DateTime<Utc>, i64, i64)>> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT hour, clicks, bots FROM rollup_hourly WHERE code = $1 AND hour >= $2 AND hour < $3 ORDER BY hour",
-            &[&code, &from, &to],
-        )
-        .await?;
+    let rows = match rule {
+        None => {
+            client
+                .query(
+                    "SELECT hour, sum(clicks)::int8, sum(bots)::int8 FROM rollup_hourly
+                     WHERE code = $1 AND hour >= $2 AND hour < $3 GROUP BY hour ORDER BY hour",
+                    &[&code, &from, &to],
+                )
+                .await?
+        }
+        Some(rule) => {
+            client
+                .query(
+                    "SELECT hour, clicks, bots FROM rollup_hourly
+                     WHERE code = $1 AND hour >= $2 AND hour < $3 AND rule = $4 ORDER BY hour",
+                    &[&code, &from, &to, &rule],
+                )
+                .await?
+        }
+    };
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
 }
 
-/// Human visitors (distinct per day) and dimension counts over days.
+/// Human visitors (distinct per day) and dimension counts over days: of
+/// all the link's clicks, or with `rule` of those that rule sent.
 pub async fn audience(
     pool: &Pool,
     code: &str,
+    rule: Option<i16>,
     first_day: NaiveDate,
     last_day: NaiveDate,
 ) -> anyhow::Result<(i64, HashMap<String, Vec<(String, i64)>>)> {
     let client = pool.get().await?;
-    let visitors: i64 = client
-        .query_one(
-            "SELECT count(*) FROM visitors_daily WHERE code = $1 AND day BETWEEN $2 AND $3",
-            &[&code, &first_day, &last_day],
-        )
-        .await?
-        .get(0);
-    let rows = client
-        .query(
+    // A visitor brought by two rules on one day is one visitor of the link.
+    let (visitors_sql, dimensions_sql) = match rule {
+        None => (
+            "SELECT count(*) FROM (SELECT DISTINCT day, visitor FROM visitors_daily
+                                   WHERE code = $1 AND day BETWEEN $2 AND $3) v",
             "SELECT dimension, value, sum(clicks)::int8 FROM rollup_dimensions
              WHERE code = $1 AND day BETWEEN $2 AND $3
              GROUP BY dimension, value ORDER BY 3 DESC, 2",
-            &[&code, &first_day, &last_day],
-        )
-        .await?;
+        ),
+        Some(_) => (
+            "SELECT count(*) FROM visitors_daily
+             WHERE code = $1 AND day BETWEEN $2 AND $3 AND rule = $4",
+            "SELECT dimension, value, sum(clicks)::int8 FROM rollup_dimensions
+             WHERE code = $1 AND day BETWEEN $2 AND $3 AND rule = $4
+             GROUP BY dimension, value ORDER BY 3 DESC, 2",
+        ),
+    };
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&code, &first_day, &last_day];
+    if let Some(rule) = &rule {
+        params.push(rule);
+    }
+    let visitors: i64 = client.query_one(visitors_sql, &params).await?.get(0);
+    let rows = client.query(dimensions_sql, &params).await?;
     let mut dims: HashMap<String, Vec<(String, i64)>> = HashMap::new();
     for r in rows {
         dims.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
     }
     Ok((visitors, dims))
-}
-
-/// The clicks of one link sent by one rule (`None`: by no rule) in
-/// `[from, to)`, summed from raw clicks: hourly (hour, clicks, bots),
-/// distinct visitors per day, and dimension counts, in the shapes of
-/// [`hourly`] and [`audience`].
-pub async fn by_rule(
-    pool: &Pool,
-    code: &str,
-    rule: Option<i16>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> anyhow::Result<(
-    Vec<(DateTime<Utc>, i64, i64)>,
-    i64,
-    HashMap<String, Vec<(String, i64)>>,
-)> {
-    let client = pool.get().await?;
-    let filter =
-        "code = $1 AND rule IS NOT DISTINCT FROM $2 AND occurred_at >= $3 AND occurred_at < $4";
-    let hours = client
-        .query(
-            &format!(
-                "SELECT date_trunc('hour', occurred_at), count(*) FILTER (WHERE NOT is_bot),
-                        count(*) FILTER (WHERE is_bot)
-                 FROM clicks WHERE {filter} GROUP BY 1 ORDER BY 1"
-            ),
-            &[&code, &rule, &from, &to],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let visitors: i64 = client
-        .query_one(
-            &format!(
-                "SELECT count(DISTINCT ((occurred_at AT TIME ZONE 'UTC')::date, visitor))
-                 FROM clicks WHERE {filter} AND NOT is_bot"
-            ),
-            &[&code, &rule, &from, &to],
-        )
-        .await?
-        .get(0);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT dimension, value, count(*) FROM clicks,
-                   LATERAL (VALUES ('referrer', referrer_host), ('browser', browser), ('os', os),
-                                   ('device', device), ('country', country)) AS d(dimension, value)
-                 WHERE {filter} AND NOT is_bot AND value <> ''
-                 GROUP BY 1, 2 ORDER BY 3 DESC, 2"
-            ),
-            &[&code, &rule, &from, &to],
-        )
-        .await?;
-    let mut dims: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for r in rows {
-        dims.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
-    }
-    let human: i64 = dims
-        .get("device")
-        .map_or(0, |d| d.iter().map(|(_, n)| n).sum());
-    if human > 0 {
-        dims.insert("rule".into(), vec![(rule_name(rule), human)]);
-    }
-    Ok((hours, visitors, dims))
 }
 
 /// All-time human clicks of `owner`'s `codes`, from the daily rollup (one
@@ -483,20 +497,44 @@ mod tests {
         let r = rollups(&clicks);
         let ten = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();
         let eleven = Utc.with_ymd_and_hms(2026, 1, 1, 11, 0, 0).unwrap();
-        assert_eq!(r.hourly[&("abc1234".into(), ten)], ("alice".into(), 1, 1));
-        assert_eq!(
-            r.hourly[&("abc1234".into(), eleven)],
-            ("alice".into(), 1, 0)
-        );
+        assert_eq!(r.hourly[&("abc1234", ten, NO_RULE)], ("alice", 1, 1));
+        assert_eq!(r.hourly[&("abc1234", eleven, NO_RULE)], ("alice", 1, 0));
         assert_eq!(r.visitors.len(), 1);
         let day = t.date_naive();
         assert_eq!(
-            r.dimensions[&("abc1234".into(), day, "browser", "Firefox".into())],
+            r.dimensions[&("abc1234", day, NO_RULE, "browser", "Firefox".into())],
             2
         );
         assert_eq!(
-            r.dimensions[&("abc1234".into(), day, "referrer", "t.co".into())],
+            r.dimensions[&("abc1234", day, NO_RULE, "referrer", "t.co".into())],
             2
         );
+        assert_eq!(
+            r.dimensions[&("abc1234", day, NO_RULE, "rule", "none".into())],
+            2
+        );
+    }
+
+    #[test]
+    fn rollups_keep_the_rule_that_sent_each_click() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 10, 15, 0).unwrap();
+        let mut by_rule = event("2", FIREFOX, t);
+        by_rule.rule = Some(3);
+        let clicks: Vec<Click> = [event("1", FIREFOX, t), by_rule]
+            .iter()
+            .map(|e| enrich(e, t, "s", None).unwrap())
+            .collect();
+        let r = rollups(&clicks);
+        let ten = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();
+        assert_eq!(r.hourly[&("abc1234", ten, NO_RULE)], ("alice", 1, 0));
+        assert_eq!(r.hourly[&("abc1234", ten, 3)], ("alice", 1, 0));
+        let day = t.date_naive();
+        assert_eq!(r.dimensions[&("abc1234", day, 3, "rule", "3".into())], 1);
+        assert_eq!(
+            r.dimensions[&("abc1234", day, 3, "browser", "Firefox".into())],
+            1
+        );
+        // The same visitor under each rule that brought them.
+        assert_eq!(r.visitors.len(), 2);
     }
 }

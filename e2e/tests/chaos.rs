@@ -36,8 +36,47 @@ use shortfleet_e2e::{
 
 /// Links the load cycles over, all resolved before the first outage.
 const LINKS: usize = 200;
-/// How long each dependency stays away.
-const OUTAGE: Duration = Duration::from_secs(3);
+/// How long each dependency stays away (`SHORTFLEET_CHAOS_OUTAGE_MS`
+/// overrides; the hand run used 5 s).
+fn outage() -> Duration {
+    std::env::var("SHORTFLEET_CHAOS_OUTAGE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_secs(3), Duration::from_millis)
+}
+
+/// How RabbitMQ goes away: by default the test's own proxy in front of it
+/// is cut (the broker other tests share keeps running). By hand,
+/// `SHORTFLEET_CHAOS_RABBITMQ=app` stops and starts the broker's
+/// application (`rabbitmqctl stop_app` / `start_app`), as an operator's
+/// restart does; never in a shared suite.
+async fn rabbitmq_away(proxy: &FaultProxy, outage: Duration) -> anyhow::Result<()> {
+    let real = std::env::var("SHORTFLEET_CHAOS_RABBITMQ").is_ok_and(|v| v == "app");
+    if !real {
+        proxy.cut();
+        tokio::time::sleep(outage).await;
+        proxy.restore();
+        return Ok(());
+    }
+    rabbitmqctl(&["stop_app"]).await?;
+    tokio::time::sleep(outage).await;
+    rabbitmqctl(&["start_app"]).await?;
+    rabbitmqctl(&["await_startup"]).await
+}
+
+async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("rabbitmqctl")
+            .args(args)
+            .kill_on_drop(true)
+            .status(),
+    )
+    .await
+    .with_context(|| format!("rabbitmqctl {args:?} took over 60 s"))??;
+    ensure!(status.success(), "rabbitmqctl {args:?}: {status}");
+    Ok(())
+}
 /// Load between one recovery and the next outage.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Upper bound of the load phase whatever happens.
@@ -386,7 +425,7 @@ async fn wrk_until(
     })
 }
 
-/// Each dependency away for [`OUTAGE`] in turn, then back; the time from
+/// Each dependency away for [`outage`] in turn, then back; the time from
 /// its restart to the first call through the gateway that succeeded again
 /// is recorded. The read-svc probe gets exactly one redirect (a click).
 #[allow(clippy::too_many_arguments)]
@@ -404,9 +443,10 @@ async fn inject_faults(
     let stats = format!("{base}/api/v1/links/{}/stats", codes[0]);
     let link = format!("{base}/api/v1/links/{}", codes[0]);
     let probe_url = format!("{base}/{probe}");
+    let outage = outage();
     for svc in ["read-svc", "click-logger", "analytics-svc", "write-svc"] {
         fleet.kill(svc).await?;
-        tokio::time::sleep(OUTAGE).await;
+        tokio::time::sleep(outage).await;
         fleet.spawn(svc)?;
         let took = match svc {
             // The first Resolve through the gateway: a code it never saw.
@@ -444,9 +484,7 @@ async fn inject_faults(
         );
         tokio::time::sleep(SETTLE).await;
     }
-    proxy.cut();
-    tokio::time::sleep(OUTAGE).await;
-    proxy.restore();
+    rabbitmq_away(proxy, outage).await?;
     let took = until(RECOVERY, || async {
         Ok(fleet
             .metric(
