@@ -37,6 +37,7 @@
 //! The exception is a wire rule both sides of a contract must agree on
 //! ([`input`] bounds, [`click`]), which would drift if each side kept a copy.
 
+pub mod accept;
 pub mod agent;
 pub mod amqp;
 pub mod click;

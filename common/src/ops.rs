@@ -159,18 +159,7 @@ pub fn respond(path: &str, health: &Health) -> Option<Response<Full<Bytes>>> {
 pub async fn serve(listener: TcpListener, health: Health, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ops listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
+    while let Some((stream, _)) = crate::accept::next(&listener, &shutdown, "ops").await {
         let health = health.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let response = respond(req.uri().path(), &health).unwrap_or_else(not_found);

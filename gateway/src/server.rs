@@ -40,19 +40,9 @@ pub async fn serve(
         .keep_alive_timeout(policy.h2_ping_timeout);
     let graceful = GracefulShutdown::new();
     let counts = Arc::new(ConnectionCounts::default());
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
+    while let Some((stream, peer)) =
+        shortfleet_common::accept::next(&listener, &shutdown, "http").await
+    {
         // Refused before any parsing: dropping the stream closes it.
         let slot = if state.config.trusted_proxies.contains(peer.ip()) {
             None
