@@ -40,7 +40,7 @@ use shortfleet_proto::v1::{ClickBatch, ClickCounts, ClickEvent, CodeCount};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    enrich::{self, Click},
+    enrich::{Click, Enricher},
     store::{self, WriteError},
 };
 
@@ -102,13 +102,14 @@ impl Received {
     }
 }
 
-/// A click waiting for its batch to commit.
+/// Clicks waiting for their batch to commit, in delivery order.
+#[derive(Default)]
 struct Pending {
-    /// The delivery it came in; shared by every click of that message.
-    tag: u64,
-    click: Click,
-    /// Keeps the `clicks process` span open until the click is stored.
-    _span: Option<tracing::Span>,
+    clicks: Vec<Click>,
+    /// The delivery each click came in (shared by every click of a message).
+    tags: Vec<u64>,
+    /// Keep each click's `clicks process` span open until it is stored.
+    _spans: Vec<Option<tracing::Span>>,
 }
 
 /// Bounds each broker round trip (connect, declare, qos, consume, ack).
@@ -202,42 +203,47 @@ impl ClickConsumer {
         batch: Vec<Received>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut pending = Vec::with_capacity(batch.iter().map(Received::weight).sum());
-        let now = chrono::Utc::now();
+        let capacity = batch.iter().map(Received::weight).sum();
+        let mut pending = Pending {
+            clicks: Vec::with_capacity(capacity),
+            tags: Vec::with_capacity(capacity),
+            _spans: Vec::with_capacity(capacity),
+        };
+        let mut enricher = Enricher::new(
+            chrono::Utc::now(),
+            &self.visitor_secret,
+            self.geoip.as_deref(),
+        );
         for received in batch {
             let (tag, weight) = (received.tag, received.weight());
             // Every click of a message is stored, or the message is poison.
-            let clicks: Option<Vec<Pending>> = received.events.and_then(|events| {
-                events
-                    .iter()
-                    .map(|event| {
-                        let click = enrich::enrich(
-                            event,
-                            now,
-                            &self.visitor_secret,
-                            self.geoip.as_deref(),
-                        )?;
-                        Some(Pending {
-                            tag,
-                            _span: process_span(&self.exchange, &event.traceparent, &click),
-                            click,
-                        })
-                    })
-                    .collect()
-            });
-            match clicks {
-                Some(clicks) if !clicks.is_empty() => pending.extend(clicks),
-                Some(_) => reject(channel, tag, 0, "an empty click batch").await?,
-                None => reject(channel, tag, weight, "undecodable or invalid click").await?,
+            let clicks: Option<Vec<Click>> = received
+                .events
+                .as_ref()
+                .and_then(|events| events.iter().map(|e| enricher.enrich(e)).collect());
+            match (clicks, received.events) {
+                (Some(clicks), Some(events)) if !clicks.is_empty() => {
+                    for (click, event) in clicks.into_iter().zip(&events) {
+                        pending._spans.push(process_span(
+                            &self.exchange,
+                            &event.traceparent,
+                            &click,
+                        ));
+                        pending.tags.push(tag);
+                        pending.clicks.push(click);
+                    }
+                }
+                (Some(_), _) => reject(channel, tag, 0, "an empty click batch").await?,
+                (None, _) => reject(channel, tag, weight, "undecodable or invalid click").await?,
             }
         }
-        if pending.is_empty() {
+        if pending.clicks.is_empty() {
             return Ok(());
         }
-        let clicks: Vec<Click> = pending.iter().map(|p| p.click.clone()).collect();
+        let clicks = &pending.clicks;
         let mut backoff = Backoff::reconnect();
         loop {
-            match store::write_batch(&self.pool, &clicks, self.db_timeout).await {
+            match store::write_batch(&self.pool, clicks, self.db_timeout).await {
                 Ok(stored) => {
                     let new = stored.new;
                     self.announce(stored);
@@ -247,7 +253,7 @@ impl ClickConsumer {
                     // countable (gateway buffer + click-logger + RabbitMQ + us).
                     let now = chrono::Utc::now();
                     let lags = metrics::histogram!("shortfleet_click_lag_seconds");
-                    for click in &clicks {
+                    for click in clicks {
                         let lag = (now - click.occurred_at).to_std().unwrap_or_default();
                         lags.record(lag.as_secs_f64());
                     }
@@ -278,7 +284,7 @@ impl ClickConsumer {
         // grow within a channel and batches are processed in order, so one
         // cumulative ack covers exactly this batch (rejected poison tags
         // are no longer outstanding).
-        let Some(last) = pending.iter().map(|p| p.tag).max() else {
+        let Some(&last) = pending.tags.iter().max() else {
             return Ok(());
         };
         amqp::bounded(
@@ -292,15 +298,13 @@ impl ClickConsumer {
 
     /// After the database refused a batch: each message on its own, so
     /// one bad message is dead-lettered and the others are stored.
-    async fn store_one_by_one(
-        &self,
-        channel: &Channel,
-        pending: Vec<Pending>,
-    ) -> anyhow::Result<()> {
-        for message in pending.chunk_by(|a, b| a.tag == b.tag) {
-            let tag = message[0].tag;
-            let clicks: Vec<Click> = message.iter().map(|p| p.click.clone()).collect();
-            match store::write_batch(&self.pool, &clicks, self.db_timeout).await {
+    async fn store_one_by_one(&self, channel: &Channel, pending: Pending) -> anyhow::Result<()> {
+        let mut start = 0;
+        for message in pending.tags.chunk_by(|a, b| a == b) {
+            let tag = message[0];
+            let clicks = &pending.clicks[start..start + message.len()];
+            start += message.len();
+            match store::write_batch(&self.pool, clicks, self.db_timeout).await {
                 Ok(stored) => {
                     self.announce(stored);
                     amqp::bounded(

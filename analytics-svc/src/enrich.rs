@@ -3,14 +3,18 @@
 //! OS and device from the user agent, bot detection, referrer host, the
 //! country (trusted header, else GeoIP) and a visitor hash that rotates
 //! daily so the raw IP is never stored. Pure: no I/O, no clock of its own.
+//! A batch's events go through one [`Enricher`], which classifies each
+//! distinct user agent once.
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use std::collections::HashMap;
+
+use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 use shortfleet_common::click;
 use shortfleet_proto::v1::ClickEvent;
 
 use crate::{
-    agent::{classify, referrer_host},
+    agent::{Agent, classify, referrer_host},
     geoip::GeoIp,
 };
 
@@ -47,60 +51,105 @@ pub fn enrich(
     visitor_secret: &str,
     geoip: Option<&GeoIp>,
 ) -> Option<Click> {
-    let occurred_at = match click::check(event, now) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "a click that cannot be stored");
-            return None;
+    Enricher::new(now, visitor_secret, geoip).enrich(event)
+}
+
+/// [`enrich`] for the events of one batch. User agents repeat heavily
+/// within a batch, so each distinct one is classified once (the memo lives
+/// as long as the batch, so it is bounded by the batch size), and the
+/// day's salt text is formatted once per day.
+pub struct Enricher<'a> {
+    now: DateTime<Utc>,
+    visitor_secret: &'a str,
+    geoip: Option<&'a GeoIp>,
+    agents: HashMap<String, Agent>,
+    day: Option<(NaiveDate, String)>,
+}
+
+impl<'a> Enricher<'a> {
+    pub fn new(now: DateTime<Utc>, visitor_secret: &'a str, geoip: Option<&'a GeoIp>) -> Self {
+        Self {
+            now,
+            visitor_secret,
+            geoip,
+            agents: HashMap::new(),
+            day: None,
         }
-    };
-    // PostgreSQL keeps microseconds: truncate now so a redelivery and the
-    // stored row compare equal.
-    let occurred_at = occurred_at
-        .duration_trunc(TimeDelta::microseconds(1))
-        .unwrap_or(occurred_at);
-    let agent = classify(&event.user_agent);
-    let day = occurred_at.date_naive();
-    // The salt changes every UTC day, so visitors cannot be followed across
-    // days and the raw IP is never stored.
-    let visitor = Sha256::new()
-        .chain_update(visitor_secret.as_bytes())
-        .chain_update(day.to_string().as_bytes())
-        .chain_update([0])
-        .chain_update(event.client_ip.as_bytes())
-        .chain_update([0])
-        .chain_update(event.user_agent.as_bytes())
-        .finalize()
-        .to_vec();
-    let country = Some(event.country.trim().to_ascii_uppercase())
-        .filter(|c| is_country_code(c))
-        .or_else(|| geoip?.country(&event.client_ip))
-        .map(|c| c.to_ascii_uppercase())
-        .filter(|c| is_country_code(c))
-        .unwrap_or_default();
-    Some(Click {
-        // Checked above: bounded, no NUL or other control characters.
-        event_id: event.event_id.clone(),
-        code: event.code.clone(),
-        owner: event.owner.clone(),
-        occurred_at,
-        is_bot: agent.bot || event.head_request,
-        referrer_host: clean(&referrer_host(&event.referrer), 255),
-        browser: agent.browser.to_owned(),
-        os: agent.os.to_owned(),
-        device: if event.head_request {
-            "bot".to_owned()
-        } else {
-            agent.device.to_owned()
-        },
-        country,
-        visitor,
-        // Links have at most 20 rules; anything else is not a rule index.
-        rule: event
-            .rule
-            .and_then(|r| i16::try_from(r).ok())
-            .filter(|r| *r < 64),
-    })
+    }
+
+    fn agent(&mut self, user_agent: &str) -> Agent {
+        if let Some(agent) = self.agents.get(user_agent) {
+            return agent.clone();
+        }
+        let agent = classify(user_agent);
+        self.agents.insert(user_agent.to_owned(), agent.clone());
+        agent
+    }
+
+    fn day_text(&mut self, day: NaiveDate) -> &str {
+        if self.day.as_ref().is_none_or(|(d, _)| *d != day) {
+            self.day = Some((day, day.to_string()));
+        }
+        self.day.as_ref().map_or("", |(_, text)| text.as_str())
+    }
+
+    /// See [`enrich`].
+    pub fn enrich(&mut self, event: &ClickEvent) -> Option<Click> {
+        let occurred_at = match click::check(event, self.now) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "a click that cannot be stored");
+                return None;
+            }
+        };
+        // PostgreSQL keeps microseconds: truncate now so a redelivery and the
+        // stored row compare equal.
+        let occurred_at = occurred_at
+            .duration_trunc(TimeDelta::microseconds(1))
+            .unwrap_or(occurred_at);
+        let agent = self.agent(&event.user_agent);
+        let secret = self.visitor_secret;
+        // The salt changes every UTC day, so visitors cannot be followed across
+        // days and the raw IP is never stored.
+        let visitor = Sha256::new()
+            .chain_update(secret.as_bytes())
+            .chain_update(self.day_text(occurred_at.date_naive()).as_bytes())
+            .chain_update([0])
+            .chain_update(event.client_ip.as_bytes())
+            .chain_update([0])
+            .chain_update(event.user_agent.as_bytes())
+            .finalize()
+            .to_vec();
+        let country = Some(event.country.trim().to_ascii_uppercase())
+            .filter(|c| is_country_code(c))
+            .or_else(|| self.geoip?.country(&event.client_ip))
+            .map(|c| c.to_ascii_uppercase())
+            .filter(|c| is_country_code(c))
+            .unwrap_or_default();
+        Some(Click {
+            // Checked above: bounded, no NUL or other control characters.
+            event_id: event.event_id.clone(),
+            code: event.code.clone(),
+            owner: event.owner.clone(),
+            occurred_at,
+            is_bot: agent.bot || event.head_request,
+            referrer_host: clean(&referrer_host(&event.referrer), 255),
+            browser: agent.browser.to_owned(),
+            os: agent.os.to_owned(),
+            device: if event.head_request {
+                "bot".to_owned()
+            } else {
+                agent.device.to_owned()
+            },
+            country,
+            visitor,
+            // Links have at most 20 rules; anything else is not a rule index.
+            rule: event
+                .rule
+                .and_then(|r| i16::try_from(r).ok())
+                .filter(|r| *r < 64),
+        })
+    }
 }
 
 fn is_country_code(c: &str) -> bool {
@@ -156,6 +205,27 @@ mod tests {
         let mut huge_referrer = event("e", FIREFOX, t);
         huge_referrer.referrer = "r".repeat(5 << 20);
         assert!(enrich(&huge_referrer, t, "s", None).is_none());
+    }
+
+    #[test]
+    fn a_batch_enricher_answers_as_enriching_each_event_alone() {
+        let t = Utc::now();
+        let agents = [
+            FIREFOX,
+            "Googlebot/2.1",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148",
+        ];
+        let mut batch = Enricher::new(t, "s", None);
+        for i in 0..30 {
+            let mut e = event(
+                &format!("e{i}"),
+                agents[i % 3],
+                t - TimeDelta::hours(i as i64),
+            );
+            e.head_request = i % 7 == 0;
+            assert_eq!(batch.enrich(&e), enrich(&e, t, "s", None), "event {i}");
+        }
+        assert_eq!(batch.agents.len(), 3, "each distinct agent classified once");
     }
 
     #[test]

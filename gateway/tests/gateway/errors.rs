@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
+use shortfleet_testkit::within;
 
 use crate::helpers::{Fixture, get_text, list};
 
@@ -152,13 +153,10 @@ async fn the_breaker_opens_while_write_svc_is_down_and_closes_when_it_returns() 
 
     // Bring write-svc back on the same address: the breaker closes by itself.
     f.restart_write_svc().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if list(&http, &base, &key).await.status() == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "breaker never closed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let closed = within(Duration::from_secs(10), || async {
+        (list(&http, &base, &key).await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "breaker never closed");
     f.cleanup().await;
 }
