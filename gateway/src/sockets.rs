@@ -7,7 +7,7 @@
 //! - **idle**: a connection is closed once it has been idle for `idle`,
 //!   HTTP/1 keep-alive and h2 alike. Idle means either no byte moved
 //!   either way (a peer that stopped reading a response, too), or no
-//!   request in flight and none begun or ended. The second is what closes
+//!   request in flight and none ended. The second is what closes
 //!   a quiet h2 connection: its PINGs and their answers move bytes every
 //!   PING interval without ever being a request. A streaming response
 //!   that keeps writing is not idle;
@@ -97,8 +97,8 @@ impl Drop for Slot {
 }
 
 /// What moved on a connection: when bytes last moved and when a request
-/// last began or ended (milliseconds since it opened), and how many
-/// requests are in flight.
+/// last ended (milliseconds since it opened), and how many requests are in
+/// flight.
 #[derive(Debug, Clone)]
 pub struct Activity {
     opened: Instant,
@@ -140,10 +140,10 @@ impl Activity {
         self.stamp(&self.inner.bytes_ms);
     }
 
-    /// A request begins; it is in flight until the guard drops.
+    /// A request begins; it is in flight until the guard drops. (Only its
+    /// end is stamped: while it is in flight the request clock is not read.)
     pub fn request(&self) -> InFlight {
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.stamp(&self.inner.request_ms);
         InFlight(self.clone())
     }
 

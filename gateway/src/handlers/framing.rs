@@ -113,6 +113,26 @@ mod tests {
             prop_assert!(!out.chars().any(char::is_control));
         }
 
+        /// Any mix of headers and versions: never a panic, and refused
+        /// exactly when Host or Authorization is ambiguous.
+        #[test]
+        fn framing_is_refused_exactly_when_ambiguous(
+            version in prop_oneof![Just(Version::HTTP_10), Just(Version::HTTP_11), Just(Version::HTTP_2)],
+            headers in proptest::collection::vec(
+                (prop_oneof![Just("host"), Just("authorization"), Just("x-other")], "[ -~]{0,40}"),
+                0..6,
+            ),
+        ) {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let hosts = headers.iter().filter(|(k, _)| *k == "host").count();
+            let auths = headers.iter().filter(|(k, _)| *k == "authorization").count();
+            let ambiguous = auths > 1
+                || hosts > 1
+                || (version == Version::HTTP_11 && hosts == 0);
+            let refused = check(&request(version, &headers)).is_err();
+            prop_assert_eq!(refused, ambiguous);
+        }
+
         #[test]
         fn plain_tokens_never_carry_markup_or_space(raw in ".{0,200}") {
             if is_plain_token(&raw, 128) {
