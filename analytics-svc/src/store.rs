@@ -173,24 +173,22 @@ async fn write_rollups(
     tx: &deadpool_postgres::Transaction<'_>,
     r: &Rollups<'_>,
 ) -> Result<(), tokio_postgres::Error> {
+    // One array per column (a pass over the batch's rollup rows each:
+    // nothing next to the statement).
+    fn column<'m, K: 'm, V: 'm, T>(
+        map: impl IntoIterator<Item = (&'m K, &'m V)>,
+        f: impl Fn(&'m K, &'m V) -> T,
+    ) -> Vec<T> {
+        map.into_iter().map(|(k, v)| f(k, v)).collect()
+    }
     if !r.hourly.is_empty() {
-        let n = r.hourly.len();
-        let (mut codes, mut hours, mut rules, mut owners, mut clicks, mut bots) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for ((code, hour, rule), (owner, c, b)) in &r.hourly {
-            codes.push(*code);
-            hours.push(*hour);
-            rules.push(*rule);
-            owners.push(*owner);
-            clicks.push(*c);
-            bots.push(*b);
-        }
+        let h = &r.hourly;
+        let codes = column(h, |k, _| k.0);
+        let hours = column(h, |k, _| k.1);
+        let rules = column(h, |k, _| k.2);
+        let owners = column(h, |_, v| v.0);
+        let clicks = column(h, |_, v| v.1);
+        let bots = column(h, |_, v| v.2);
         tx.execute(
             &tx.prepare_cached(
                 "INSERT INTO rollup_hourly (code, hour, rule, owner, clicks, bots)
@@ -219,23 +217,7 @@ async fn write_rollups(
         .await?;
     }
     if !r.dimensions.is_empty() {
-        let n = r.dimensions.len();
-        let (mut codes, mut days, mut rules, mut dims, mut values, mut clicks) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for ((code, day, rule, dim, value), c) in &r.dimensions {
-            codes.push(*code);
-            days.push(*day);
-            rules.push(*rule);
-            dims.push(*dim);
-            values.push(value.as_str());
-            clicks.push(*c);
-        }
+        let d = &r.dimensions;
         tx.execute(
             &tx.prepare_cached(
                 "INSERT INTO rollup_dimensions (code, day, rule, dimension, value, clicks)
@@ -244,24 +226,21 @@ async fn write_rollups(
                  SET clicks = rollup_dimensions.clicks + EXCLUDED.clicks",
             )
             .await?,
-            &[&codes, &days, &rules, &dims, &values, &clicks],
+            &[
+                &column(d, |k, _| k.0),
+                &column(d, |k, _| k.1),
+                &column(d, |k, _| k.2),
+                &column(d, |k, _| k.3),
+                &column(d, |k, _| k.4.as_str()),
+                &column(d, |_, n| *n),
+            ],
         )
         .await?;
     }
     if !r.visitors.is_empty() {
-        let n = r.visitors.len();
-        let (mut codes, mut days, mut rules, mut visitors) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (code, day, rule, visitor) in &r.visitors {
-            codes.push(*code);
-            days.push(*day);
-            rules.push(*rule);
-            visitors.push(*visitor);
-        }
+        let v = r.visitors.iter().map(|k| (k, &()));
+        let (codes, days) = (column(v.clone(), |k, _| k.0), column(v.clone(), |k, _| k.1));
+        let (rules, visitors) = (column(v.clone(), |k, _| k.2), column(v, |k, _| k.3));
         tx.execute(
             &tx.prepare_cached(
                 "INSERT INTO visitors_daily (code, day, rule, visitor)

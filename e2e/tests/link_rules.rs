@@ -2,7 +2,9 @@
 //! by device, OS, browser, country and language in order; a rule edited and
 //! seen by every gateway replica within a second; passwords (form, wrong,
 //! right, header, attempt limit, no target leaked); forward_query;
-//! robots.txt and `X-Robots-Tag`; expired_url; clicks by rule in stats.
+//! robots.txt and `X-Robots-Tag`; expired_url (over max_clicks, expired,
+//! disabled); clicks by rule in stats; a protected link's forms are no
+//! clicks.
 
 // A test crate: a panic is how it reports a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -613,5 +615,25 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    // The protected link with max_clicks: its forms and the wrong guess
+    // were no clicks; the one unlocked redirect is. Clicks reach analytics
+    // in the order the gateway made them, so once that click shows, any
+    // the forms had made would show too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = api.get(&format!("/api/v1/links/{lcode}/stats")).await?;
+        // This client sends no User-Agent: its clicks count as bots.
+        let seen = stats["total"].as_u64().unwrap_or(0) + stats["bots"].as_u64().unwrap_or(0);
+        if seen > 0 {
+            assert_eq!(seen, 1, "forms or wrong passwords were counted: {stats}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unlocked click never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
