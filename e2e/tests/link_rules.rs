@@ -241,6 +241,31 @@ async fn flows(fleet: &Fleet, replica: &str) -> anyhow::Result<()> {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(field_of(&problem), field, "{problem}");
     }
+    // Targets that lead back to this gateway, however the address is
+    // spelled (issue 11's five-hop self-loop): refused, naming the field.
+    let port = base.rsplit(':').next().unwrap();
+    for looped in [
+        format!("http://0.0.0.0:{port}/x"),
+        format!("http://0:{port}/x"),
+        format!("http://[::ffff:127.0.0.1]:{port}/x"),
+        format!("http://127.1:{port}/x"),
+    ] {
+        for (body, field) in [
+            (json!({"url": looped}), "url"),
+            (
+                json!({"url": "https://e.com", "rules": [{"when": {"os": "ios"}, "url": looped}]}),
+                "rules",
+            ),
+            (
+                json!({"url": "https://e.com", "expired_url": looped}),
+                "expired_url",
+            ),
+        ] {
+            let (status, problem) = api.create(body.clone()).await?;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(field_of(&problem), field, "{problem}");
+        }
+    }
 
     // --- a rule edited is seen by every replica within a second ----------
     for gw in [base, replica] {
