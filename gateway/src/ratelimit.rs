@@ -32,6 +32,9 @@ use moka::sync::Cache;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub name: String,
+    /// `name` as a metric label, shared: labelling a decision clones a
+    /// pointer, not the string (every redirect is a decision).
+    label: metrics::SharedString,
     pub capacity: u64,
     pub window: Duration,
     /// `RateLimit-Policy`, rendered once: it goes on every limited response.
@@ -54,6 +57,7 @@ impl Policy {
             .map_err(|_| format!("{name:?} cannot appear in a header"))?;
         Ok(Self {
             name: name.to_owned(),
+            label: metrics::SharedString::from(std::sync::Arc::<str>::from(name)),
             capacity,
             window: Duration::from_secs(window),
             header_value,
@@ -66,6 +70,7 @@ impl Policy {
     pub fn placeholder(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            label: metrics::SharedString::from(std::sync::Arc::<str>::from(name)),
             capacity: 1,
             window: Duration::from_secs(1),
             header_value: http::HeaderValue::from_static("invalid"),
@@ -372,7 +377,7 @@ fn record(policy: &Policy, decision: Decision) -> Decision {
     } else {
         "limited"
     };
-    metrics::counter!("shortfleet_ratelimit_decisions_total", "policy" => policy.name.clone(), "decision" => outcome)
+    metrics::counter!("shortfleet_ratelimit_decisions_total", "policy" => policy.label.clone(), "decision" => outcome)
         .increment(1);
     decision
 }
