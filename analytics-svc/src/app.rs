@@ -51,6 +51,7 @@ impl Service for App {
     async fn build(config: Config) -> anyhow::Result<Self> {
         let health = Health::new();
         crate::consumer::describe_metrics();
+        crate::store::describe_metrics();
         crate::geoip::describe_metrics();
         health.register("postgres", true);
         // Not critical: stats are served while clicks wait in RabbitMQ.

@@ -8,3 +8,4 @@
 mod geoip;
 mod rules;
 mod stats;
+mod storage;
