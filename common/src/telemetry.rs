@@ -4,7 +4,7 @@
 //! `OTEL_TRACES_SAMPLER*` variables, service name from `OTEL_SERVICE_NAME` or
 //! the binary), and a process-wide Prometheus recorder for `/metrics`.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
@@ -122,9 +122,33 @@ pub fn metrics_handle() -> PrometheusHandle {
             // this handle renders an empty registry, which is harmless.
             let _ = metrics::set_global_recorder(recorder);
             describe_common_metrics();
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A recorder built without the exporter's own HTTP listener keeps every
+/// histogram sample until someone folds them into buckets. Without this
+/// thread that happened only at a scrape: memory grew by every request's
+/// samples while nothing scraped (8 bytes each, without bound), and the
+/// scrape that came folded all of them at once on a request worker. A
+/// thread of its own, so it runs whatever the async runtime is doing.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the metrics upkeep thread; samples are folded at each scrape");
+    }
 }
 
 /// The HELP text of the metrics `common` itself records, registered with
