@@ -195,11 +195,17 @@ impl Service for App {
     }
 }
 
-/// What the gateway does with a link event: the micro-cache forgets the
-/// code, and robots.txt forgets its body when the link can change it.
+/// What the gateway does with link events: the micro-cache forgets the
+/// code, and robots.txt forgets its body when the link can change it. When
+/// the subscription is (re)made or lost, events may have been missed: both
+/// forget everything.
 fn link_event_handlers(state: &State) -> shortfleet_common::link_events::Handlers {
     let mut handlers = state.microcache.handlers();
-    let cache_on_event = handlers.on_event.clone();
+    let (cache_on_event, cache_on_subscribed, cache_on_lost) = (
+        handlers.on_event.clone(),
+        handlers.on_subscribed.clone(),
+        handlers.on_lost.clone(),
+    );
     let robots = state.robots.clone();
     handlers.on_event = Arc::new(move |event| {
         let (robots, cache_on_event) = (robots.clone(), cache_on_event.clone());
@@ -209,6 +215,16 @@ fn link_event_handlers(state: &State) -> shortfleet_common::link_events::Handler
             }
             cache_on_event(event).await;
         })
+    });
+    let robots = state.robots.clone();
+    handlers.on_subscribed = Arc::new(move || {
+        robots.forget();
+        cache_on_subscribed()
+    });
+    let robots = state.robots.clone();
+    handlers.on_lost = Arc::new(move || {
+        robots.forget();
+        cache_on_lost();
     });
     handlers
 }

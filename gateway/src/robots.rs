@@ -9,7 +9,14 @@
 //! copy is held, everything is disallowed (the safe answer) and that answer
 //! is not kept. The HTTP side is `handlers::robots`.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use moka::future::Cache;
@@ -20,13 +27,21 @@ use shortfleet_proto::v1::Link;
 pub const TTL: Duration = Duration::from_secs(60);
 const DISALLOW_ALL: &str = "User-agent: *\nDisallow: /\n";
 
-/// One cached body per replica.
+/// One cached body per replica, and a count of the events that dropped it.
 #[derive(Clone)]
-pub struct Robots(Cache<(), Bytes>);
+pub struct Robots {
+    body: Cache<(), Bytes>,
+    /// Bumped by every drop: a load that began before a drop may hold the
+    /// list from before the change, so it is not kept.
+    generation: Arc<AtomicU64>,
+}
 
 impl Default for Robots {
     fn default() -> Self {
-        Self(Cache::builder().max_capacity(1).time_to_live(TTL).build())
+        Self {
+            body: Cache::builder().max_capacity(1).time_to_live(TTL).build(),
+            generation: Arc::default(),
+        }
     }
 }
 
@@ -37,11 +52,24 @@ impl Robots {
     where
         E: Send + Sync + 'static,
     {
+        let began = self.generation.load(Ordering::Acquire);
         let build = async { load.await.map(|codes| body(&codes)) };
-        match self.0.try_get_with((), build).await {
-            Ok(body) => body,
+        match self.body.try_get_with((), build).await {
+            Ok(body) => {
+                if self.generation.load(Ordering::Acquire) != began {
+                    // Answered, but not kept: it may predate the change.
+                    self.body.invalidate(&()).await;
+                }
+                body
+            }
             Err(_) => Bytes::from_static(DISALLOW_ALL.as_bytes()),
         }
+    }
+
+    /// Forgets the held body (link events were or may have been missed).
+    pub fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.body.invalidate_all();
     }
 }
 
@@ -51,12 +79,13 @@ impl Robots {
     /// (nearly all of them) cost one substring search.
     pub async fn saw_link(&self, link: &Link) {
         let listed = self
-            .0
+            .body
             .get(&())
             .await
             .is_some_and(|body| allows(&body, &link.code));
         if link.crawlable || listed {
-            self.0.invalidate(&()).await;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.body.invalidate(&()).await;
         }
     }
 }
@@ -128,5 +157,34 @@ mod tests {
         robots.saw_link(&link("new", true)).await;
         assert!(allows(&robots.body(load(vec!["new"])).await, "new"));
         assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_list_loaded_across_a_change_is_answered_but_not_kept() {
+        let robots = Robots::default();
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (r, gate) = (robots.clone(), release.clone());
+        let slow = tokio::spawn(async move {
+            r.body(async move {
+                gate.notified().await;
+                Ok::<_, std::convert::Infallible>(vec!["old".to_owned()])
+            })
+            .await
+        });
+        // The change lands while the load is out.
+        tokio::task::yield_now().await;
+        robots.saw_link(&link("new", true)).await;
+        release.notify_one();
+        assert!(allows(&slow.await.unwrap(), "old"));
+        let fresh = robots
+            .body(async { Ok::<_, std::convert::Infallible>(vec!["new".to_owned()]) })
+            .await;
+        assert!(allows(&fresh, "new"), "the pre-change list was kept");
+        // Lost events: everything is forgotten.
+        robots.forget();
+        let after = robots
+            .body(async { Ok::<_, std::convert::Infallible>(vec![]) })
+            .await;
+        assert_eq!(after, DISALLOW_ALL.as_bytes());
     }
 }

@@ -120,7 +120,8 @@ pub struct InFlight(Activity);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.stamp(&self.0.inner.request_ms);
-        self.0.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Release: whoever sees the count fall also sees the stamp above.
+        self.0.inner.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -155,7 +156,7 @@ impl Activity {
     /// How long the connection has been idle (see the module docs).
     pub fn quiet_for(&self) -> Duration {
         let bytes = self.since(&self.inner.bytes_ms);
-        if self.inner.in_flight.load(Ordering::Relaxed) > 0 {
+        if self.inner.in_flight.load(Ordering::Acquire) > 0 {
             return bytes;
         }
         bytes.max(self.since(&self.inner.request_ms))
