@@ -217,24 +217,29 @@ impl ClickConsumer {
         for received in batch {
             let (tag, weight) = (received.tag, received.weight());
             // Every click of a message is stored, or the message is poison.
-            let clicks: Option<Vec<Click>> = received
-                .events
-                .as_ref()
-                .and_then(|events| events.iter().map(|e| enricher.enrich(e)).collect());
-            match (clicks, received.events) {
-                (Some(clicks), Some(events)) if !clicks.is_empty() => {
-                    for (click, event) in clicks.into_iter().zip(&events) {
-                        pending._spans.push(process_span(
-                            &self.exchange,
-                            &event.traceparent,
-                            &click,
-                        ));
+            let clicks: Option<Vec<(Click, String)>> = received.events.and_then(|events| {
+                events
+                    .into_iter()
+                    .map(|mut event| {
+                        let traceparent = std::mem::take(&mut event.traceparent);
+                        enricher
+                            .enrich_owned(event)
+                            .map(|click| (click, traceparent))
+                    })
+                    .collect()
+            });
+            match clicks {
+                Some(clicks) if !clicks.is_empty() => {
+                    for (click, traceparent) in clicks {
+                        pending
+                            ._spans
+                            .push(process_span(&self.exchange, &traceparent, &click));
                         pending.tags.push(tag);
                         pending.clicks.push(click);
                     }
                 }
-                (Some(_), _) => reject(channel, tag, 0, "an empty click batch").await?,
-                (None, _) => reject(channel, tag, weight, "undecodable or invalid click").await?,
+                Some(_) => reject(channel, tag, 0, "an empty click batch").await?,
+                None => reject(channel, tag, weight, "undecodable or invalid click").await?,
             }
         }
         if pending.clicks.is_empty() {

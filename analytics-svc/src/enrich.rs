@@ -27,9 +27,10 @@ pub struct Click {
     pub occurred_at: DateTime<Utc>,
     pub is_bot: bool,
     pub referrer_host: String,
-    pub browser: String,
-    pub os: String,
-    pub device: String,
+    /// The classifier's names: fixed strings, never copied per click.
+    pub browser: &'static str,
+    pub os: &'static str,
+    pub device: &'static str,
     pub country: String,
     pub visitor: Vec<u8>,
     /// The redirect rule that sent the click; `None`: the link's own url.
@@ -95,7 +96,13 @@ impl<'a> Enricher<'a> {
 
     /// See [`enrich`].
     pub fn enrich(&mut self, event: &ClickEvent) -> Option<Click> {
-        let occurred_at = match click::check(event, self.now) {
+        self.enrich_owned(event.clone())
+    }
+
+    /// [`Enricher::enrich`], taking the event's strings instead of
+    /// copying them.
+    pub fn enrich_owned(&mut self, event: ClickEvent) -> Option<Click> {
+        let occurred_at = match click::check(&event, self.now) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "a click that cannot be stored");
@@ -128,18 +135,18 @@ impl<'a> Enricher<'a> {
             .unwrap_or_default();
         Some(Click {
             // Checked above: bounded, no NUL or other control characters.
-            event_id: event.event_id.clone(),
-            code: event.code.clone(),
-            owner: event.owner.clone(),
+            event_id: event.event_id,
+            code: event.code,
+            owner: event.owner,
             occurred_at,
             is_bot: agent.bot || event.head_request,
             referrer_host: clean(&referrer_host(&event.referrer), 255),
-            browser: agent.browser.to_owned(),
-            os: agent.os.to_owned(),
+            browser: agent.browser,
+            os: agent.os,
             device: if event.head_request {
-                "bot".to_owned()
+                "bot"
             } else {
-                agent.device.to_owned()
+                agent.device
             },
             country,
             visitor,

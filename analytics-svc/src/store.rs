@@ -7,6 +7,7 @@
 //! rollups, so a redelivered click never counts twice.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
@@ -18,8 +19,22 @@ use tokio_postgres::{binary_copy::BinaryCopyInWriter, error::SqlState, types::Ty
 use crate::enrich::Click;
 
 /// A rule index as the "rule" dimension and the REST `?rule=` name it.
-pub fn rule_name(rule: Option<i16>) -> String {
-    rule.map_or_else(|| "none".to_owned(), |r| r.to_string())
+pub fn rule_name(rule: Option<i16>) -> Cow<'static, str> {
+    // Indexes are 0..64 (enrich refuses others): named without allocating.
+    const NAMES: [&str; 64] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61",
+        "62", "63",
+    ];
+    match rule {
+        None => Cow::Borrowed("none"),
+        Some(r) => usize::try_from(r)
+            .ok()
+            .and_then(|i| NAMES.get(i))
+            .map_or_else(|| Cow::Owned(r.to_string()), |name| Cow::Borrowed(*name)),
+    }
 }
 
 /// The rollups' key for "sent by no rule" (a click of a link without rules,
@@ -37,7 +52,7 @@ pub struct Rollups<'a> {
     /// (code, hour, rule) → (owner, clicks, bots)
     pub hourly: BTreeMap<HourKey<'a>, (&'a str, i64, i64)>,
     /// (code, day, rule, dimension, value) → human clicks
-    pub dimensions: BTreeMap<(&'a str, NaiveDate, i16, &'static str, String), i64>,
+    pub dimensions: BTreeMap<(&'a str, NaiveDate, i16, &'static str, Cow<'a, str>), i64>,
     /// (code, day, rule, visitor) of humans
     pub visitors: HashSet<(&'a str, NaiveDate, i16, &'a [u8])>,
 }
@@ -62,14 +77,14 @@ pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups<'a> {
         let day = c.occurred_at.date_naive();
         for (dimension, value) in [
             ("referrer", c.referrer_host.as_str()),
-            ("browser", &c.browser),
-            ("os", &c.os),
-            ("device", &c.device),
+            ("browser", c.browser),
+            ("os", c.os),
+            ("device", c.device),
             ("country", &c.country),
         ] {
             if !value.is_empty() {
                 *r.dimensions
-                    .entry((&c.code, day, rule, dimension, value.to_owned()))
+                    .entry((&c.code, day, rule, dimension, Cow::Borrowed(value)))
                     .or_default() += 1;
             }
         }
@@ -232,9 +247,9 @@ async fn insert_new_clicks(
                 &col(|c| &c.owner),
                 &bots,
                 &col(|c| &c.referrer_host),
-                &col(|c| &c.browser),
-                &col(|c| &c.os),
-                &col(|c| &c.device),
+                &col(|c| c.browser),
+                &col(|c| c.os),
+                &col(|c| c.device),
                 &col(|c| &c.country),
                 &visitors,
                 &rules,
@@ -317,7 +332,7 @@ async fn write_rollups(
                 &column(d, |k, _| k.1),
                 &column(d, |k, _| k.2),
                 &column(d, |k, _| k.3),
-                &column(d, |k, _| k.4.as_str()),
+                &column(d, |k, _| k.4.as_ref()),
                 &column(d, |_, n| *n),
             ],
         )
