@@ -40,6 +40,7 @@
 pub mod accept;
 pub mod agent;
 pub mod amqp;
+pub mod body;
 pub mod click;
 pub mod click_counts;
 pub mod config;

@@ -10,12 +10,13 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
+use shortfleet_common::body::Holding;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     handlers,
-    sockets::{self, Activity, ConnectionCounts, Tracked, Watched},
+    sockets::{self, Activity, ConnectionCounts, Watched},
     state::State,
 };
 
@@ -74,7 +75,7 @@ pub async fn serve(
                 let in_flight = requests.request();
                 let answer = handlers::handle(state.clone(), req, peer);
                 async move {
-                    Ok::<_, Infallible>(answer.await?.map(|body| Tracked::new(body, in_flight)))
+                    Ok::<_, Infallible>(answer.await?.map(|body| Holding::new(body, in_flight)))
                 }
             });
             let conn = watcher.watch(

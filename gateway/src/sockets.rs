@@ -163,42 +163,6 @@ impl Activity {
     }
 }
 
-/// A response body that keeps its request [`InFlight`] until it is done
-/// (dropped by the connection once written, or abandoned).
-pub struct Tracked<B> {
-    body: B,
-    _in_flight: InFlight,
-}
-
-impl<B> Tracked<B> {
-    pub fn new(body: B, in_flight: InFlight) -> Self {
-        Self {
-            body,
-            _in_flight: in_flight,
-        }
-    }
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 impl Default for Activity {
     fn default() -> Self {
         Self::new()

@@ -220,33 +220,6 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its call counted in flight until the body is
-/// done (read to its end or dropped).
-struct CountedBody {
-    inner: Body,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for CountedBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// A call's answer says the endpoint itself cannot serve: `UNAVAILABLE` in
 /// the headers (a trailers-only gRPC answer), or a proxy's 502/503/504
 /// without any gRPC status.
@@ -319,10 +292,8 @@ impl Service<http::Request<Body>> for Balanced {
                 Ok(response) if !says_unavailable(&response) => {
                     member.succeeded();
                     Ok(response.map(|inner| {
-                        Body::new(CountedBody {
-                            inner,
-                            _in_flight: in_flight,
-                        })
+                        // Counted in flight until the body is done.
+                        Body::new(crate::body::Holding::new(inner, in_flight))
                     }))
                 }
                 Ok(response) => {
