@@ -73,12 +73,7 @@ pub async fn drop_expired(pool: &Pool, retention_days: u32) -> anyhow::Result<u3
 }
 
 pub async fn maintain(pool: Pool, retention_days: u32, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
+    shortfleet_common::periodic::every(Duration::from_secs(3600), &shutdown, || async {
         if let Err(e) = prepare(&pool).await {
             tracing::warn!(
                 error = format!("{e:#}"),
@@ -93,7 +88,8 @@ pub async fn maintain(pool: Pool, retention_days: u32, shutdown: CancellationTok
                 "dropping expired partitions failed"
             ),
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -58,7 +58,6 @@ async fn track(
     health: Health,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(HEALTH_POLL);
     let set_all = |status: ServingStatus| {
         let reporter = reporter.clone();
         async move {
@@ -67,17 +66,13 @@ async fn track(
             }
         }
     };
-    loop {
-        let status = match health.readiness() {
+    crate::periodic::every(HEALTH_POLL, &shutdown, || {
+        set_all(match health.readiness() {
             Readiness::Ready | Readiness::Degraded => ServingStatus::Serving,
             Readiness::Unready => ServingStatus::NotServing,
-        };
-        set_all(status).await;
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = shutdown.cancelled() => break,
-        }
-    }
+        })
+    })
+    .await;
     set_all(ServingStatus::NotServing).await;
 }
 

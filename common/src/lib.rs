@@ -50,6 +50,7 @@ pub mod grpc;
 pub mod input;
 pub mod link_events;
 pub mod ops;
+pub mod periodic;
 pub mod postgres;
 pub mod redis;
 pub mod rule_json;

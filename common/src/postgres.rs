@@ -140,12 +140,7 @@ pub async fn track(
     name: &'static str,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
+    crate::periodic::every(Duration::from_secs(2), &shutdown, || async {
         let status = pool.status();
         let in_use = status.size.saturating_sub(status.available);
         metrics::gauge!("shortfleet_db_pool_connections", "state" => "in_use").set(in_use as f64);
@@ -158,7 +153,8 @@ pub async fn track(
             Err(_) => false,
         };
         health.set(name, up);
-    }
+    })
+    .await;
 }
 
 /// A service's own database, ready to use: created if absent (best effort:

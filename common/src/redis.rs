@@ -45,13 +45,8 @@ pub async fn track(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use fred::interfaces::ClientLike as _;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let up = client.ping::<String>(None).await.is_ok();
-        health.set(name, up);
-    }
+    crate::periodic::every(Duration::from_secs(1), &shutdown, || async {
+        health.set(name, client.ping::<String>(None).await.is_ok());
+    })
+    .await;
 }

@@ -320,13 +320,7 @@ impl KeyStore {
 
     /// Reloads the snapshot every `every` until shutdown.
     pub async fn keep_fresh(self, every: Duration, health: Health, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = shutdown.cancelled() => return,
-            }
+        shortfleet_common::periodic::every(every, &shutdown, || async {
             match self.refresh().await {
                 Ok(n) => {
                     health.set("postgres", true);
@@ -340,7 +334,8 @@ impl KeyStore {
                     );
                 }
             }
-        }
+        })
+        .await;
     }
 }
 

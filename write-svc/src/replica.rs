@@ -133,21 +133,15 @@ impl ReadReplica {
     /// Samples the lag every [`SAMPLE_EVERY`] until `stop`, publishing it as
     /// `shortfleet_db_replica_lag_seconds` (-1 while the replica is down).
     pub async fn track(self: Arc<Self>, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(SAMPLE_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = stop.cancelled() => return,
-            }
+        shortfleet_common::periodic::every(SAMPLE_EVERY, &stop, || async {
             let at = Instant::now();
-            let sample = match current_lsn(&self.primary).await {
-                // Primary down: nothing to compare with; keep what we know.
-                None => continue,
-                Some(primary) => match self.replica.get().await.ok() {
-                    Some(replica) => replay_lsn(&replica).await.map(|r| (primary, r)),
-                    None => None,
-                },
+            // Primary down: nothing to compare with; keep what we know.
+            let Some(primary) = current_lsn(&self.primary).await else {
+                return;
+            };
+            let sample = match self.replica.get().await.ok() {
+                Some(replica) => replay_lsn(&replica).await.map(|r| (primary, r)),
+                None => None,
             };
             let lag = {
                 let mut tracker = self.tracker();
@@ -159,7 +153,8 @@ impl ReadReplica {
             };
             metrics::gauge!("shortfleet_db_replica_lag_seconds")
                 .set(lag.map_or(-1.0, |l| l.as_secs_f64()));
-        }
+        })
+        .await;
     }
 }
 
