@@ -65,10 +65,10 @@ impl Config {
                 "SHORTFLEET_CLICK_COUNTS_EXCHANGE",
                 shortfleet_common::amqp::CLICK_COUNTS_EXCHANGE,
             ),
-            // Messages, each up to 500 clicks: several batches' worth, so
+            // Messages, each up to 2,000 clicks: several batches' worth, so
             // the next batch is already here while one commits, yet a
             // bounded amount of memory (~100k clicks at most).
-            prefetch: r.get("SHORTFLEET_PREFETCH", 200),
+            prefetch: r.get("SHORTFLEET_PREFETCH", 50),
             // Large transactions: a batch's rollup rows (per link and hour,
             // dimension value, visitor) are upserted once per batch, so
             // their cost per click falls as batches grow. Measured on

@@ -165,8 +165,10 @@ impl ClickConsumer {
         }
     }
 
-    /// Waits for one delivery, then gathers more until `batch_max` clicks
-    /// or `batch_max_wait`. Whole messages only, so a batch may pass
+    /// Waits for one delivery, then gathers more until `batch_max` clicks,
+    /// `batch_max_wait`, or the whole prefetch window is in hand (the
+    /// broker sends nothing more before an ack, so waiting longer would
+    /// only delay the batch). Whole messages only, so a batch may pass
     /// `batch_max` by one message's clicks. `None` on shutdown.
     async fn next_batch(
         &self,
@@ -183,7 +185,7 @@ impl ClickConsumer {
         let mut clicks = first.weight();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.batch_max_wait;
-        while clicks < self.batch_max {
+        while clicks < self.batch_max && batch.len() < usize::from(self.prefetch) {
             match tokio::time::timeout_at(deadline, deliveries.next()).await {
                 Ok(Some(d)) => {
                     let received = Received::decode(d?);

@@ -30,10 +30,13 @@ const REPLAY_CHUNK: usize = 5000;
 /// Clicks carried per AMQP message. One message per click made the broker's
 /// per-message work (routing, persisting, confirming, delivering, acking)
 /// the largest CPU cost of the fleet at high redirect rates; batching
-/// divides it by up to this factor. The price: dead-lettering is per
-/// message, which is why [`crate::service::validate`] refuses any click
-/// analytics could not store before it is published.
-pub const CLICKS_PER_MESSAGE: usize = 500;
+/// divides it by up to this factor. The broker's cost is per message far
+/// more than per byte (wake-ups, the quorum log's writes and syncs): going
+/// from 500 to 2,000 clicks a message halved RabbitMQ's CPU per click
+/// (BENCHMARKS.md). The price: dead-lettering is per message, which is why
+/// [`crate::service::validate`] refuses any click analytics could not
+/// store before it is published.
+pub const CLICKS_PER_MESSAGE: usize = 2000;
 
 pub struct Publisher {
     pub amqp_url: String,

@@ -23,7 +23,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -45,6 +45,16 @@ struct Entry {
     /// Past this instant the entry only answers when read-svc cannot.
     fresh_until: Instant,
 }
+
+// Registered on first use, which comes after the recorder is installed:
+// every redirect increments one, and a handle skips the registry's lookup
+// by name and labels.
+static HITS: LazyLock<metrics::Counter> = LazyLock::new(
+    || metrics::counter!("shortfleet_cache_requests_total", "level" => "gateway", "result" => "hit"),
+);
+static MISSES: LazyLock<metrics::Counter> = LazyLock::new(
+    || metrics::counter!("shortfleet_cache_requests_total", "level" => "gateway", "result" => "miss"),
+);
 
 #[derive(Clone)]
 pub struct MicroCache {
@@ -150,9 +160,7 @@ impl MicroCache {
             .get(code)
             .await
             .filter(|e| Instant::now() < e.fresh_until);
-        let result = if hit.is_some() { "hit" } else { "miss" };
-        metrics::counter!("shortfleet_cache_requests_total", "level" => "gateway", "result" => result)
-            .increment(1);
+        if hit.is_some() { &HITS } else { &MISSES }.increment(1);
         hit.map(|e| e.link)
     }
 

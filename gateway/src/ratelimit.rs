@@ -39,6 +39,22 @@ pub struct Policy {
     pub window: Duration,
     /// `RateLimit-Policy`, rendered once: it goes on every limited response.
     pub header_value: http::HeaderValue,
+    /// Its decision counters, kept once registered.
+    decisions: DecisionCounters,
+}
+
+/// The `allowed` and `limited` counters of one policy, registered on the
+/// first decision (after the recorder is installed) and kept: every
+/// redirect is a decision, and a handle skips the registry's lookup by name
+/// and labels. Not part of what a policy is, so it never makes two equal
+/// policies differ.
+#[derive(Debug, Clone, Default)]
+struct DecisionCounters(std::sync::OnceLock<[metrics::Counter; 2]>);
+
+impl PartialEq for DecisionCounters {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Policy {
@@ -61,6 +77,7 @@ impl Policy {
             capacity,
             window: Duration::from_secs(window),
             header_value,
+            decisions: DecisionCounters::default(),
         })
     }
 
@@ -74,6 +91,7 @@ impl Policy {
             capacity: 1,
             window: Duration::from_secs(1),
             header_value: http::HeaderValue::from_static("invalid"),
+            decisions: DecisionCounters::default(),
         }
     }
 
@@ -113,12 +131,21 @@ impl Decision {
         }
     }
 
-    /// `RateLimit` header value.
+    /// `RateLimit` header value. Written into one buffer of the right size
+    /// with `itoa`: every redirect carries it, and `format!` cost a
+    /// formatter pass and a regrowth per request (BENCHMARKS.md profile).
     pub fn header(&self, policy: &Policy) -> String {
-        format!(
-            "\"{}\";r={};t={}",
-            policy.name, self.remaining, self.reset_secs
-        )
+        let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (remaining, reset) = (
+            remaining.format(self.remaining),
+            reset.format(self.reset_secs),
+        );
+        let mut value =
+            String::with_capacity(policy.name.len() + remaining.len() + reset.len() + 8);
+        for part in ["\"", &policy.name, "\";r=", remaining, ";t=", reset] {
+            value.push_str(part);
+        }
+        value
     }
 }
 
@@ -268,9 +295,14 @@ impl RateLimiter {
     /// renewing the lease from Redis only when it is spent or lapsed.
     pub async fn check_leased(&self, policy: &Policy, subject: &str) -> Decision {
         let key = format!("{}rl:{}:{subject}", self.prefix, policy.name);
-        let lease = self
-            .leases
-            .get_with(key.clone(), || Arc::new(Mutex::new(Lease::default())));
+        // Looked up by reference first: a hit (nearly every redirect) then
+        // costs no second copy of the key.
+        let lease = match self.leases.get(&key) {
+            Some(lease) => lease,
+            None => self
+                .leases
+                .get_with(key.clone(), || Arc::new(Mutex::new(Lease::default()))),
+        };
         let now = Instant::now();
         if let Some(decision) = spend(&lease, policy, now) {
             return record(policy, decision);
@@ -372,13 +404,12 @@ fn spend(lease: &Mutex<Lease>, policy: &Policy, now: Instant) -> Option<Decision
 }
 
 fn record(policy: &Policy, decision: Decision) -> Decision {
-    let outcome = if decision.allowed {
-        "allowed"
-    } else {
-        "limited"
-    };
-    metrics::counter!("shortfleet_ratelimit_decisions_total", "policy" => policy.label.clone(), "decision" => outcome)
-        .increment(1);
+    let [allowed, limited] = policy.decisions.0.get_or_init(|| {
+        ["allowed", "limited"].map(|outcome| {
+            metrics::counter!("shortfleet_ratelimit_decisions_total", "policy" => policy.label.clone(), "decision" => outcome)
+        })
+    });
+    if decision.allowed { allowed } else { limited }.increment(1);
     decision
 }
 

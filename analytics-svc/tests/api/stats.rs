@@ -502,6 +502,43 @@ async fn batch_messages_count_every_click_once_and_a_bad_batch_is_dead_lettered_
     f.cleanup(stop).await;
 }
 
+/// The broker sends nothing beyond the prefetch window until an ack, so a
+/// batch holding the whole window is written at once: with a one-minute
+/// batch wait, these clicks would otherwise wait that minute.
+#[tokio::test]
+async fn a_batch_holding_the_whole_prefetch_window_is_written_without_waiting() {
+    let f = Fixture::new().await;
+    let (mut client, stop) = f
+        .start_with([
+            ("SHORTFLEET_PREFETCH", "2".to_owned()),
+            ("SHORTFLEET_BATCH_MAX", "1000".to_owned()),
+            ("SHORTFLEET_BATCH_MAX_WAIT_MS", "60000".to_owned()),
+        ])
+        .await;
+    let now = Utc::now();
+    for message in 0..2 {
+        let events: Vec<ClickEvent> = (0..3)
+            .map(|i| {
+                click(
+                    &format!("w{message}-{i}"),
+                    "window",
+                    now,
+                    FIREFOX,
+                    "192.0.2.9",
+                )
+            })
+            .collect();
+        f.publish_batch(&events).await;
+    }
+    let (from, to) = (now - TimeDelta::hours(1), now + TimeDelta::hours(1));
+    let s = settled(&mut client, "window", from, to, 6).await;
+    assert_eq!(
+        s.total, 6,
+        "both messages stored well before the batch wait"
+    );
+    f.cleanup(stop).await;
+}
+
 #[tokio::test]
 async fn a_consumer_stopped_mid_stream_loses_and_duplicates_nothing() {
     let f = Fixture::new().await;
