@@ -60,7 +60,9 @@ pub async fn handle(
     let started = Instant::now();
     let request_id = request_id(&req);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // A shared handle to the request's bytes, not a copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let ctx = Ctx {
         state: &state,
         request_id: &request_id,
@@ -81,11 +83,11 @@ pub async fn handle(
         if let Err(problem) = framing::check(&req) {
             return ("unknown", full(problem.into_response()));
         }
-        match state.config.routes.route(&method, &path) {
+        match state.config.routes.route(&method, path) {
             Err(RouteError::NotFound) => (
                 "unknown",
                 full(
-                    Problem::not_found(format!("no route for {}", framing::shown(&path)))
+                    Problem::not_found(format!("no route for {}", framing::shown(path)))
                         .into_response(),
                 ),
             ),
@@ -115,11 +117,12 @@ pub async fn handle(
         .insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    // Labels are static strings: no allocation per request on the hot path.
-    metrics::histogram!("shortfleet_http_request_duration_seconds", "endpoint" => endpoint, "method" => method_label(&method))
-        .record(elapsed.as_secs_f64());
-    metrics::counter!("shortfleet_http_requests_total", "endpoint" => endpoint, "status" => status_label(status))
-        .increment(1);
+    labels::record_request(
+        endpoint,
+        method_label(&method),
+        status_label(status),
+        elapsed,
+    );
     let _entered = span.enter();
     tracing::info!(
         target: "access",
