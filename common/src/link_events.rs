@@ -45,6 +45,36 @@ pub struct Handlers {
     pub on_lost: Arc<dyn Fn() + Send + Sync>,
 }
 
+impl Handlers {
+    /// These handlers, then `next`'s, on every call: two caches of one
+    /// replica fed by one subscription.
+    pub fn then(self, next: Handlers) -> Handlers {
+        let (event_first, event_next) = (self.on_event, next.on_event);
+        let (subscribed_first, subscribed_next) = (self.on_subscribed, next.on_subscribed);
+        let (lost_first, lost_next) = (self.on_lost, next.on_lost);
+        Handlers {
+            on_event: Arc::new(move |event: LinkEvent| {
+                let (first, next) = (event_first(event.clone()), event_next.clone());
+                Box::pin(async move {
+                    first.await;
+                    next(event).await;
+                })
+            }),
+            on_subscribed: Arc::new(move || {
+                let (first, next) = (subscribed_first(), subscribed_next.clone());
+                Box::pin(async move {
+                    first.await;
+                    next().await;
+                })
+            }),
+            on_lost: Arc::new(move || {
+                lost_first();
+                lost_next();
+            }),
+        }
+    }
+}
+
 pub struct LinkEventSubscriber {
     pub amqp_url: String,
     pub exchange: String,
@@ -137,4 +167,59 @@ pub fn describe_metrics() {
         metrics::Unit::Count,
         "Link events received from the links.events exchange."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use shortfleet_proto::v1::Link;
+
+    use super::*;
+
+    /// Handlers that write `name: what` to `log` on every call.
+    fn logging(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> Handlers {
+        let (on_event, on_subscribed, on_lost) = (log.clone(), log.clone(), log.clone());
+        Handlers {
+            on_event: Arc::new(move |event: LinkEvent| {
+                let log = on_event.clone();
+                Box::pin(async move {
+                    let code = event.link.map(|l| l.code).unwrap_or_default();
+                    log.lock().unwrap().push(format!("{name}: event {code}"));
+                })
+            }),
+            on_subscribed: Arc::new(move || {
+                let log = on_subscribed.clone();
+                Box::pin(async move { log.lock().unwrap().push(format!("{name}: subscribed")) })
+            }),
+            on_lost: Arc::new(move || on_lost.lock().unwrap().push(format!("{name}: lost"))),
+        }
+    }
+
+    #[tokio::test]
+    async fn chained_handlers_each_see_every_call_in_order() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let both = logging("a", &log).then(logging("b", &log));
+        (both.on_subscribed)().await;
+        let event = LinkEvent {
+            link: Some(Link {
+                code: "abc".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        (both.on_event)(event).await;
+        (both.on_lost)();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "a: subscribed",
+                "b: subscribed",
+                "a: event abc",
+                "b: event abc",
+                "a: lost",
+                "b: lost"
+            ]
+        );
+    }
 }

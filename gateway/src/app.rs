@@ -168,7 +168,12 @@ impl Service for App {
                 amqp_url: config.amqp_url.clone(),
                 exchange: config.link_events_exchange.clone(),
                 consumer_tag: "gateway",
-                handlers: link_event_handlers(&self.state),
+                // Both caches forget what an event (or a gap) may change.
+                handlers: self
+                    .state
+                    .robots
+                    .handlers()
+                    .then(self.state.microcache.handlers()),
                 health: self.state.health.clone(),
                 subscribed: Arc::new(tokio::sync::Notify::new()),
             };
@@ -193,38 +198,4 @@ impl Service for App {
         background.stop(config.shutdown_grace).await;
         Ok(())
     }
-}
-
-/// What the gateway does with link events: the micro-cache forgets the
-/// code, and robots.txt forgets its body when the link can change it. When
-/// the subscription is (re)made or lost, events may have been missed: both
-/// forget everything.
-fn link_event_handlers(state: &State) -> shortfleet_common::link_events::Handlers {
-    let mut handlers = state.microcache.handlers();
-    let (cache_on_event, cache_on_subscribed, cache_on_lost) = (
-        handlers.on_event.clone(),
-        handlers.on_subscribed.clone(),
-        handlers.on_lost.clone(),
-    );
-    let robots = state.robots.clone();
-    handlers.on_event = Arc::new(move |event| {
-        let (robots, cache_on_event) = (robots.clone(), cache_on_event.clone());
-        Box::pin(async move {
-            if let Some(link) = &event.link {
-                robots.saw_link(link).await;
-            }
-            cache_on_event(event).await;
-        })
-    });
-    let robots = state.robots.clone();
-    handlers.on_subscribed = Arc::new(move || {
-        robots.forget();
-        cache_on_subscribed()
-    });
-    let robots = state.robots.clone();
-    handlers.on_lost = Arc::new(move || {
-        robots.forget();
-        cache_on_lost();
-    });
-    handlers
 }

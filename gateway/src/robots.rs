@@ -20,6 +20,7 @@ use std::{
 
 use bytes::Bytes;
 use moka::future::Cache;
+use shortfleet_common::link_events::Handlers;
 use shortfleet_proto::v1::Link;
 
 /// How long a replica keeps its robots.txt: a link made crawlable appears
@@ -66,14 +67,12 @@ impl Robots {
         }
     }
 
-    /// Forgets the held body (link events were or may have been missed).
+    /// Forgets the held body; a load already out is answered but not kept.
     pub fn forget(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.body.invalidate_all();
     }
-}
 
-impl Robots {
     /// A link event: forgets the held body when the link may enter or
     /// leave it. Events for links that are not crawlable and not listed
     /// (nearly all of them) cost one substring search.
@@ -84,8 +83,29 @@ impl Robots {
             .await
             .is_some_and(|body| allows(&body, &link.code));
         if link.crawlable || listed {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            self.body.invalidate(&()).await;
+            self.forget();
+        }
+    }
+
+    /// What robots.txt does with link events: [`Self::saw_link`] for each,
+    /// and everything forgotten when the subscription is (re)made or lost,
+    /// since events may have been missed.
+    pub fn handlers(&self) -> Handlers {
+        let (on_event, on_subscribed, on_lost) = (self.clone(), self.clone(), self.clone());
+        Handlers {
+            on_event: Arc::new(move |event| {
+                let robots = on_event.clone();
+                Box::pin(async move {
+                    if let Some(link) = &event.link {
+                        robots.saw_link(link).await;
+                    }
+                })
+            }),
+            on_subscribed: Arc::new(move || {
+                on_subscribed.forget();
+                Box::pin(async {})
+            }),
+            on_lost: Arc::new(move || on_lost.forget()),
         }
     }
 }

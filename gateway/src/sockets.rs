@@ -278,6 +278,14 @@ mod tests {
         drop(second);
     }
 
+    /// Bytes moving on the socket: `times` touches, `every` apart.
+    async fn bytes_moving(activity: &Activity, times: u32, every: Duration) {
+        for _ in 0..times {
+            tokio::time::sleep(every).await;
+            activity.touch();
+        }
+    }
+
     #[tokio::test]
     async fn idle_expiry_counts_from_the_last_activity() {
         let activity = Activity::new();
@@ -285,12 +293,7 @@ mod tests {
         // A response writing: bytes keep moving, and the deadline with them.
         let started = Instant::now();
         let in_flight = activity.request();
-        let busy = async {
-            for _ in 0..4 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                activity.touch();
-            }
-        };
+        let busy = bytes_moving(&activity, 4, Duration::from_millis(100));
         tokio::select! {
             () = idle_expired(&activity, idle) => panic!("expired while bytes were moving"),
             () = busy => {}
@@ -306,24 +309,14 @@ mod tests {
         let activity = Activity::new();
         let idle = Duration::from_millis(300);
         // PINGs and their answers: bytes move, no request begins.
-        let pings = async {
-            for _ in 0..10 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                activity.touch();
-            }
-        };
+        let pings = bytes_moving(&activity, 10, Duration::from_millis(50));
         tokio::select! {
             () = idle_expired(&activity, idle) => {}
             () = pings => panic!("bytes alone kept an h2 connection open"),
         }
         // A request in flight (a long response still writing) is not idle.
         let in_flight = activity.request();
-        let writing = async {
-            for _ in 0..8 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                activity.touch();
-            }
-        };
+        let writing = bytes_moving(&activity, 8, Duration::from_millis(50));
         tokio::select! {
             () = idle_expired(&activity, idle) => panic!("expired with a request in flight"),
             () = writing => {}

@@ -30,14 +30,28 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    within_or_last(limit, || {
+        let look = check();
+        async move { look.await.ok_or(()) }
+    })
+    .await
+    .ok()
+}
+
+/// Polls `check` until it returns `Ok` or `limit` passes; then the last
+/// `Err` it returned, for a failure message that says what was seen
+/// instead (a status, a count).
+pub async fn within_or_last<T, L, F, Fut>(limit: Duration, mut check: F) -> Result<T, L>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, L>>,
+{
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Some(value) = check().await {
-            return Some(value);
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(last) if tokio::time::Instant::now() >= deadline => return Err(last),
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
         }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }

@@ -34,7 +34,7 @@ pub mod scripts;
 pub mod services;
 
 pub use database::TestDatabase;
-pub use eventually::{eventually, within};
+pub use eventually::{eventually, within, within_or_last};
 
 /// The PostgreSQL server every test database lives on.
 pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";

@@ -3,13 +3,10 @@
 //! leased anonymous limit never admits more than the shared budget across
 //! two gateway replicas.
 
-use std::{
-    cell::Cell,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use shortfleet_testkit::{DEADLINE, REDIS, within};
+use shortfleet_testkit::{DEADLINE, REDIS, within, within_or_last};
 
 use crate::helpers::{Fixture, create_link, get_text, no_redirects};
 
@@ -147,23 +144,21 @@ async fn hot_codes_are_served_from_the_micro_cache_without_read_svc() {
     }
     // Connections opened before the stop may linger: wait until an uncached
     // code really cannot be resolved (503, never a hang)…
-    let last = Cell::new(None);
-    let unavailable = within(Duration::from_secs(10), || async {
+    let unavailable = within_or_last(Duration::from_secs(10), || async {
         let status = http
             .get(format!("{base}/zzzzzzz"))
             .send()
             .await
             .unwrap()
             .status();
-        last.set(Some(status));
-        (status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        (status == StatusCode::SERVICE_UNAVAILABLE)
+            .then_some(())
+            .ok_or(status)
     })
     .await;
-    assert!(
-        unavailable.is_some(),
-        "read-svc still answers: {}",
-        last.get().expect("within looks at least once")
-    );
+    if let Err(status) = unavailable {
+        panic!("read-svc still answers: {status}");
+    }
     // …then the hot code is still served, from the micro-cache.
     let r = http.get(format!("{base}/{code}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
