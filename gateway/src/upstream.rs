@@ -4,12 +4,12 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use crate::{problem::Problem, resilience::Guard};
+use crate::{clicks::wire::ClickStreamClient, problem::Problem, resilience::Guard};
 use shortfleet_common::grpc::Balanced as Channel;
 use shortfleet_common::tls::names;
 use shortfleet_proto::v1::{
-    analytics_client::AnalyticsClient, click_logger_client::ClickLoggerClient,
-    link_resolver_client::LinkResolverClient, link_writer_client::LinkWriterClient,
+    analytics_client::AnalyticsClient, link_resolver_client::LinkResolverClient,
+    link_writer_client::LinkWriterClient,
 };
 use tonic::metadata::MetadataValue;
 
@@ -17,7 +17,7 @@ use tonic::metadata::MetadataValue;
 pub struct Upstreams {
     pub writer: LinkWriterClient<Channel>,
     pub resolver: LinkResolverClient<Channel>,
-    pub clicks: ClickLoggerClient<Channel>,
+    pub clicks: ClickStreamClient,
     pub analytics: AnalyticsClient<Channel>,
     pub timeout: Duration,
     writer_guard: Arc<Guard>,
@@ -57,7 +57,7 @@ impl Upstreams {
                 "SHORTFLEET_READ_SVC_URL",
                 names::READ_SVC,
             )?),
-            clicks: ClickLoggerClient::new(channel(
+            clicks: ClickStreamClient::new(channel(
                 config,
                 &config.click_logger_url,
                 "SHORTFLEET_CLICK_LOGGER_URL",

@@ -6,15 +6,15 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use shortfleet_common::amqp::Backoff;
-use shortfleet_common::grpc::Balanced as Channel;
-use shortfleet_proto::v1::{
-    ClickAck, ClickBatch, ClickEvent, click_logger_client::ClickLoggerClient,
-};
+use shortfleet_proto::v1::{ClickAck, ClickEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-use super::spill::Spill;
+use super::{
+    spill::Spill,
+    wire::{BatchBody, ClickStreamClient, EncodedBatch, Framed},
+};
 
 /// Clicks per replayed batch (and per live batch while a backlog drains):
 /// large, so a backlog drains many times faster than clicks arrive, yet
@@ -38,7 +38,7 @@ const SESSION_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// One open stream to click-logger.
 struct Session {
-    batches: mpsc::Sender<ClickBatch>,
+    batches: mpsc::Sender<Framed>,
     acks: Streaming<ClickAck>,
     opened: tokio::time::Instant,
 }
@@ -54,7 +54,7 @@ enum Sent {
 
 pub struct ClickForwarder {
     pub rx: mpsc::Receiver<ClickEvent>,
-    pub client: ClickLoggerClient<Channel>,
+    pub client: ClickStreamClient,
     pub batch_max: usize,
     pub batch_wait: Duration,
     pub timeout: Duration,
@@ -78,7 +78,7 @@ struct Replay {
 impl ClickForwarder {
     pub fn new(
         rx: mpsc::Receiver<ClickEvent>,
-        client: ClickLoggerClient<Channel>,
+        client: ClickStreamClient,
         batch_max: usize,
         batch_wait: Duration,
         timeout: Duration,
@@ -112,7 +112,8 @@ impl ClickForwarder {
                         Err(_) => break,
                     }
                 }
-                self.deliver_live(live, &shutdown).await;
+                let encoded = BatchBody::of(&live);
+                self.deliver_live(live, &encoded, &shutdown).await;
                 continue;
             }
             let first = tokio::select! {
@@ -122,8 +123,8 @@ impl ClickForwarder {
                 },
                 () = shutdown.cancelled() => break,
             };
-            let batch = self.fill(first).await;
-            self.deliver_live(batch, &shutdown).await;
+            let (batch, encoded) = self.fill(first).await;
+            self.deliver_live(batch, &encoded, &shutdown).await;
         }
         self.flush().await;
     }
@@ -167,11 +168,11 @@ impl ClickForwarder {
             return;
         };
         let end = (replay.sent + REPLAY_BATCH).min(replay.events.len());
-        let chunk = replay.events[replay.sent..end].to_vec();
+        let chunk = BatchBody::of(&replay.events[replay.sent..end]);
         if !chunk.is_empty() && !self.deliver(&chunk, shutdown).await {
             return;
         }
-        metrics::counter!("shortfleet_clicks_replayed_total").increment(chunk.len() as u64);
+        metrics::counter!("shortfleet_clicks_replayed_total").increment(chunk.clicks() as u64);
         let Some(replay) = self.replaying.as_mut() else {
             return;
         };
@@ -185,10 +186,16 @@ impl ClickForwarder {
         }
     }
 
-    /// Delivers a live batch; if shutdown stops it first, the batch goes to
-    /// the spool (or is counted dropped without one).
-    async fn deliver_live(&mut self, batch: Vec<ClickEvent>, shutdown: &CancellationToken) {
-        if batch.is_empty() || self.deliver(&batch, shutdown).await {
+    /// Delivers a live batch (`encoded` is `batch` on the wire); if
+    /// shutdown stops it first, the batch goes to the spool (or is counted
+    /// dropped without one).
+    async fn deliver_live(
+        &mut self,
+        batch: Vec<ClickEvent>,
+        encoded: &EncodedBatch,
+        shutdown: &CancellationToken,
+    ) {
+        if batch.is_empty() || self.deliver(encoded, shutdown).await {
             return;
         }
         match &self.spill {
@@ -199,49 +206,53 @@ impl ClickForwarder {
         }
     }
 
-    /// Collects up to `batch_max` clicks or until `batch_wait` passed.
-    async fn fill(&mut self, first: ClickEvent) -> Vec<ClickEvent> {
+    /// Collects up to `batch_max` clicks or until `batch_wait` passed,
+    /// encoding each as it comes (the clicks themselves are kept for the
+    /// spool, should the batch not get through).
+    async fn fill(&mut self, first: ClickEvent) -> (Vec<ClickEvent>, EncodedBatch) {
+        let mut body = BatchBody::with_capacity(self.batch_max);
+        body.push(&first);
         let mut batch = Vec::with_capacity(self.batch_max);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.batch_wait;
         while batch.len() < self.batch_max {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(event)) => batch.push(event),
+                Ok(Some(event)) => {
+                    body.push(&event);
+                    batch.push(event);
+                }
                 Ok(None) | Err(_) => break,
             }
         }
         metrics::gauge!("shortfleet_click_buffer_depth").set(self.rx.len() as f64);
-        batch
+        (batch, body.finish())
     }
 
     /// Sends one batch, retrying with backoff until it is acknowledged (or
     /// refused as invalid, counted dropped): `true`. If shutdown begins
     /// first, one last try; `false` if that fails too.
-    async fn deliver(&mut self, events: &[ClickEvent], shutdown: &CancellationToken) -> bool {
+    async fn deliver(&mut self, batch: &EncodedBatch, shutdown: &CancellationToken) -> bool {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
-            match self.send(events).await {
+            match self.send(batch).await {
                 Sent::Accepted | Sent::Refused => return true,
                 Sent::Retry(why) => {
-                    tracing::warn!(error = %why, clicks = events.len(), "click batch not acknowledged; retrying");
+                    tracing::warn!(error = %why, clicks = batch.clicks(), "click batch not acknowledged; retrying");
                 }
             }
             if !backoff.wait(shutdown).await {
-                return matches!(self.send(events).await, Sent::Accepted | Sent::Refused);
+                return matches!(self.send(batch).await, Sent::Accepted | Sent::Refused);
             }
         }
     }
 
     async fn open(&mut self) -> Result<Session, String> {
         let (batches, outgoing) = mpsc::channel(4);
-        let call = self
-            .client
-            .stream_clicks(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        let call = self.client.stream(outgoing);
         let acks = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| "opening the click stream timed out".to_owned())?
-            .map_err(|s| format!("opening the click stream: {}", s.message()))?
-            .into_inner();
+            .map_err(|s| format!("opening the click stream: {}", s.message()))?;
         Ok(Session {
             batches,
             acks,
@@ -251,7 +262,7 @@ impl ClickForwarder {
 
     /// One attempt: send on the open stream (opening one if needed) and wait
     /// for this batch's ack.
-    async fn send(&mut self, events: &[ClickEvent]) -> Sent {
+    async fn send(&mut self, batch: &EncodedBatch) -> Sent {
         let session = match self.session.take() {
             Some(old) if old.opened.elapsed() >= SESSION_MAX_AGE => match self.open().await {
                 Ok(new) => new,
@@ -267,14 +278,10 @@ impl ClickForwarder {
         self.sequence += 1;
         let sequence = self.sequence;
         let session = self.session.insert(session);
-        let batch = ClickBatch {
-            events: events.to_vec(),
-            sequence,
-        };
         let outcome = async {
             session
                 .batches
-                .send(batch)
+                .send(batch.framed(sequence))
                 .await
                 .map_err(|_| "the click stream closed".to_owned())?;
             loop {
@@ -290,12 +297,13 @@ impl ClickForwarder {
         match tokio::time::timeout(self.timeout, outcome).await {
             Ok(Ok(ack)) if ack.error.is_empty() => {
                 metrics::counter!("shortfleet_clicks_forwarded_total")
-                    .increment(events.len() as u64);
+                    .increment(batch.clicks() as u64);
                 Sent::Accepted
             }
             Ok(Ok(ack)) if ack.invalid => {
-                tracing::error!(error = %ack.error, clicks = events.len(), "click-logger refused a batch as invalid");
-                metrics::counter!("shortfleet_clicks_dropped_total").increment(events.len() as u64);
+                tracing::error!(error = %ack.error, clicks = batch.clicks(), "click-logger refused a batch as invalid");
+                metrics::counter!("shortfleet_clicks_dropped_total")
+                    .increment(batch.clicks() as u64);
                 Sent::Refused
             }
             Ok(Ok(ack)) => Sent::Retry(ack.error),
@@ -321,18 +329,17 @@ impl ClickForwarder {
         while let Ok(event) = self.rx.try_recv() {
             pending.push(event);
         }
-        let chunks: Vec<Vec<ClickEvent>> = pending
-            .chunks(self.batch_max)
-            .map(<[ClickEvent]>::to_vec)
-            .collect();
-        for chunk in chunks {
+        for chunk in pending.chunks(self.batch_max) {
             let accepted = tokio::time::Instant::now() < deadline
-                && matches!(self.send(&chunk).await, Sent::Accepted | Sent::Refused);
+                && matches!(
+                    self.send(&BatchBody::of(chunk)).await,
+                    Sent::Accepted | Sent::Refused
+                );
             if accepted {
                 continue;
             }
             match &self.spill {
-                Some(spill) => spill.write(&chunk).await,
+                Some(spill) => spill.write(chunk).await,
                 None => {
                     tracing::warn!(clicks = chunk.len(), "clicks lost at shutdown");
                     metrics::counter!("shortfleet_clicks_dropped_total")

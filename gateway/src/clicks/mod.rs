@@ -1,8 +1,9 @@
 //! Click hand-off: the redirect path drops each click into a bounded buffer
 //! and returns at once; the [`forwarder`] sends the buffer to click-logger in
 //! batches over one long-lived gRPC stream, one batch in flight at a time,
-//! each acknowledged only once click-logger confirmed or spooled it. The
-//! redirect never waits on analytics.
+//! each acknowledged only once click-logger confirmed or spooled it, each
+//! encoded once as it fills ([`wire`]). The redirect never waits on
+//! analytics.
 //!
 //! click-logger slow or down: the batch in hand is retried with jittered
 //! backoff (on a new stream if the old one broke) while new clicks queue in
@@ -22,6 +23,7 @@
 
 pub mod forwarder;
 pub mod spill;
+pub mod wire;
 
 use std::sync::Arc;
 
