@@ -21,6 +21,8 @@ use prost::Message;
 use shortfleet_proto::v1::ClickEvent;
 use tokio::{fs, io::AsyncWriteExt, sync::Mutex};
 
+use crate::click::EncodedClick;
+
 /// A segment is closed for appends past this size, so replay can start on it.
 const SEGMENT_BYTES: u64 = 8 << 20;
 
@@ -66,11 +68,16 @@ fn segment_seq(path: &Path) -> Option<u64> {
 
 /// Encodes records as `u32 big-endian length` + protobuf bytes.
 pub fn encode(events: &[ClickEvent]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        let body = e.encode_to_vec();
+    let bodies: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
+    frame(bodies.iter().map(Vec::as_slice))
+}
+
+/// Records of clicks already encoded, as [`encode`] writes them.
+fn frame<'a>(bodies: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bodies.clone().map(|b| 4 + b.len()).sum());
+    for body in bodies {
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
+        out.extend_from_slice(body);
     }
     out
 }
@@ -137,7 +144,16 @@ impl Spool {
 
     /// Appends a batch durably (written and fsync'd) or not at all.
     pub async fn append(&self, events: &[ClickEvent]) -> Result<(), SpoolError> {
-        let record = encode(events);
+        self.append_records(&encode(events), events.len()).await
+    }
+
+    /// [`Spool::append`] for clicks already encoded (read back the same).
+    pub async fn append_encoded(&self, clicks: &[EncodedClick]) -> Result<(), SpoolError> {
+        let record = frame(clicks.iter().map(EncodedClick::as_bytes));
+        self.append_records(&record, clicks.len()).await
+    }
+
+    async fn append_records(&self, record: &[u8], clicks: usize) -> Result<(), SpoolError> {
         let mut state = self.state.lock().await;
         if state.bytes + record.len() as u64 > self.max_bytes {
             return Err(SpoolError::Full(state.bytes));
@@ -157,12 +173,12 @@ impl Spool {
             }
         };
         let (_, file, size) = state.open.insert(open);
-        file.write_all(&record).await?;
+        file.write_all(record).await?;
         file.sync_data().await?;
         *size += record.len() as u64;
         state.bytes += record.len() as u64;
         self.publish_gauge(state.bytes);
-        metrics::counter!("shortfleet_clicks_spooled_total").increment(events.len() as u64);
+        metrics::counter!("shortfleet_clicks_spooled_total").increment(clicks as u64);
         Ok(())
     }
 
@@ -274,7 +290,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let spool = Spool::open(&dir, 1 << 20).await.unwrap();
         spool.append(&[event(1), event(2)]).await.unwrap();
-        spool.append(&[event(3)]).await.unwrap();
+        // Clicks appended already encoded read back as the same events.
+        spool
+            .append_encoded(&[EncodedClick::from(&event(3))])
+            .await
+            .unwrap();
         assert!(spool.bytes().await > 0);
         // A restart finds what was spooled.
         assert!(

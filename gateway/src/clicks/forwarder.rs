@@ -6,6 +6,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use shortfleet_common::amqp::Backoff;
+use shortfleet_common::click::EncodedClick;
 use shortfleet_proto::v1::{ClickAck, ClickEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +54,7 @@ enum Sent {
 }
 
 pub struct ClickForwarder {
-    pub rx: mpsc::Receiver<ClickEvent>,
+    pub rx: mpsc::Receiver<EncodedClick>,
     pub client: ClickStreamClient,
     pub batch_max: usize,
     pub batch_wait: Duration,
@@ -77,7 +78,7 @@ struct Replay {
 
 impl ClickForwarder {
     pub fn new(
-        rx: mpsc::Receiver<ClickEvent>,
+        rx: mpsc::Receiver<EncodedClick>,
         client: ClickStreamClient,
         batch_max: usize,
         batch_wait: Duration,
@@ -168,7 +169,7 @@ impl ClickForwarder {
             return;
         };
         let end = (replay.sent + REPLAY_BATCH).min(replay.events.len());
-        let chunk = BatchBody::of(&replay.events[replay.sent..end]);
+        let chunk = BatchBody::of_events(&replay.events[replay.sent..end]);
         if !chunk.is_empty() && !self.deliver(&chunk, shutdown).await {
             return;
         }
@@ -191,7 +192,7 @@ impl ClickForwarder {
     /// dropped without one).
     async fn deliver_live(
         &mut self,
-        batch: Vec<ClickEvent>,
+        batch: Vec<EncodedClick>,
         encoded: &EncodedBatch,
         shutdown: &CancellationToken,
     ) {
@@ -207,9 +208,9 @@ impl ClickForwarder {
     }
 
     /// Collects up to `batch_max` clicks or until `batch_wait` passed,
-    /// encoding each as it comes (the clicks themselves are kept for the
-    /// spool, should the batch not get through).
-    async fn fill(&mut self, first: ClickEvent) -> (Vec<ClickEvent>, EncodedBatch) {
+    /// appending each to the batch's body as it comes (the clicks are kept
+    /// too, for the spool, should the batch not get through).
+    async fn fill(&mut self, first: EncodedClick) -> (Vec<EncodedClick>, EncodedBatch) {
         let mut body = BatchBody::with_capacity(self.batch_max);
         body.push(&first);
         let mut batch = Vec::with_capacity(self.batch_max);

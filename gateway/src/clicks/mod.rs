@@ -27,7 +27,7 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use shortfleet_proto::v1::ClickEvent;
+use shortfleet_common::click::{ClickFields, EncodedClick};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 pub use forwarder::ClickForwarder;
@@ -55,13 +55,13 @@ pub fn describe_metrics() {
 
 #[derive(Clone)]
 pub struct ClickSink {
-    tx: mpsc::Sender<ClickEvent>,
+    tx: mpsc::Sender<EncodedClick>,
     /// Where clicks go when the buffer is full; `None` without a spool.
     spill: Option<Arc<Spill>>,
 }
 
 impl ClickSink {
-    pub fn new(capacity: usize, spill: Option<Arc<Spill>>) -> (Self, mpsc::Receiver<ClickEvent>) {
+    pub fn new(capacity: usize, spill: Option<Arc<Spill>>) -> (Self, mpsc::Receiver<EncodedClick>) {
         let (tx, rx) = mpsc::channel(capacity);
         (Self { tx, spill }, rx)
     }
@@ -70,10 +70,10 @@ impl ClickSink {
     /// full spill (or none) drops it. The click is first fit to the fleet's
     /// click rule (referrer and user agent cut to their bounds, a malformed
     /// trace context or country dropped), so one redirect with a huge
-    /// `Referer` never gets a whole batch refused.
-    pub fn record(&self, mut event: ClickEvent) {
-        shortfleet_common::click::fit(&mut event);
-        let event = match self.tx.try_send(event) {
+    /// `Referer` never gets a whole batch refused, and encoded: from here
+    /// on it is the bytes its batch will carry.
+    pub fn record(&self, click: &ClickFields<'_>) {
+        let event = match self.tx.try_send(click.encode()) {
             Ok(()) => return,
             Err(TrySendError::Full(event) | TrySendError::Closed(event)) => event,
         };

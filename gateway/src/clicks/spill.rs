@@ -12,8 +12,10 @@ use std::{
 };
 
 use anyhow::Context;
-use shortfleet_common::spool::{Spool, SpoolError};
-use shortfleet_proto::v1::ClickEvent;
+use shortfleet_common::{
+    click::EncodedClick,
+    spool::{Spool, SpoolError},
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub const STAGE_MAX: usize = 10_000;
 
 pub struct Spill {
-    staged: Mutex<Vec<ClickEvent>>,
+    staged: Mutex<Vec<EncodedClick>>,
     /// Wakes the [`Spiller`] when the stage has something.
     wake: Notify,
     pub spool: Arc<Spool>,
@@ -44,7 +46,7 @@ impl Spill {
     }
 
     /// Takes one click for the disk; `false` when the stage is full.
-    pub fn stage(&self, event: ClickEvent) -> bool {
+    pub fn stage(&self, event: EncodedClick) -> bool {
         let mut staged = self.lock();
         if staged.len() >= STAGE_MAX {
             return false;
@@ -56,16 +58,16 @@ impl Spill {
         true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ClickEvent>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<EncodedClick>> {
         self.staged.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends `events` to the spool, or counts them dropped.
-    pub async fn write(&self, events: &[ClickEvent]) {
+    pub async fn write(&self, events: &[EncodedClick]) {
         if events.is_empty() {
             return;
         }
-        match self.spool.append(events).await {
+        match self.spool.append_encoded(events).await {
             Ok(()) => {}
             Err(SpoolError::Full(bytes)) => {
                 tracing::warn!(
@@ -110,12 +112,12 @@ impl Spiller {
 mod tests {
     use super::*;
 
-    fn event(i: usize) -> ClickEvent {
-        ClickEvent {
+    fn event(i: usize) -> EncodedClick {
+        EncodedClick::from(&shortfleet_proto::v1::ClickEvent {
             event_id: format!("e{i}"),
             code: "abc1234".into(),
             ..Default::default()
-        }
+        })
     }
 
     #[tokio::test]
@@ -131,6 +133,7 @@ mod tests {
         Spiller(spill.clone()).run(stop).await;
         let (path, events) = spill.spool.oldest().await.unwrap().unwrap();
         assert_eq!(events.len(), STAGE_MAX);
+        assert_eq!(EncodedClick::from(&events[7]), event(7));
         spill.spool.remove(&path).await.unwrap();
         assert!(spill.stage(event(0)), "room again once spilled");
         let _ = std::fs::remove_dir_all(&dir);

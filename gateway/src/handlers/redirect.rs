@@ -26,8 +26,8 @@ use std::{net::SocketAddr, sync::Arc};
 use chrono::Utc;
 use http::{HeaderValue, Method, Request, StatusCode, header, request::Parts};
 use hyper::body::Incoming;
-use shortfleet_common::time::to_proto;
-use shortfleet_proto::v1::{ClickEvent, LinkState, ResolveRequest, ResolveResponse};
+use shortfleet_common::{click::ClickFields, time::to_proto};
+use shortfleet_proto::v1::{LinkState, ResolveRequest, ResolveResponse};
 use tonic::Code;
 
 use super::{Ctx, limit::Limit};
@@ -393,32 +393,39 @@ fn record_click(
     who: &Who<'_>,
     rule: Option<usize>,
 ) {
+    // Borrowed, not copied: the click is encoded straight from these.
     let header = |name: http::header::HeaderName| {
         parts
             .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
-            .to_owned()
     };
-    ctx.state.clicks.record(ClickEvent {
-        event_id: super::request_id::fast_uuid(),
-        code: link.code.clone(),
-        owner: link.owner.clone(),
-        occurred_at: Some(to_proto(Utc::now())),
+    let mut id = uuid::Uuid::encode_buffer();
+    let event_id = super::request_id::random_uuid()
+        .hyphenated()
+        .encode_lower(&mut id);
+    // The redirect's own span when spans are exported (its click then
+    // continues the same trace); otherwise the caller's context, if any,
+    // passed through without building a propagation context.
+    let exported;
+    let traceparent = if shortfleet_common::telemetry::exporting_traces() {
+        exported = shortfleet_common::trace::current_traceparent();
+        exported.as_str()
+    } else {
+        header(http::header::HeaderName::from_static("traceparent"))
+    };
+    ctx.state.clicks.record(&ClickFields {
+        event_id,
+        code: &link.code,
+        owner: &link.owner,
+        occurred_at: to_proto(Utc::now()),
         referrer: header(header::REFERER),
         user_agent: header(header::USER_AGENT),
-        client_ip: who.ip_text.to_owned(),
+        client_ip: who.ip_text,
         head_request: parts.method == Method::HEAD,
-        // The redirect's own span when spans are exported (its click then
-        // continues the same trace); otherwise the caller's context, if any,
-        // passed through without building a propagation context.
-        traceparent: if shortfleet_common::telemetry::exporting_traces() {
-            shortfleet_common::trace::current_traceparent()
-        } else {
-            header(http::header::HeaderName::from_static("traceparent"))
-        },
-        country: who.country.to_owned(),
+        traceparent,
+        country: who.country,
         rule: rule.map(|i| i as u32),
     });
 }

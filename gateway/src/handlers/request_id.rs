@@ -22,9 +22,15 @@ pub fn request_id(req: &Request<Incoming>) -> String {
 /// A random (v4) UUID from the thread's CSPRNG, seeded once from the OS:
 /// `Uuid::new_v4` asks the kernel on every call, which showed up in the
 /// redirect profile.
-pub fn fast_uuid() -> String {
+pub fn random_uuid() -> uuid::Uuid {
     use rand::Rng;
-    uuid::Builder::from_random_bytes(rand::rng().random())
-        .into_uuid()
-        .to_string()
+    uuid::Builder::from_random_bytes(rand::rng().random()).into_uuid()
+}
+
+/// [`random_uuid`] as text (hex written directly, not through `fmt`).
+pub fn fast_uuid() -> String {
+    random_uuid()
+        .hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
 }
