@@ -109,6 +109,7 @@ impl Service for App {
             prefetch: c.prefetch,
             batch_max: c.batch_max,
             batch_max_wait: c.batch_max_wait,
+            batch_quiet: c.batch_quiet,
             visitor_secret: c.visitor_secret.expose().to_owned(),
             geoip: self.geoip.clone(),
             db_timeout: c.db_timeout,

@@ -28,6 +28,8 @@ pub struct Config {
     /// by one message's worth), and how long a batch may wait to fill.
     pub batch_max: usize,
     pub batch_max_wait: Duration,
+    /// A batch is also written once no message came for this long.
+    pub batch_quiet: Duration,
     /// Raw click partitions older than this are dropped (rollups stay).
     pub retention_days: u32,
     /// Secret mixed into the daily salt of visitor hashes.
@@ -76,10 +78,14 @@ impl Config {
             // of PostgreSQL CPU per click, 5,000 cost 8.5 µs; a second's
             // worth at 20,000 clicks/s cost 4.2 µs where 100 ms cost 6.6
             // (BENCHMARKS.md). A click waits at most `batch_max_wait` for
-            // its batch: a second is still live for a dashboard, and at
-            // low rates the prefetch window rarely fills sooner.
+            // its batch, and only while messages keep coming: after
+            // `batch_quiet` without one the batch is written. Gateways send
+            // a batch at least every 100 ms while clicks flow, so under load
+            // batches run to the full second; a lone click (a user trying
+            // their link) is counted within about a quarter of a second.
             batch_max: r.get("SHORTFLEET_BATCH_MAX", 20_000),
             batch_max_wait: r.millis("SHORTFLEET_BATCH_MAX_WAIT_MS", 1_000),
+            batch_quiet: r.millis("SHORTFLEET_BATCH_QUIET_MS", 250),
             retention_days: r.get("SHORTFLEET_RETENTION_DAYS", 400),
             visitor_secret: Secret::new(
                 r.string("SHORTFLEET_VISITOR_SECRET", "shortfleet-dev-visitor-secret"),

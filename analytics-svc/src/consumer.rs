@@ -52,6 +52,7 @@ pub struct ClickConsumer {
     pub prefetch: u16,
     pub batch_max: usize,
     pub batch_max_wait: Duration,
+    pub batch_quiet: Duration,
     pub visitor_secret: String,
     /// Country lookups for clicks without a trusted country header.
     pub geoip: Option<std::sync::Arc<crate::geoip::GeoIp>>,
@@ -166,9 +167,10 @@ impl ClickConsumer {
     }
 
     /// Waits for one delivery, then gathers more until `batch_max` clicks,
-    /// `batch_max_wait`, or the whole prefetch window is in hand (the
-    /// broker sends nothing more before an ack, so waiting longer would
-    /// only delay the batch). Whole messages only, so a batch may pass
+    /// `batch_max_wait`, `batch_quiet` without a delivery (the flow has
+    /// paused: what is in hand should not wait for the next burst), or the
+    /// whole prefetch window is in hand (the broker sends nothing more
+    /// before an ack, so waiting longer would only delay the batch). Whole messages only, so a batch may pass
     /// `batch_max` by one message's clicks. `None` on shutdown.
     async fn next_batch(
         &self,
@@ -186,7 +188,8 @@ impl ClickConsumer {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.batch_max_wait;
         while clicks < self.batch_max && batch.len() < usize::from(self.prefetch) {
-            match tokio::time::timeout_at(deadline, deliveries.next()).await {
+            let until = deadline.min(tokio::time::Instant::now() + self.batch_quiet);
+            match tokio::time::timeout_at(until, deliveries.next()).await {
                 Ok(Some(d)) => {
                     let received = Received::decode(d?);
                     clicks += received.weight();

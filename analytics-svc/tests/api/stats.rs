@@ -513,6 +513,7 @@ async fn a_batch_holding_the_whole_prefetch_window_is_written_without_waiting() 
             ("SHORTFLEET_PREFETCH", "2".to_owned()),
             ("SHORTFLEET_BATCH_MAX", "1000".to_owned()),
             ("SHORTFLEET_BATCH_MAX_WAIT_MS", "60000".to_owned()),
+            ("SHORTFLEET_BATCH_QUIET_MS", "60000".to_owned()),
         ])
         .await;
     let now = Utc::now();
@@ -536,6 +537,28 @@ async fn a_batch_holding_the_whole_prefetch_window_is_written_without_waiting() 
         s.total, 6,
         "both messages stored well before the batch wait"
     );
+    f.cleanup(stop).await;
+}
+
+/// Once messages stop coming, what is in hand is written: a lone click
+/// does not wait out the batch's full wait.
+#[tokio::test]
+async fn a_batch_is_written_once_the_flow_pauses() {
+    let f = Fixture::new().await;
+    let (mut client, stop) = f
+        .start_with([
+            ("SHORTFLEET_PREFETCH", "50".to_owned()),
+            ("SHORTFLEET_BATCH_MAX", "1000".to_owned()),
+            ("SHORTFLEET_BATCH_MAX_WAIT_MS", "60000".to_owned()),
+            ("SHORTFLEET_BATCH_QUIET_MS", "200".to_owned()),
+        ])
+        .await;
+    let now = Utc::now();
+    let events = [click("q-1", "quiet", now, FIREFOX, "192.0.2.9")];
+    f.publish_batch(&events).await;
+    let (from, to) = (now - TimeDelta::hours(1), now + TimeDelta::hours(1));
+    let s = settled(&mut client, "quiet", from, to, 1).await;
+    assert_eq!(s.total, 1, "stored well before the one-minute batch wait");
     f.cleanup(stop).await;
 }
 
