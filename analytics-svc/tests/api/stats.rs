@@ -502,20 +502,29 @@ async fn batch_messages_count_every_click_once_and_a_bad_batch_is_dead_lettered_
     f.cleanup(stop).await;
 }
 
+/// A consumer whose batches of up to 1,000 clicks wait a minute to fill,
+/// unless `prefetch` messages are in hand or none came for `quiet_ms`.
+async fn start_waiting_a_minute(
+    f: &Fixture,
+    prefetch: u16,
+    quiet_ms: u64,
+) -> (AnalyticsClient<tonic::transport::Channel>, Running) {
+    f.start_with([
+        ("SHORTFLEET_PREFETCH", prefetch.to_string()),
+        ("SHORTFLEET_BATCH_MAX", "1000".to_owned()),
+        ("SHORTFLEET_BATCH_MAX_WAIT_MS", "60000".to_owned()),
+        ("SHORTFLEET_BATCH_QUIET_MS", quiet_ms.to_string()),
+    ])
+    .await
+}
+
 /// The broker sends nothing beyond the prefetch window until an ack, so a
 /// batch holding the whole window is written at once: with a one-minute
 /// batch wait, these clicks would otherwise wait that minute.
 #[tokio::test]
 async fn a_batch_holding_the_whole_prefetch_window_is_written_without_waiting() {
     let f = Fixture::new().await;
-    let (mut client, stop) = f
-        .start_with([
-            ("SHORTFLEET_PREFETCH", "2".to_owned()),
-            ("SHORTFLEET_BATCH_MAX", "1000".to_owned()),
-            ("SHORTFLEET_BATCH_MAX_WAIT_MS", "60000".to_owned()),
-            ("SHORTFLEET_BATCH_QUIET_MS", "60000".to_owned()),
-        ])
-        .await;
+    let (mut client, stop) = start_waiting_a_minute(&f, 2, 60_000).await;
     let now = Utc::now();
     for message in 0..2 {
         let events: Vec<ClickEvent> = (0..3)
@@ -545,14 +554,7 @@ async fn a_batch_holding_the_whole_prefetch_window_is_written_without_waiting() 
 #[tokio::test]
 async fn a_batch_is_written_once_the_flow_pauses() {
     let f = Fixture::new().await;
-    let (mut client, stop) = f
-        .start_with([
-            ("SHORTFLEET_PREFETCH", "50".to_owned()),
-            ("SHORTFLEET_BATCH_MAX", "1000".to_owned()),
-            ("SHORTFLEET_BATCH_MAX_WAIT_MS", "60000".to_owned()),
-            ("SHORTFLEET_BATCH_QUIET_MS", "200".to_owned()),
-        ])
-        .await;
+    let (mut client, stop) = start_waiting_a_minute(&f, 50, 200).await;
     let now = Utc::now();
     let events = [click("q-1", "quiet", now, FIREFOX, "192.0.2.9")];
     f.publish_batch(&events).await;
