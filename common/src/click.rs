@@ -1,6 +1,6 @@
 //! The one definition of a storable click, shared by every side of the
-//! click contract: the gateway fits what it builds to it ([`fit`], applied
-//! as [`ClickFields::encode`] writes the click),
+//! click contract: the gateway fits what it builds to it (as
+//! [`ClickFields::encode`] writes the click),
 //! click-logger refuses a batch holding a click that breaks it, and
 //! analytics-svc dead-letters a message holding one (a click that reached
 //! the queue some other way, or before this rule existed).
@@ -91,9 +91,12 @@ pub fn check(event: &ClickEvent, now: DateTime<Utc>) -> Result<DateTime<Utc>, In
 /// Makes the client-supplied parts of a click fit the rule instead of
 /// refusing it: referrer and user agent lose control characters and are cut
 /// (at a character boundary) to their bounds; a trace context or country
-/// that does not fit is dropped. The gateway calls this on every click it
-/// builds, so a legitimate redirect with a huge `Referer` never costs a
-/// whole batch.
+/// that does not fit is dropped. The gateway fits every click it builds
+/// (through [`ClickFields::encode`], which applies the same per-field
+/// helpers as it writes), so a legitimate redirect with a huge `Referer`
+/// never costs a whole batch. On a whole `ClickEvent`, this is the form the
+/// tests hold the encoding to.
+#[cfg(test)]
 pub fn fit(event: &mut ClickEvent) {
     if let Cow::Owned(referrer) = fit_referrer(&event.referrer) {
         event.referrer = referrer;
@@ -138,7 +141,7 @@ fn fit_country(value: &str) -> &str {
 }
 
 /// A click as the redirect knows it, borrowing the request's and the
-/// link's strings. [`ClickFields::encode`] fits it ([`fit`]) and writes the
+/// link's strings. [`ClickFields::encode`] fits it to the rule and writes the
 /// protobuf bytes of the same `ClickEvent` (a test compares them) in one
 /// allocation, where building the `ClickEvent` first took one per string
 /// and another pass to encode it.

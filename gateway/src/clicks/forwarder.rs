@@ -113,8 +113,7 @@ impl ClickForwarder {
                         Err(_) => break,
                     }
                 }
-                let encoded = BatchBody::of(&live);
-                self.deliver_live(live, &encoded, &shutdown).await;
+                self.deliver_live(live, &shutdown).await;
                 continue;
             }
             let first = tokio::select! {
@@ -124,8 +123,8 @@ impl ClickForwarder {
                 },
                 () = shutdown.cancelled() => break,
             };
-            let (batch, encoded) = self.fill(first).await;
-            self.deliver_live(batch, &encoded, &shutdown).await;
+            let batch = self.fill(first).await;
+            self.deliver_live(batch, &shutdown).await;
         }
         self.flush().await;
     }
@@ -187,16 +186,10 @@ impl ClickForwarder {
         }
     }
 
-    /// Delivers a live batch (`encoded` is `batch` on the wire); if
-    /// shutdown stops it first, the batch goes to the spool (or is counted
-    /// dropped without one).
-    async fn deliver_live(
-        &mut self,
-        batch: Vec<EncodedClick>,
-        encoded: &EncodedBatch,
-        shutdown: &CancellationToken,
-    ) {
-        if batch.is_empty() || self.deliver(encoded, shutdown).await {
+    /// Delivers a live batch; if shutdown stops it first, the batch goes to
+    /// the spool (or is counted dropped without one).
+    async fn deliver_live(&mut self, batch: Vec<EncodedClick>, shutdown: &CancellationToken) {
+        if batch.is_empty() || self.deliver(&BatchBody::of(&batch), shutdown).await {
             return;
         }
         match &self.spill {
@@ -207,26 +200,19 @@ impl ClickForwarder {
         }
     }
 
-    /// Collects up to `batch_max` clicks or until `batch_wait` passed,
-    /// appending each to the batch's body as it comes (the clicks are kept
-    /// too, for the spool, should the batch not get through).
-    async fn fill(&mut self, first: EncodedClick) -> (Vec<EncodedClick>, EncodedBatch) {
-        let mut body = BatchBody::with_capacity(self.batch_max);
-        body.push(&first);
+    /// Collects up to `batch_max` clicks or until `batch_wait` passed.
+    async fn fill(&mut self, first: EncodedClick) -> Vec<EncodedClick> {
         let mut batch = Vec::with_capacity(self.batch_max);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.batch_wait;
         while batch.len() < self.batch_max {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(event)) => {
-                    body.push(&event);
-                    batch.push(event);
-                }
+                Ok(Some(event)) => batch.push(event),
                 Ok(None) | Err(_) => break,
             }
         }
         metrics::gauge!("shortfleet_click_buffer_depth").set(self.rx.len() as f64);
-        (batch, body.finish())
+        batch
     }
 
     /// Sends one batch, retrying with backoff until it is acknowledged (or

@@ -1,6 +1,6 @@
 //! Click batches on the wire, encoded once: a redirect encodes its click
-//! ([`shortfleet_common::click::ClickFields`]), the forwarder appends those
-//! bytes to its batch's protobuf body as it takes them from the buffer, and
+//! ([`shortfleet_common::click::ClickFields`]), the forwarder lays those
+//! bytes end to end as the batch's protobuf body (a copy, no encoding), and
 //! a retry sends the same bytes again.
 //!
 //! Why not the generated client: it takes an owned `ClickBatch`, so every
@@ -24,15 +24,14 @@ const EVENTS_FIELD: u32 = 1;
 /// The `sequence` field of `ClickBatch` (uint64, field 2).
 const SEQUENCE_FIELD: u32 = 2;
 
-/// A batch being filled: its clicks' encoding so far.
-#[derive(Default)]
+/// A batch being built: its clicks' encoding so far.
 pub struct BatchBody {
     body: BytesMut,
     clicks: usize,
 }
 
 impl BatchBody {
-    pub fn with_capacity(clicks: usize) -> Self {
+    fn with_capacity(clicks: usize) -> Self {
         Self {
             // Typical clicks encode to about 200 bytes.
             body: BytesMut::with_capacity(clicks * 200),
@@ -42,7 +41,7 @@ impl BatchBody {
 
     /// Adds a click as one more element of `events` (field 1: its key,
     /// its length, its bytes).
-    pub fn push(&mut self, click: &EncodedClick) {
+    fn push(&mut self, click: &EncodedClick) {
         let bytes = click.as_bytes();
         prost::encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, &mut self.body);
         prost::encoding::encode_varint(bytes.len() as u64, &mut self.body);
@@ -66,7 +65,7 @@ impl BatchBody {
         body.finish()
     }
 
-    pub fn finish(self) -> EncodedBatch {
+    fn finish(self) -> EncodedBatch {
         EncodedBatch {
             body: self.body.freeze(),
             clicks: self.clicks,
