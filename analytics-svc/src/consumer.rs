@@ -170,8 +170,9 @@ impl ClickConsumer {
     /// `batch_max_wait`, `batch_quiet` without a delivery (the flow has
     /// paused: what is in hand should not wait for the next burst), or the
     /// whole prefetch window is in hand (the broker sends nothing more
-    /// before an ack, so waiting longer would only delay the batch). Whole messages only, so a batch may pass
-    /// `batch_max` by one message's clicks. `None` on shutdown.
+    /// before an ack, so waiting longer would only delay the batch). Whole
+    /// messages only, so a batch may pass `batch_max` by one message's
+    /// clicks. `None` on shutdown.
     async fn next_batch(
         &self,
         deliveries: &mut Consumer,
