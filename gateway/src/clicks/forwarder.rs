@@ -22,6 +22,11 @@ use super::{
 /// under click-logger's 10,000-click batch limit.
 const REPLAY_BATCH: usize = 5_000;
 
+/// How often a filling live batch takes the clicks buffered meanwhile: a
+/// tenth of the default batch wait, so a batch still fills to within 10 ms
+/// of its size or deadline, and the redirect path's try-send wakes nobody.
+const FILL_TICK: Duration = Duration::from_millis(10);
+
 /// Delivery retries: 50 ms doubling to 1 s, equal jitter, so a restarted
 /// click-logger is noticed within about a second and many gateways do not
 /// reconnect in step.
@@ -200,16 +205,27 @@ impl ClickForwarder {
         }
     }
 
-    /// Collects up to `batch_max` clicks or until `batch_wait` passed.
+    /// Collects up to `batch_max` clicks or until `batch_wait` passed,
+    /// taking what the buffer holds every [`FILL_TICK`] rather than waiting
+    /// on it click by click: a wait per click woke this task, and set a
+    /// timer, once per redirect.
     async fn fill(&mut self, first: EncodedClick) -> Vec<EncodedClick> {
         let mut batch = Vec::with_capacity(self.batch_max);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.batch_wait;
-        while batch.len() < self.batch_max {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(event)) => batch.push(event),
-                Ok(None) | Err(_) => break,
+        loop {
+            let room = self.batch_max - batch.len();
+            if room > 0 && !self.rx.is_empty() {
+                // Returns at once: the buffer holds clicks, and this task
+                // is its only reader.
+                self.rx.recv_many(&mut batch, room).await;
             }
+            let now = tokio::time::Instant::now();
+            let ended = self.rx.is_closed() && self.rx.is_empty();
+            if batch.len() >= self.batch_max || now >= deadline || ended {
+                break;
+            }
+            tokio::time::sleep_until((now + FILL_TICK).min(deadline)).await;
         }
         metrics::gauge!("shortfleet_click_buffer_depth").set(self.rx.len() as f64);
         batch
@@ -334,5 +350,110 @@ impl ClickForwarder {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clicks::ClickSink;
+    use shortfleet_common::click::ClickFields;
+    use tokio::time::Instant;
+
+    const WAIT: Duration = Duration::from_millis(500);
+
+    fn record(sink: &ClickSink, i: usize) {
+        let event_id = format!("event-{i}");
+        sink.record(&ClickFields {
+            event_id: &event_id,
+            code: "abc1234",
+            owner: "alice",
+            occurred_at: shortfleet_common::time::to_proto(chrono::Utc::now()),
+            referrer: "",
+            user_agent: "Mozilla/5.0",
+            client_ip: "203.0.113.7",
+            head_request: false,
+            traceparent: "",
+            country: "",
+            rule: None,
+        });
+    }
+
+    /// A forwarder whose batches hold at most `batch_max` clicks; it never
+    /// sends here (nothing listens on the discard port).
+    fn forwarder(rx: mpsc::Receiver<EncodedClick>, batch_max: usize) -> ClickForwarder {
+        let second = Duration::from_secs(1);
+        let channel = shortfleet_common::grpc::channel(
+            "http://127.0.0.1:9",
+            "SHORTFLEET_CLICK_LOGGER_URL",
+            second,
+            None,
+            "click-logger",
+            &Default::default(),
+        )
+        .expect("a channel");
+        ClickForwarder::new(
+            rx,
+            ClickStreamClient::new(channel),
+            batch_max,
+            WAIT,
+            second,
+            second,
+            None,
+        )
+    }
+
+    fn ids(batch: &[EncodedClick]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|c| c.decode().expect("decodes").event_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_buffered_clicks_up_to_its_size_without_waiting() {
+        let (sink, rx) = ClickSink::new(100, None);
+        (0..7).for_each(|i| record(&sink, i));
+        let mut forwarder = forwarder(rx, 5);
+        let started = Instant::now();
+        let first = forwarder.rx.recv().await.expect("a click");
+        let batch = forwarder.fill(first).await;
+        assert_eq!(
+            ids(&batch),
+            (0..5).map(|i| format!("event-{i}")).collect::<Vec<_>>()
+        );
+        assert!(
+            started.elapsed() < WAIT,
+            "a full batch does not wait for its deadline"
+        );
+        assert_eq!(forwarder.rx.len(), 2, "the rest stays buffered, in order");
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_does_not_fill_takes_clicks_arriving_until_its_deadline() {
+        let (sink, rx) = ClickSink::new(100, None);
+        record(&sink, 0);
+        let mut forwarder = forwarder(rx, 1_000);
+        let started = Instant::now();
+        let first = forwarder.rx.recv().await.expect("a click");
+        // Clicks keep arriving while the batch waits (each a few ticks apart).
+        let late = tokio::spawn(async move {
+            for i in 1..4 {
+                tokio::time::sleep(FILL_TICK * 2).await;
+                record(&sink, i);
+            }
+            sink
+        });
+        let batch = forwarder.fill(first).await;
+        assert!(
+            started.elapsed() >= WAIT,
+            "ended at its deadline, not before"
+        );
+        assert!(started.elapsed() < WAIT * 3, "and not long after it");
+        drop(late.await.expect("the sender ran"));
+        assert_eq!(
+            ids(&batch),
+            (0..4).map(|i| format!("event-{i}")).collect::<Vec<_>>()
+        );
     }
 }

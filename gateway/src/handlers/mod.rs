@@ -108,9 +108,6 @@ pub async fn handle(
         span.record("otel.name", format!("{method} {endpoint}"));
         span.record("http.response.status_code", response.status().as_u16());
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, v);
-    }
     // Nothing we answer is meant to be sniffed into another type.
     response
         .headers_mut()
@@ -123,16 +120,23 @@ pub async fn handle(
         status_label(status),
         elapsed,
     );
-    let _entered = span.enter();
-    tracing::info!(
-        target: "access",
-        request_id = %request_id,
-        method = %method,
-        path = %path,
-        status,
-        duration_us = elapsed.as_micros() as u64,
-        endpoint,
-    );
+    {
+        let _entered = span.enter();
+        tracing::info!(
+            target: "access",
+            request_id = %request_id,
+            method = %method,
+            path = %path,
+            status,
+            duration_us = elapsed.as_micros() as u64,
+            endpoint,
+        );
+    }
+    // The id's own bytes become the header's (no copy): it is a plain
+    // token, so the check cannot fail.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(request_id)) {
+        response.headers_mut().insert(&REQUEST_ID, v);
+    }
     Ok(response)
 }
 

@@ -6,14 +6,15 @@ use hyper::body::Incoming;
 
 use super::framing;
 
-pub const REQUEST_ID: &str = "x-request-id";
+/// Parsed once: a `&str` name is parsed again on every lookup and insert.
+pub static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Propagates a client-supplied id that is a plain token (letters, digits,
 /// `.`, `_`, `:`, `-`; at most 128), or makes one: anything else could be
 /// reflected into a log viewer or a page.
 pub fn request_id(req: &Request<Incoming>) -> String {
     req.headers()
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| framing::is_plain_token(v, 128))
         .map_or_else(fast_uuid, str::to_owned)
