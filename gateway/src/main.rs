@@ -20,14 +20,6 @@ enum Command {
     Keys(gateway::admin::KeysCommand),
 }
 
-/// mimalloc, not glibc's malloc: every redirect allocates its click on a
-/// worker and the forwarder frees 2,000 of them at once, which overflows
-/// glibc's per-thread cache into its slow paths. Measured side by side
-/// (BENCHMARKS.md, third session): about 4 % fewer instructions and cycles
-/// per redirect, for about 25 MiB more resident under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
