@@ -1,7 +1,8 @@
 //! The HTTP listener: HTTP/1.1 with keep-alive and h2c on one port, the
-//! socket deadlines and per-address cap of [`crate::sockets`], a header read
-//! timeout against slowloris, and a graceful drain on shutdown (stop
-//! accepting, let in-flight requests finish within the grace period).
+//! socket deadlines (a header read timeout against slowloris among them)
+//! and per-address cap of [`crate::sockets`], and a graceful drain on
+//! shutdown (stop accepting, let in-flight requests finish within the
+//! grace period).
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     handlers,
-    sockets::{self, Activity, ConnectionCounts, Watched},
+    sockets::{self, Activity, ConnectionCounts, Deadlines, Expiry, Opening, Watched},
     state::State,
 };
 
@@ -31,14 +32,20 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        // No timer, so no header timeout of hyper's: the connection's own
+        // watch enforces it (see `sockets`), once per connection instead
+        // of a timer armed and cancelled on every request.
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(policy.h2_ping_interval)
         .keep_alive_timeout(policy.h2_ping_timeout);
+    let deadlines = Deadlines {
+        idle: policy.idle,
+        header_read: header_read_timeout,
+    };
     let graceful = GracefulShutdown::new();
     let counts = Arc::new(ConnectionCounts::default());
     while let Some((stream, peer)) =
@@ -63,15 +70,22 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
-            if !sockets::first_byte(&stream, policy.first_byte).await {
+            let opening = sockets::opening(&stream, policy.first_byte).await;
+            if opening == Opening::Silent {
                 metrics::counter!("shortfleet_connections_refused_total", "reason" => "no_first_byte")
                     .increment(1);
                 return;
             }
             let activity = Activity::new();
+            if opening == Opening::Http2 {
+                activity.serving_http2();
+            }
             let io = TokioIo::new(Watched::new(stream, activity.clone()));
             let requests = activity.clone();
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                if req.version() == http::Version::HTTP_2 {
+                    requests.serving_http2();
+                }
                 let in_flight = requests.request();
                 let answer = handlers::handle(state.clone(), req, peer);
                 async move {
@@ -87,9 +101,14 @@ pub async fn serve(
                 ended = conn => if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 },
-                () = sockets::idle_expired(&activity, policy.idle) => {
-                    // Dropping the connection closes the socket.
-                    metrics::counter!("shortfleet_connections_closed_idle_total").increment(1);
+                // Dropping the connection closes the socket.
+                expiry = sockets::expired(&activity, deadlines) => match expiry {
+                    Expiry::Idle => {
+                        metrics::counter!("shortfleet_connections_closed_idle_total").increment(1);
+                    }
+                    Expiry::HeaderRead => {
+                        metrics::counter!("shortfleet_connections_header_timeouts_total").increment(1);
+                    }
                 }
             }
         });
@@ -114,5 +133,10 @@ pub fn describe_metrics() {
         "shortfleet_connections_closed_idle_total",
         metrics::Unit::Count,
         "Client connections closed for being idle too long."
+    );
+    metrics::describe_counter!(
+        "shortfleet_connections_header_timeouts_total",
+        metrics::Unit::Count,
+        "HTTP/1 client connections closed for sending no request head within the header read timeout."
     );
 }

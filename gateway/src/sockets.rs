@@ -16,8 +16,19 @@
 //!   Trusted proxies are exempt (every client behind them shares their
 //!   address).
 //!
-//! Header read time is hyper's `header_read_timeout`; body read time is
-//! bounded where bodies are read ([`crate::input::read_body`]).
+//! - **request head** (HTTP/1): a connection with no request in flight
+//!   must have a request head parsed within `header_read` of opening or of
+//!   its last request's end, so a peer trickling header bytes (or idling
+//!   between keep-alive requests) is closed. An h2 connection (its preface
+//!   seen, or an h2 request served) is left to `idle`, as h2 has no such
+//!   wait.
+//!
+//! The request-head deadline is watched here, by the one timer each
+//! connection already has, not by hyper's `header_read_timeout`: hyper
+//! allocates, arms and cancels a timer for every request on a keep-alive
+//! connection, about 4 % of the gateway's CPU per redirect (BENCHMARKS.md).
+//! Body read time is bounded where bodies are read
+//! ([`crate::input::read_body`]).
 
 use std::{
     collections::HashMap,
@@ -26,7 +37,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -110,6 +121,8 @@ struct Moved {
     bytes_ms: AtomicU64,
     request_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// An h2 connection: no request-head deadline.
+    http2: AtomicBool,
 }
 
 /// One request in flight on a connection, until dropped (with the end of
@@ -151,6 +164,22 @@ impl Activity {
     fn since(&self, at: &AtomicU64) -> Duration {
         let last = Duration::from_millis(at.load(Ordering::Relaxed));
         self.opened.elapsed().saturating_sub(last)
+    }
+
+    /// The connection speaks h2: the request-head deadline does not apply.
+    pub fn serving_http2(&self) {
+        self.inner.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// How long an HTTP/1 connection has been waiting for a request head:
+    /// `None` while a request is in flight, or on h2.
+    fn awaiting_head(&self) -> Option<Duration> {
+        if self.inner.http2.load(Ordering::Relaxed)
+            || self.inner.in_flight.load(Ordering::Acquire) > 0
+        {
+            return None;
+        }
+        Some(self.since(&self.inner.request_ms))
     }
 
     /// How long the connection has been idle (see the module docs).
@@ -235,25 +264,66 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-/// Resolves once the connection has been quiet for `idle`.
-pub async fn idle_expired(activity: &Activity, idle: Duration) {
+/// The deadlines a connection's watch enforces (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub idle: Duration,
+    pub header_read: Duration,
+}
+
+/// Why a connection's watch ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Idle,
+    /// HTTP/1, no request head within `header_read`.
+    HeaderRead,
+}
+
+/// Resolves once the connection is past one of its deadlines. One timer,
+/// re-armed only when it fires: requests and bytes just move the stamps
+/// it reads then.
+pub async fn expired(activity: &Activity, deadlines: Deadlines) -> Expiry {
     loop {
         let quiet = activity.quiet_for();
-        if quiet >= idle {
-            return;
+        if quiet >= deadlines.idle {
+            return Expiry::Idle;
         }
-        tokio::time::sleep(idle - quiet).await;
+        let mut wake_in = deadlines.idle - quiet;
+        if let Some(waiting) = activity.awaiting_head() {
+            if waiting >= deadlines.header_read {
+                return Expiry::HeaderRead;
+            }
+            wake_in = wake_in.min(deadlines.header_read - waiting);
+        }
+        tokio::time::sleep(wake_in).await;
     }
 }
 
-/// Resolves once `stream` has a byte to read (or is closed), or fails after
-/// `within`.
-pub async fn first_byte(stream: &tokio::net::TcpStream, within: Duration) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(
-        tokio::time::timeout(within, stream.peek(&mut probe)).await,
-        Ok(Ok(n)) if n > 0
-    )
+/// How a connection opened, from the bytes it sent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Nothing within the first-byte deadline, or closed.
+    Silent,
+    /// The HTTP/2 connection preface (h2c with prior knowledge).
+    Http2,
+    /// Anything else: HTTP/1, as far as the deadlines go.
+    Http1,
+}
+
+/// What every h2 connection sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits up to `within` for `stream`'s first bytes and looks at them
+/// without consuming them. Three bytes of the preface are enough to tell
+/// it from any HTTP/1 method; fewer count as HTTP/1 (the connection is
+/// marked h2 anyway once it serves an h2 request).
+pub async fn opening(stream: &tokio::net::TcpStream, within: Duration) -> Opening {
+    let mut probe = [0u8; H2_PREFACE.len()];
+    match tokio::time::timeout(within, stream.peek(&mut probe)).await {
+        Ok(Ok(n)) if n >= 3 && H2_PREFACE.starts_with(&probe[..n]) => Opening::Http2,
+        Ok(Ok(n)) if n > 0 => Opening::Http1,
+        _ => Opening::Silent,
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +346,15 @@ mod tests {
         assert_eq!(counts.open(a), 1);
         assert!(counts.admit(a, 2).is_some());
         drop(second);
+    }
+
+    /// Only the idle deadline (the request-head one an hour away).
+    async fn idle_expired(activity: &Activity, idle: Duration) {
+        let deadlines = Deadlines {
+            idle,
+            header_read: Duration::from_secs(3600),
+        };
+        assert_eq!(expired(activity, deadlines).await, Expiry::Idle);
     }
 
     /// Bytes moving on the socket: `times` touches, `every` apart.
@@ -324,5 +403,72 @@ mod tests {
         drop(in_flight);
         assert!(activity.quiet_for() < idle, "the request just ended");
         idle_expired(&activity, idle).await;
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_must_send_a_request_head_within_the_header_deadline() {
+        let deadlines = Deadlines {
+            idle: Duration::from_secs(5),
+            header_read: Duration::from_millis(300),
+        };
+        // Header bytes trickling in (the idle clock keeps resetting): cut
+        // off at the header deadline all the same.
+        let activity = Activity::new();
+        let started = Instant::now();
+        let trickle = bytes_moving(&activity, 40, Duration::from_millis(50));
+        tokio::select! {
+            expiry = expired(&activity, deadlines) => assert_eq!(expiry, Expiry::HeaderRead),
+            () = trickle => panic!("a trickled head outlived its deadline"),
+        }
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+
+        // A request in flight longer than the header deadline is not cut
+        // off; the next head is due `header_read` after it ended.
+        let activity = Activity::new();
+        let in_flight = activity.request();
+        let answering = bytes_moving(&activity, 12, Duration::from_millis(50));
+        tokio::select! {
+            expiry = expired(&activity, deadlines) => panic!("{expiry:?} with a request in flight"),
+            () = answering => {}
+        }
+        drop(in_flight);
+        let ended = Instant::now();
+        assert_eq!(expired(&activity, deadlines).await, Expiry::HeaderRead);
+        assert!(ended.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn an_h2_connection_has_no_request_head_deadline() {
+        let deadlines = Deadlines {
+            idle: Duration::from_millis(400),
+            header_read: Duration::from_millis(100),
+        };
+        let activity = Activity::new();
+        activity.serving_http2();
+        let started = Instant::now();
+        assert_eq!(expired(&activity, deadlines).await, Expiry::Idle);
+        assert!(started.elapsed() >= Duration::from_millis(400));
+    }
+
+    #[tokio::test]
+    async fn the_h2_preface_is_told_from_http1_by_its_first_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (sent, expected) in [
+            (&H2_PREFACE[..], Opening::Http2),
+            (&b"PRI * HTTP/2.0\r\n"[..], Opening::Http2),
+            (&b"POST /api/v1/links HTTP/1.1\r\n"[..], Opening::Http1),
+            (&b"PUT"[..], Opening::Http1),
+            (&b""[..], Opening::Silent),
+        ] {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            client.write_all(sent).await.unwrap();
+            let seen = opening(&server, Duration::from_millis(200)).await;
+            assert_eq!(seen, expected, "{:?}", String::from_utf8_lossy(sent));
+        }
     }
 }

@@ -320,3 +320,83 @@ async fn a_quiet_h2_connection_is_closed_though_it_answers_pings() {
     assert!(answered.elapsed() >= Duration::from_millis(600));
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_trickled_or_long_awaited_is_cut_off_on_http1_only() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::AsyncWriteExt;
+    let mut f = Fixture::start().await;
+    let mut config = f.gateway_config("redis://127.0.0.1:6379");
+    config.header_read_timeout = Duration::from_millis(700);
+    config.sockets.idle = Duration::from_millis(2500);
+    let (base, _) = f.gateway_with(config).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+
+    // Slowloris: header bytes keep coming (so the idle deadline never
+    // passes), but no head is ever complete. Cut off, with no answer.
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let opened = Instant::now();
+    let trickle = tokio::spawn(async move {
+        let head = b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-pad: ";
+        writer.write_all(head).await.unwrap();
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut answer),
+    )
+    .await;
+    trickle.abort();
+    assert!(read.is_ok(), "a trickled head was kept past its deadline");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let cut = opened.elapsed();
+    assert!(cut >= Duration::from_millis(600), "{cut:?}");
+    assert!(cut < Duration::from_millis(2000), "{cut:?}");
+
+    // Keep-alive: answered, then closed once no next head came within the
+    // header deadline (well before the idle one).
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let answer = read_until_closed(&mut kept, Duration::from_secs(5))
+        .await
+        .expect("an HTTP/1 connection waited past the header deadline");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let closed = sent.elapsed();
+    assert!(closed >= Duration::from_millis(600), "{closed:?}");
+    assert!(closed < Duration::from_millis(2000), "{closed:?}");
+
+    // h2 has no request-head wait: a quiet h2 connection lasts until the
+    // idle deadline, well past the header one.
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(format!("{base}/healthz"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    let answered = Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), conn)
+        .await
+        .expect("a quiet h2 connection outlived the idle deadline")
+        .unwrap()
+        .ok();
+    let lasted = answered.elapsed();
+    assert!(lasted >= Duration::from_millis(2000), "{lasted:?}");
+    f.cleanup().await;
+}
