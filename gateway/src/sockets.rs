@@ -458,7 +458,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         for (sent, expected) in [
-            (&H2_PREFACE[..], Opening::Http2),
+            (H2_PREFACE, Opening::Http2),
             (&b"PRI * HTTP/2.0\r\n"[..], Opening::Http2),
             (&b"POST /api/v1/links HTTP/1.1\r\n"[..], Opening::Http1),
             (&b"PUT"[..], Opening::Http1),
