@@ -287,8 +287,6 @@ async fn sockets_that_send_nothing_are_closed_and_capped_per_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_h2_connection_is_closed_though_it_answers_pings() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let mut f = Fixture::start().await;
     let mut config = f.gateway_config("redis://127.0.0.1:6379");
     config.sockets.idle = Duration::from_millis(800);
@@ -296,6 +294,18 @@ async fn a_quiet_h2_connection_is_closed_though_it_answers_pings() {
     // deadline: bytes keep moving on the socket the whole time.
     config.sockets.h2_ping_interval = Duration::from_millis(100);
     let (base, _) = f.gateway_with(config).await;
+    // No request in flight or begun for 800 ms: the gateway closes it.
+    let lasted = h2_quiet_after_one_request(&base, Duration::from_secs(5)).await;
+    assert!(lasted >= Duration::from_millis(600), "{lasted:?}");
+    f.cleanup().await;
+}
+
+/// Opens an h2 connection (prior knowledge), asks for `/healthz` once,
+/// then sends nothing: how long after the answer the gateway closed it
+/// (panics if it kept it past `limit`).
+async fn h2_quiet_after_one_request(base: &str, limit: Duration) -> Duration {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
         .await
         .unwrap();
@@ -311,25 +321,21 @@ async fn a_quiet_h2_connection_is_closed_though_it_answers_pings() {
     assert_eq!(response.status(), 200);
     response.into_body().collect().await.unwrap();
     let answered = Instant::now();
-    // No request in flight or begun for 800 ms: the gateway closes it.
-    tokio::time::timeout(Duration::from_secs(5), conn)
+    tokio::time::timeout(limit, conn)
         .await
-        .expect("a quiet h2 connection was kept open by its PINGs")
+        .expect("a quiet h2 connection was kept past the limit")
         .unwrap()
         .ok();
-    assert!(answered.elapsed() >= Duration::from_millis(600));
-    f.cleanup().await;
+    answered.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_trickled_or_long_awaited_is_cut_off_on_http1_only() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::io::AsyncWriteExt;
     let mut f = Fixture::start().await;
     let mut config = f.gateway_config("redis://127.0.0.1:6379");
     config.header_read_timeout = Duration::from_millis(700);
-    config.sockets.idle = Duration::from_millis(2500);
+    config.sockets.idle = Duration::from_millis(4000);
     let (base, _) = f.gateway_with(config).await;
     let addr = base.trim_start_matches("http://").to_owned();
 
@@ -341,7 +347,7 @@ async fn a_request_head_trickled_or_long_awaited_is_cut_off_on_http1_only() {
     let trickle = tokio::spawn(async move {
         let head = b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-pad: ";
         writer.write_all(head).await.unwrap();
-        for _ in 0..40 {
+        for _ in 0..60 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if writer.write_all(b"a").await.is_err() {
                 break;
@@ -350,7 +356,7 @@ async fn a_request_head_trickled_or_long_awaited_is_cut_off_on_http1_only() {
     });
     let mut answer = Vec::new();
     let read = tokio::time::timeout(
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut answer),
     )
     .await;
@@ -359,7 +365,7 @@ async fn a_request_head_trickled_or_long_awaited_is_cut_off_on_http1_only() {
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     let cut = opened.elapsed();
     assert!(cut >= Duration::from_millis(600), "{cut:?}");
-    assert!(cut < Duration::from_millis(2000), "{cut:?}");
+    assert!(cut < Duration::from_millis(3000), "{cut:?}");
 
     // Keep-alive: answered, then closed once no next head came within the
     // header deadline (well before the idle one).
@@ -374,29 +380,11 @@ async fn a_request_head_trickled_or_long_awaited_is_cut_off_on_http1_only() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let closed = sent.elapsed();
     assert!(closed >= Duration::from_millis(600), "{closed:?}");
-    assert!(closed < Duration::from_millis(2000), "{closed:?}");
+    assert!(closed < Duration::from_millis(3000), "{closed:?}");
 
     // h2 has no request-head wait: a quiet h2 connection lasts until the
     // idle deadline, well past the header one.
-    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let request = http::Request::get(format!("{base}/healthz"))
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.into_body().collect().await.unwrap();
-    let answered = Instant::now();
-    tokio::time::timeout(Duration::from_secs(6), conn)
-        .await
-        .expect("a quiet h2 connection outlived the idle deadline")
-        .unwrap()
-        .ok();
-    let lasted = answered.elapsed();
-    assert!(lasted >= Duration::from_millis(2000), "{lasted:?}");
+    let lasted = h2_quiet_after_one_request(&base, Duration::from_secs(9)).await;
+    assert!(lasted >= Duration::from_millis(3500), "{lasted:?}");
     f.cleanup().await;
 }
