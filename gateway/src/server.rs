@@ -77,15 +77,11 @@ pub async fn serve(
                 return;
             }
             let activity = Activity::new();
-            if opening == Opening::Http2 {
-                activity.serving_http2();
-            }
+            activity.serving_http2(opening == Opening::Http2);
             let io = TokioIo::new(Watched::new(stream, activity.clone()));
             let requests = activity.clone();
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                if req.version() == http::Version::HTTP_2 {
-                    requests.serving_http2();
-                }
+                requests.serving_http2(req.version() == http::Version::HTTP_2);
                 let in_flight = requests.request();
                 let answer = handlers::handle(state.clone(), req, peer);
                 async move {
@@ -97,7 +93,10 @@ pub async fn serve(
                     .serve_connection_with_upgrades(io, service)
                     .into_owned(),
             );
+            // The connection first: a head that arrived as a deadline
+            // passed is served, as hyper's own timeout would have done.
             tokio::select! {
+                biased;
                 ended = conn => if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 },

@@ -17,11 +17,12 @@
 //!   address).
 //!
 //! - **request head** (HTTP/1): a connection with no request in flight
-//!   must have a request head parsed within `header_read` of opening or of
-//!   its last request's end, so a peer trickling header bytes (or idling
-//!   between keep-alive requests) is closed. An h2 connection (its preface
-//!   seen, or an h2 request served) is left to `idle`, as h2 has no such
-//!   wait.
+//!   must have a request head parsed within `header_read` of opening, or
+//!   of its last request's end and our last write (a response may still be
+//!   draining to a slow reader), so a peer trickling header bytes (or
+//!   idling between keep-alive requests) is closed. An h2 connection (its
+//!   whole preface seen, or an h2 request served) is left to `idle`, as h2
+//!   has no such wait.
 //!
 //! The request-head deadline is watched here, by the one timer each
 //! connection already has, not by hyper's `header_read_timeout`: hyper
@@ -119,6 +120,9 @@ pub struct Activity {
 #[derive(Debug, Default)]
 struct Moved {
     bytes_ms: AtomicU64,
+    /// When we last wrote: a response still draining to a slow reader
+    /// after its body ended is not a wait for the next head.
+    written_ms: AtomicU64,
     request_ms: AtomicU64,
     in_flight: AtomicUsize,
     /// An h2 connection: no request-head deadline.
@@ -146,12 +150,22 @@ impl Activity {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
     fn stamp(&self, at: &AtomicU64) {
-        at.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        at.store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn touch(&self) {
         self.stamp(&self.inner.bytes_ms);
+    }
+
+    fn touch_written(&self) {
+        let now = self.now_ms();
+        self.inner.bytes_ms.store(now, Ordering::Relaxed);
+        self.inner.written_ms.store(now, Ordering::Relaxed);
     }
 
     /// A request begins; it is in flight until the guard drops. (Only its
@@ -166,20 +180,28 @@ impl Activity {
         self.opened.elapsed().saturating_sub(last)
     }
 
-    /// The connection speaks h2: the request-head deadline does not apply.
-    pub fn serving_http2(&self) {
-        self.inner.http2.store(true, Ordering::Relaxed);
+    /// Whether the connection speaks h2 (no request-head deadline): from
+    /// its opening bytes, then from each request it serves, so a peer that
+    /// looked like h2 but sends HTTP/1 requests is held to HTTP/1's.
+    pub fn serving_http2(&self, http2: bool) {
+        self.inner.http2.store(http2, Ordering::Relaxed);
     }
 
-    /// How long an HTTP/1 connection has been waiting for a request head:
-    /// `None` while a request is in flight, or on h2.
+    /// How long an HTTP/1 connection has been waiting for a request head,
+    /// counted from the later of its last request's end and its last write
+    /// (a response may still be draining after its body ended): zero while
+    /// a request is in flight, `None` on h2.
     fn awaiting_head(&self) -> Option<Duration> {
-        if self.inner.http2.load(Ordering::Relaxed)
-            || self.inner.in_flight.load(Ordering::Acquire) > 0
-        {
+        if self.inner.http2.load(Ordering::Relaxed) {
             return None;
         }
-        Some(self.since(&self.inner.request_ms))
+        if self.inner.in_flight.load(Ordering::Acquire) > 0 {
+            return Some(Duration::ZERO);
+        }
+        Some(
+            self.since(&self.inner.request_ms)
+                .min(self.since(&self.inner.written_ms)),
+        )
     }
 
     /// How long the connection has been idle (see the module docs).
@@ -234,7 +256,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.touch_written();
         }
         polled
     }
@@ -246,7 +268,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.touch_written();
         }
         polled
     }
@@ -281,7 +303,8 @@ pub enum Expiry {
 
 /// Resolves once the connection is past one of its deadlines. One timer,
 /// re-armed only when it fires: requests and bytes just move the stamps
-/// it reads then.
+/// it reads then. On HTTP/1 it fires at least every `header_read`, so the
+/// wait for a head that follows a long request is checked on time.
 pub async fn expired(activity: &Activity, deadlines: Deadlines) -> Expiry {
     loop {
         let quiet = activity.quiet_for();
@@ -314,13 +337,14 @@ pub enum Opening {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Waits up to `within` for `stream`'s first bytes and looks at them
-/// without consuming them. Three bytes of the preface are enough to tell
-/// it from any HTTP/1 method; fewer count as HTTP/1 (the connection is
-/// marked h2 anyway once it serves an h2 request).
+/// without consuming them. Only the whole preface counts as h2 (as for
+/// hyper's own detection): a peer cannot escape the HTTP/1 deadline by
+/// starting like h2. An h2 peer whose preface arrives in pieces is held
+/// to it until its first request.
 pub async fn opening(stream: &tokio::net::TcpStream, within: Duration) -> Opening {
     let mut probe = [0u8; H2_PREFACE.len()];
     match tokio::time::timeout(within, stream.peek(&mut probe)).await {
-        Ok(Ok(n)) if n >= 3 && H2_PREFACE.starts_with(&probe[..n]) => Opening::Http2,
+        Ok(Ok(n)) if probe[..n] == *H2_PREFACE => Opening::Http2,
         Ok(Ok(n)) if n > 0 => Opening::Http1,
         _ => Opening::Silent,
     }
@@ -440,13 +464,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_watch_checks_the_head_that_follows_a_long_request_on_time() {
+        let deadlines = Deadlines {
+            idle: Duration::from_secs(5),
+            header_read: Duration::from_millis(300),
+        };
+        let activity = Activity::new();
+        let watch = expired(&activity, deadlines);
+        tokio::pin!(watch);
+        // In flight when the watch first wakes (at 300 ms), ends at 450.
+        let in_flight = activity.request();
+        let answering = bytes_moving(&activity, 9, Duration::from_millis(50));
+        tokio::select! {
+            expiry = &mut watch => panic!("{expiry:?} with a request in flight"),
+            () = answering => {}
+        }
+        drop(in_flight);
+        let ended = Instant::now();
+        let expiry = tokio::time::timeout(Duration::from_secs(2), &mut watch)
+            .await
+            .expect("the next head was not checked until the idle deadline");
+        assert_eq!(expiry, Expiry::HeaderRead);
+        assert!(ended.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn a_response_draining_after_its_body_ended_is_not_a_head_wait() {
+        let deadlines = Deadlines {
+            idle: Duration::from_secs(5),
+            header_read: Duration::from_millis(300),
+        };
+        let activity = Activity::new();
+        drop(activity.request());
+        // Our writes go on (a slow reader taking the rest of a response).
+        let draining = async {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                activity.touch_written();
+            }
+        };
+        tokio::select! {
+            expiry = expired(&activity, deadlines) => panic!("{expiry:?} while writing"),
+            () = draining => {}
+        }
+        let drained = Instant::now();
+        assert_eq!(expired(&activity, deadlines).await, Expiry::HeaderRead);
+        assert!(drained.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[tokio::test]
     async fn an_h2_connection_has_no_request_head_deadline() {
         let deadlines = Deadlines {
             idle: Duration::from_millis(400),
             header_read: Duration::from_millis(100),
         };
         let activity = Activity::new();
-        activity.serving_http2();
+        activity.serving_http2(true);
         let started = Instant::now();
         assert_eq!(expired(&activity, deadlines).await, Expiry::Idle);
         assert!(started.elapsed() >= Duration::from_millis(400));
@@ -459,7 +532,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         for (sent, expected) in [
             (H2_PREFACE, Opening::Http2),
-            (&b"PRI * HTTP/2.0\r\n"[..], Opening::Http2),
+            (&b"PRI * HTTP/2.0\r\n"[..], Opening::Http1),
             (&b"POST /api/v1/links HTTP/1.1\r\n"[..], Opening::Http1),
             (&b"PUT"[..], Opening::Http1),
             (&b""[..], Opening::Silent),
