@@ -372,6 +372,12 @@ mod tests {
         drop(second);
     }
 
+    /// A request-head deadline far inside the idle one.
+    const HEAD_DEADLINES: Deadlines = Deadlines {
+        idle: Duration::from_secs(5),
+        header_read: Duration::from_millis(300),
+    };
+
     /// Only the idle deadline (the request-head one an hour away).
     async fn idle_expired(activity: &Activity, idle: Duration) {
         let deadlines = Deadlines {
@@ -431,10 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_http1_connection_must_send_a_request_head_within_the_header_deadline() {
-        let deadlines = Deadlines {
-            idle: Duration::from_secs(5),
-            header_read: Duration::from_millis(300),
-        };
+        let deadlines = HEAD_DEADLINES;
         // Header bytes trickling in (the idle clock keeps resetting): cut
         // off at the header deadline all the same.
         let activity = Activity::new();
@@ -465,10 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_watch_checks_the_head_that_follows_a_long_request_on_time() {
-        let deadlines = Deadlines {
-            idle: Duration::from_secs(5),
-            header_read: Duration::from_millis(300),
-        };
+        let deadlines = HEAD_DEADLINES;
         let activity = Activity::new();
         let watch = expired(&activity, deadlines);
         tokio::pin!(watch);
@@ -490,10 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_draining_after_its_body_ended_is_not_a_head_wait() {
-        let deadlines = Deadlines {
-            idle: Duration::from_secs(5),
-            header_read: Duration::from_millis(300),
-        };
+        let deadlines = HEAD_DEADLINES;
         let activity = Activity::new();
         drop(activity.request());
         // Our writes go on (a slow reader taking the rest of a response).

@@ -199,6 +199,44 @@ async fn framing_and_reflection_edges_are_refused() {
     f.cleanup().await;
 }
 
+/// Writes `head` on a fresh connection, then one byte of `trickle` every
+/// `every` (up to `count`), reading whatever the gateway answers until it
+/// closes: the answer (`None` if still open after `wait`) and how long
+/// after the head the connection lasted.
+async fn trickled(
+    addr: &str,
+    head: Vec<u8>,
+    trickle: &'static [u8],
+    every: Duration,
+    count: usize,
+    wait: Duration,
+) -> (Option<String>, Duration) {
+    use tokio::io::AsyncWriteExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(&head).await.unwrap();
+    let started = Instant::now();
+    let trickling = tokio::spawn(async move {
+        for _ in 0..count {
+            tokio::time::sleep(every).await;
+            if writer.write_all(trickle).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        wait,
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut answer),
+    )
+    .await;
+    trickling.abort();
+    let answer = read
+        .is_ok()
+        .then(|| String::from_utf8_lossy(&answer).into_owned());
+    (answer, started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_that_send_nothing_are_closed_and_capped_per_address() {
     use tokio::io::AsyncWriteExt;
@@ -257,31 +295,22 @@ async fn sockets_that_send_nothing_are_closed_and_capped_per_address() {
     // A body trickling in (one byte every 200 ms) is cut off at the body
     // deadline with 408.
     let key = f.key("slowpoke", "premium").await;
-    let slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut reader, mut writer) = slow.into_split();
     let head = format!(
         "POST /api/v1/links HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{{"
     );
-    writer.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
-    let trickle = tokio::spawn(async move {
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if writer.write_all(b" ").await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(8),
-        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut answer),
+    let wait = Duration::from_secs(8);
+    let (answer, lasted) = trickled(
+        &addr,
+        head.into_bytes(),
+        b" ",
+        Duration::from_millis(200),
+        50,
+        wait,
     )
     .await;
-    trickle.abort();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = answer.unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(lasted < wait);
     f.cleanup().await;
 }
 
@@ -341,29 +370,17 @@ async fn a_request_head_trickled_or_long_awaited_is_cut_off_on_http1_only() {
 
     // Slowloris: header bytes keep coming (so the idle deadline never
     // passes), but no head is ever complete. Cut off, with no answer.
-    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    let opened = Instant::now();
-    let trickle = tokio::spawn(async move {
-        let head = b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-pad: ";
-        writer.write_all(head).await.unwrap();
-        for _ in 0..60 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if writer.write_all(b"a").await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(
+    let (answer, cut) = trickled(
+        &addr,
+        b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-pad: ".to_vec(),
+        b"a",
+        Duration::from_millis(100),
+        60,
         Duration::from_secs(5),
-        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut answer),
     )
     .await;
-    trickle.abort();
-    assert!(read.is_ok(), "a trickled head was kept past its deadline");
-    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
-    let cut = opened.elapsed();
+    let answer = answer.expect("a trickled head was kept past its deadline");
+    assert!(answer.is_empty(), "{answer}");
     assert!(cut >= Duration::from_millis(600), "{cut:?}");
     assert!(cut < Duration::from_millis(3000), "{cut:?}");
 
