@@ -338,12 +338,18 @@ def run(driver, wait):
     check(True, "edited tags saved")
 
     # Keyboard: the period buttons and links are reachable with Tab.
-    body = driver.find_element(By.TAG_NAME, "body")
+    # The view re-renders after the save (its live totals too), so the
+    # focused element can go stale between finding it and pressing Tab:
+    # each step is a wait that looks again then (`patient`).
+    def tab(d):
+        d.switch_to.active_element.send_keys(Keys.TAB)
+        focused = d.switch_to.active_element
+        return (focused.tag_name, focused.text.strip())
+
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
     reached = set()
     for _ in range(40):
-        body.send_keys(Keys.TAB) if not reached else driver.switch_to.active_element.send_keys(Keys.TAB)
-        el = driver.switch_to.active_element
-        reached.add((el.tag_name, el.text.strip()))
+        reached.add(patient(driver, 5).until(tab))
     check(("button", "Sign out") in reached and ("button", "Save") in reached,
           "Sign out and Save are reachable by keyboard")
 
