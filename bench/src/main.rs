@@ -34,7 +34,10 @@ use serde_json::{Value, json};
 use shortfleet_bench::{
     load::{self, Mode, RequestFactory},
     oha,
-    probe::{ProcessUse, cpu_secs, cpu_secs_named, cpu_us_per_request, process_use},
+    probe::{
+        ProcessUse, cpu_model, cpu_secs, cpu_secs_named, cpu_us_per_request, machine_ticks,
+        process_use,
+    },
     stats::{Summary, median, median_of, ratio, round2, round3},
     wrk,
 };
@@ -376,11 +379,20 @@ async fn oha_rounds(
     rate: u64,
 ) -> anyhow::Result<Value> {
     let (mut base_runs, mut fleet_runs) = (Vec::new(), Vec::new());
+    // How busy the whole machine was during each round (oha included): a
+    // fixed rate near what the machine can do queues, and the tail shows
+    // it before throughput does.
+    let (mut base_busy, mut fleet_busy) = (Vec::new(), Vec::new());
     for is_baseline in alternating(profile.rounds) {
         settle(fleet).await;
         let addr = if is_baseline { baseline } else { gateway };
         let pattern = oha::url_pattern(addr, codes)?;
+        let before = machine_ticks();
         let run = oha::run(oha_bin, &pattern, USER_AGENT, rate, 64, profile.step).await?;
+        let busy = before
+            .zip(machine_ticks())
+            .and_then(|(before, after)| after.shares_since(&before))
+            .map(|shares| shares.busy);
         anyhow::ensure!(
             run.statuses.keys().any(|code| code.starts_with('3')),
             "oha: no redirects from {addr}: {:?}",
@@ -388,8 +400,10 @@ async fn oha_rounds(
         );
         if is_baseline {
             base_runs.push(run);
+            base_busy.extend(busy);
         } else {
             fleet_runs.push(run);
+            fleet_busy.extend(busy);
         }
     }
     let med = |runs: &[oha::OhaRun], f: fn(&oha::OhaRun) -> Option<f64>| {
@@ -421,7 +435,14 @@ async fn oha_rounds(
         );
     }
     let fleet_non_3xx: u64 = fleet_runs.iter().map(oha::OhaRun::non_3xx).sum();
-    println!("{:<34} fleet non-3xx {fleet_non_3xx}", "  oha");
+    let (base_busy, fleet_busy) = (median(&base_busy), median(&fleet_busy));
+    let percent = |p: Option<f64>| p.map_or("unknown".into(), |p| format!("{p:.0}%"));
+    println!(
+        "{:<34} fleet non-3xx {fleet_non_3xx}; machine busy {} (baseline) and {} (fleet) of both CPUs",
+        "  oha",
+        percent(base_busy),
+        percent(fleet_busy)
+    );
     Ok(json!({
         "rate": rate,
         "connections": 64,
@@ -432,6 +453,8 @@ async fn oha_rounds(
         "fleet_p99_ms": round3(med(&fleet_runs, |r| r.latency.p99)),
         "fleet_p999_ms": round3(med(&fleet_runs, |r| r.latency.p999)),
         "fleet_non_3xx": fleet_non_3xx,
+        "baseline_machine_busy_percent": base_busy.map(round2),
+        "fleet_machine_busy_percent": fleet_busy.map(round2),
         "baseline_rounds": base_runs.iter().map(oha::OhaRun::to_json).collect::<Vec<_>>(),
         "fleet_rounds": fleet_runs.iter().map(oha::OhaRun::to_json).collect::<Vec<_>>(),
     }))
@@ -549,6 +572,7 @@ async fn measure(
     args: &Args,
     before: Option<&str>,
 ) -> anyhow::Result<Value> {
+    let machine_before = machine_ticks();
     let idle = usage(fleet);
     let idle_rss: f64 = idle.iter().map(|(_, u)| u.rss_mib).sum();
     let key = fleet.create_key("bench", "bench")?;
@@ -897,15 +921,53 @@ async fn measure(
     println!("{:<14} {idle_rss:>10.1}", "all, idle");
     sections.insert("resources".into(), Value::Object(resources));
     sections.insert("idle_rss_mib_total".into(), json!(round2(idle_rss)));
-    sections.insert(
-        "machine".into(),
-        json!({
-            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "date": chrono::Utc::now().to_rfc3339(),
-            "profile": if args.full { "full" } else { "quick" },
-        }),
+    let steal = machine_before
+        .zip(machine_ticks())
+        .and_then(|(before, after)| after.shares_since(&before))
+        .map(|shares| shares.steal);
+    let mut machine = machine_section(&sections, steal);
+    machine.insert("date".into(), json!(chrono::Utc::now().to_rfc3339()));
+    machine.insert(
+        "profile".into(),
+        json!(if args.full { "full" } else { "quick" }),
     );
+    sections.insert("machine".into(), Value::Object(machine));
     Ok(Value::Object(sections))
+}
+
+/// What the run's figures depend on besides the code, printed and
+/// returned: the CPU, how much of the machine's time the host took
+/// (steal), and the click pipeline's CPU per click in units of the bare
+/// server's CPU per redirect, a figure that moves far less from one
+/// machine to another than microseconds do.
+fn machine_section(
+    sections: &serde_json::Map<String, Value>,
+    steal: Option<f64>,
+) -> serde_json::Map<String, Value> {
+    let model = cpu_model();
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let figure = |section: &str, field: &str| sections.get(section)?[field].as_f64();
+    let per_click = figure("click_pipeline_cpu", "total_cpu_us_per_click");
+    let bare_redirect = figure(
+        "redirect_saturation_64c",
+        "baseline_cpu_us_per_redirect_median",
+    )
+    .filter(|us| *us > 0.0);
+    let in_bare_redirects = per_click.zip(bare_redirect).map(|(c, b)| c / b);
+    println!(
+        "machine: {model}, {nproc} CPUs; steal {} of all CPU time during the run; click pipeline per click = {} bare redirects' CPU",
+        steal.map_or("unknown".into(), |s| format!("{s:.1}%")),
+        in_bare_redirects.map_or("unknown".into(), |r| format!("{r:.2}")),
+    );
+    let mut machine = serde_json::Map::new();
+    machine.insert("cpu_model".into(), json!(model));
+    machine.insert("nproc".into(), json!(nproc));
+    machine.insert("steal_percent".into(), json!(steal.map(round2)));
+    machine.insert(
+        "pipeline_cpu_per_click_in_bare_redirects".into(),
+        json!(in_bare_redirects.map(round2)),
+    );
+    machine
 }
 
 /// read-svc's CPU per `Resolve`: a gateway of its own with the micro-cache

@@ -1,6 +1,6 @@
 //! Reads a process's memory and CPU use from /proc (Linux).
 
-use crate::stats::{proc_stat_cpu_ticks, proc_status_kib};
+use crate::stats::{MachineTicks, proc_stat_cpu_ticks, proc_status_kib};
 
 /// Clock ticks per second; 100 on every Linux this runs on.
 const TICKS_PER_SEC: f64 = 100.0;
@@ -52,4 +52,22 @@ pub fn cpu_secs_named(name: &str) -> f64 {
         })
         .map(|pid| cpu_secs(Some(pid)))
         .sum()
+}
+
+/// The machine's CPU ticks so far; `None` where `/proc/stat` is unreadable.
+pub fn machine_ticks() -> Option<MachineTicks> {
+    MachineTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The CPU's model name as `/proc/cpuinfo` gives it, or "unknown".
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }

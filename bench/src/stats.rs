@@ -95,6 +95,59 @@ pub fn proc_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The whole machine's CPU time so far, in clock ticks, from the first
+/// line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// Every state summed (guest time is already inside user and nice).
+    pub total: u64,
+    /// Idle and waiting for I/O: nothing to run.
+    pub idle: u64,
+    /// A virtual CPU was ready to run but the host ran something else.
+    /// Every figure of a run with much of it is slower and noisier than
+    /// the code alone.
+    pub steal: u64,
+}
+
+/// How a span of time between two [`MachineTicks`] was spent, in percent
+/// of all CPU time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineShares {
+    /// Running this machine's processes (and its kernel).
+    pub busy: f64,
+    pub steal: f64,
+}
+
+impl MachineTicks {
+    pub fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice]
+        Some(Self {
+            total: ticks.iter().take(8).sum(),
+            idle: ticks.get(3)? + ticks.get(4)?,
+            steal: *ticks.get(7)?,
+        })
+    }
+
+    /// The shares of the time from `earlier` to `self`; `None` if no tick
+    /// passed.
+    pub fn shares_since(&self, earlier: &Self) -> Option<MachineShares> {
+        let total = self.total.checked_sub(earlier.total).filter(|t| *t > 0)? as f64;
+        let idle = self.idle.saturating_sub(earlier.idle) as f64;
+        let steal = self.steal.saturating_sub(earlier.steal) as f64;
+        Some(MachineShares {
+            busy: (total - idle - steal).max(0.0) * 100.0 / total,
+            steal: steal * 100.0 / total,
+        })
+    }
+}
+
 /// The `q` quantile (in the metric's unit) of a Prometheus histogram given as
 /// text, interpolating linearly inside the bucket that holds it, as
 /// `histogram_quantile` does. `None` without samples.
@@ -195,5 +248,22 @@ mod tests {
         let stat =
             "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 100 0 0";
         assert_eq!(proc_stat_cpu_ticks(stat), Some(300));
+        let at = |text: &str| MachineTicks::parse(text).unwrap();
+        let first = at("cpu  100 5 50 800 10 0 5 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\n");
+        assert_eq!(
+            first,
+            MachineTicks {
+                total: 1000,
+                idle: 810,
+                steal: 30
+            }
+        );
+        // 200 ticks later: 100 busy, 80 idle, 20 stolen.
+        let second = at("cpu  180 5 70 870 20 0 5 50 0 0\n");
+        let shares = second.shares_since(&first).unwrap();
+        assert_eq!((shares.busy, shares.steal), (50.0, 10.0));
+        assert_eq!(first.shares_since(&first), None);
+        assert_eq!(MachineTicks::parse("cpu  1 2 3\n"), None);
+        assert_eq!(MachineTicks::parse("intr 1 2\n"), None);
     }
 }
