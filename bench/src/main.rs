@@ -938,8 +938,8 @@ async fn measure(
 /// What the run's figures depend on besides the code, printed and
 /// returned: the CPU, how much of the machine's time the host took
 /// (steal), and the click pipeline's CPU per click in units of the bare
-/// server's CPU per redirect, a figure that moves far less from one
-/// machine to another than microseconds do.
+/// server's CPU per redirect, a figure that moves less from one machine
+/// to another than microseconds do.
 fn machine_section(
     sections: &serde_json::Map<String, Value>,
     steal: Option<f64>,
