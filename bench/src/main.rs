@@ -35,8 +35,8 @@ use shortfleet_bench::{
     load::{self, Mode, RequestFactory},
     oha,
     probe::{
-        ProcessUse, cpu_model, cpu_secs, cpu_secs_named, cpu_us_per_request, machine_ticks,
-        process_use,
+        ProcessUse, cpu_model, cpu_secs, cpu_secs_named, cpu_us_per_request, machine_shares_since,
+        machine_ticks, process_use,
     },
     stats::{Summary, median, median_of, ratio, round2, round3},
     wrk,
@@ -389,10 +389,7 @@ async fn oha_rounds(
         let pattern = oha::url_pattern(addr, codes)?;
         let before = machine_ticks();
         let run = oha::run(oha_bin, &pattern, USER_AGENT, rate, 64, profile.step).await?;
-        let busy = before
-            .zip(machine_ticks())
-            .and_then(|(before, after)| after.shares_since(&before))
-            .map(|shares| shares.busy);
+        let busy = machine_shares_since(before).map(|shares| shares.busy);
         anyhow::ensure!(
             run.statuses.keys().any(|code| code.starts_with('3')),
             "oha: no redirects from {addr}: {:?}",
@@ -921,10 +918,7 @@ async fn measure(
     println!("{:<14} {idle_rss:>10.1}", "all, idle");
     sections.insert("resources".into(), Value::Object(resources));
     sections.insert("idle_rss_mib_total".into(), json!(round2(idle_rss)));
-    let steal = machine_before
-        .zip(machine_ticks())
-        .and_then(|(before, after)| after.shares_since(&before))
-        .map(|shares| shares.steal);
+    let steal = machine_shares_since(machine_before).map(|shares| shares.steal);
     let mut machine = machine_section(&sections, steal);
     machine.insert("date".into(), json!(chrono::Utc::now().to_rfc3339()));
     machine.insert(

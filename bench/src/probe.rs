@@ -1,6 +1,6 @@
 //! Reads a process's memory and CPU use from /proc (Linux).
 
-use crate::stats::{MachineTicks, proc_stat_cpu_ticks, proc_status_kib};
+use crate::stats::{MachineShares, MachineTicks, proc_stat_cpu_ticks, proc_status_kib};
 
 /// Clock ticks per second; 100 on every Linux this runs on.
 const TICKS_PER_SEC: f64 = 100.0;
@@ -57,6 +57,12 @@ pub fn cpu_secs_named(name: &str) -> f64 {
 /// The machine's CPU ticks so far; `None` where `/proc/stat` is unreadable.
 pub fn machine_ticks() -> Option<MachineTicks> {
     MachineTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// How the machine's time was spent from `before` (a [`machine_ticks`]
+/// reading) until now; `None` if either reading failed.
+pub fn machine_shares_since(before: Option<MachineTicks>) -> Option<MachineShares> {
+    machine_ticks()?.shares_since(&before?)
 }
 
 /// The CPU's model name as `/proc/cpuinfo` gives it, or "unknown".
