@@ -20,6 +20,15 @@ pub struct LinkResolverService {
     resolver: Resolver,
 }
 
+/// What a resolve says about counting a `max_clicks` redirect.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    /// The password check passed.
+    unlocked: bool,
+    /// A cache refresh, not a redirect: never counted.
+    refresh: bool,
+}
+
 impl LinkResolverService {
     pub fn new(resolver: Resolver) -> Self {
         Self { resolver }
@@ -34,7 +43,11 @@ impl LinkResolver for LinkResolverService {
     ) -> Result<Response<ResolveResponse>, Status> {
         let code = input::CODE.check(&request.get_ref().code)?;
         let started = std::time::Instant::now();
-        let result = self.resolve_code(code, request.get_ref().unlocked).await;
+        let counts = Counts {
+            unlocked: request.get_ref().unlocked,
+            refresh: request.get_ref().refresh,
+        };
+        let result = self.resolve_code(code, counts).await;
         metrics::histogram!("shortfleet_resolve_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         result
@@ -43,16 +56,17 @@ impl LinkResolver for LinkResolverService {
 
 impl LinkResolverService {
     /// A link with `max_clicks` counts this redirect, unless it is
-    /// password-protected and the caller has not passed its check yet.
+    /// password-protected and the caller has not passed its check yet, or
+    /// the caller is a cache refreshing its copy (no redirect at all).
     async fn resolve_code(
         &self,
         code: &str,
-        unlocked: bool,
+        asked: Counts,
     ) -> Result<Response<ResolveResponse>, Status> {
         match self.resolver.resolve(code).await {
             Ok(Lookup::Found(link)) => {
                 let mut answer = response(&link, Utc::now());
-                let counts = link.password_hash.is_empty() || unlocked;
+                let counts = !asked.refresh && (link.password_hash.is_empty() || asked.unlocked);
                 if let (Some(max), true, true) = (
                     link.max_clicks,
                     answer.state == LinkState::Active as i32,

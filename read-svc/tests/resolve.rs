@@ -225,6 +225,7 @@ async fn max_clicks_is_exact_under_concurrent_redirects_across_replicas() {
                     .resolve(shortfleet_proto::v1::ResolveRequest {
                         code: code.clone(),
                         unlocked: false,
+                        refresh: false,
                     })
                     .await
                     .unwrap()
@@ -245,6 +246,50 @@ async fn max_clicks_is_exact_under_concurrent_redirects_across_replicas() {
         active += t.await.unwrap();
     }
     assert_eq!(active, 25, "exactly max_clicks redirects are allowed");
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_cache_refresh_never_counts_a_max_clicks_redirect() {
+    let mut f = Fixture::start().await;
+    let replica = f.replica(REDIS).await;
+    let link = f
+        .writer()
+        .await
+        .create_link(shortfleet_proto::v1::CreateLinkRequest {
+            owner: "alice".into(),
+            url: "https://example.com/refreshed".into(),
+            max_clicks: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .link
+        .unwrap();
+    let mut resolver = replica.client().await;
+    let mut ask = async |refresh| {
+        resolver
+            .resolve(shortfleet_proto::v1::ResolveRequest {
+                code: link.code.clone(),
+                unlocked: false,
+                refresh,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    for _ in 0..5 {
+        let refreshed = ask(true).await;
+        assert!(refreshed.uncacheable, "a counted link is never cached");
+    }
+    let mut active = 0;
+    for _ in 0..3 {
+        if ask(false).await.state == LinkState::Active as i32 {
+            active += 1;
+        }
+    }
+    assert_eq!(active, 2, "refreshes took none of the two clicks");
     f.cleanup().await;
 }
 

@@ -27,6 +27,7 @@ async fn concurrent_misses_for_one_code_make_one_upstream_call() {
             c.resolve(shortfleet_proto::v1::ResolveRequest {
                 code,
                 unlocked: false,
+                refresh: false,
             })
             .await
         }));

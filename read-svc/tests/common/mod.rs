@@ -119,6 +119,7 @@ impl Replica {
             .resolve(ResolveRequest {
                 code: code.into(),
                 unlocked: false,
+                refresh: false,
             })
             .await
             .map(tonic::Response::into_inner)
