@@ -21,6 +21,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -341,12 +342,15 @@ def run(driver, wait):
     # The view re-renders after the save (its live totals too), so the
     # focused element can go stale between finding it and pressing Tab:
     # each step is a wait that looks again then (`patient`).
+    # Keys go to whatever has focus, as a keyboard's do (ActionChains):
+    # ChromeDriver 156.0.8078.108 refuses keys sent to <body> as "not
+    # interactable".
     def tab(d):
-        d.switch_to.active_element.send_keys(Keys.TAB)
+        ActionChains(d).send_keys(Keys.TAB).perform()
         focused = d.switch_to.active_element
         return (focused.tag_name, focused.text.strip())
 
-    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    driver.execute_script("document.activeElement && document.activeElement.blur()")
     reached = set()
     for _ in range(40):
         reached.add(patient(driver, 5).until(tab))
