@@ -195,20 +195,7 @@ async fn max_clicks_is_exact_under_concurrent_redirects_across_replicas() {
     let mut f = Fixture::start().await;
     let a = f.replica(REDIS).await;
     let b = f.replica(REDIS).await;
-    let link = f
-        .writer()
-        .await
-        .create_link(shortfleet_proto::v1::CreateLinkRequest {
-            owner: "alice".into(),
-            url: "https://example.com/limited".into(),
-            max_clicks: Some(25),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .link
-        .unwrap();
+    let link = f.create_limited("https://example.com/limited", 25).await;
     // 8 clients, 10 redirects each, split over both replicas.
     let mut tasks = Vec::new();
     for client in 0..8 {
@@ -253,20 +240,7 @@ async fn max_clicks_is_exact_under_concurrent_redirects_across_replicas() {
 async fn a_cache_refresh_never_counts_a_max_clicks_redirect() {
     let mut f = Fixture::start().await;
     let replica = f.replica(REDIS).await;
-    let link = f
-        .writer()
-        .await
-        .create_link(shortfleet_proto::v1::CreateLinkRequest {
-            owner: "alice".into(),
-            url: "https://example.com/refreshed".into(),
-            max_clicks: Some(2),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .link
-        .unwrap();
+    let link = f.create_limited("https://example.com/refreshed", 2).await;
     let mut resolver = replica.client().await;
     let mut ask = async |refresh| {
         resolver

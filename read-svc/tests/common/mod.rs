@@ -74,6 +74,23 @@ impl Fixture {
         links::link_of(&links::create(&mut self.writer().await, "alice", url).await)
     }
 
+    /// A link of alice's counted against `max_clicks`.
+    pub async fn create_limited(&self, url: &str, max_clicks: u64) -> Link {
+        self.writer()
+            .await
+            .create_link(shortfleet_proto::v1::CreateLinkRequest {
+                owner: "alice".into(),
+                url: url.into(),
+                max_clicks: Some(max_clicks),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .link
+            .unwrap()
+    }
+
     /// Waits until write-svc's outbox relay has published every event, so a
     /// replica started afterwards cannot receive an earlier link's event.
     pub async fn await_outbox_published(&self) {
