@@ -20,15 +20,6 @@ pub struct LinkResolverService {
     resolver: Resolver,
 }
 
-/// What a resolve says about counting a `max_clicks` redirect.
-#[derive(Debug, Clone, Copy)]
-struct Counts {
-    /// The password check passed.
-    unlocked: bool,
-    /// A cache refresh, not a redirect: never counted.
-    refresh: bool,
-}
-
 impl LinkResolverService {
     pub fn new(resolver: Resolver) -> Self {
         Self { resolver }
@@ -43,11 +34,7 @@ impl LinkResolver for LinkResolverService {
     ) -> Result<Response<ResolveResponse>, Status> {
         let code = input::CODE.check(&request.get_ref().code)?;
         let started = std::time::Instant::now();
-        let counts = Counts {
-            unlocked: request.get_ref().unlocked,
-            refresh: request.get_ref().refresh,
-        };
-        let result = self.resolve_code(code, counts).await;
+        let result = self.resolve_code(code, request.get_ref()).await;
         metrics::histogram!("shortfleet_resolve_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         result
@@ -61,7 +48,7 @@ impl LinkResolverService {
     async fn resolve_code(
         &self,
         code: &str,
-        asked: Counts,
+        asked: &ResolveRequest,
     ) -> Result<Response<ResolveResponse>, Status> {
         match self.resolver.resolve(code).await {
             Ok(Lookup::Found(link)) => {
