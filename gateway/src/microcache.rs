@@ -28,6 +28,16 @@
 //! Bounded twice: at most `capacity` entries and `max_bytes` of them. Each
 //! entry weighs its size, but at least `max_bytes / capacity`, so one bound
 //! on weight enforces both.
+//!
+//! Every redirect looks a code up here, so the store is `quick_cache`: a
+//! sharded map under read locks with S3-FIFO eviction, whose hit is a hash
+//! lookup and a clone. moka, used before, recorded each read in a queue
+//! for its bookkeeping and applied the queue on the request path: 10 % of
+//! a redirect's CPU with the rate limiter's leases (BENCHMARKS.md).
+//! quick_cache has no time-to-live, so an entry carries its own deadlines
+//! and is checked on every read: one past them is never answered, and
+//! takes its room (within both bounds) until a new answer replaces it or
+//! eviction takes it.
 
 use std::{
     sync::{
@@ -37,7 +47,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use moka::{Expiry, future::Cache};
+use quick_cache::{Weighter, sync::Cache};
 use shortfleet_common::{link_events::Handlers, time::from_proto};
 use shortfleet_proto::v1::ResolveResponse;
 
@@ -54,8 +64,14 @@ struct Entry {
     fresh_until: Instant,
     /// From this instant a hit starts a refresh.
     refresh_from: Instant,
+    /// Past this instant it answers nothing, not even stale: `ttl +
+    /// stale_for` after the answer came, never past the link's expiry.
+    dead_at: Instant,
     /// Set by the one hit that starts the refresh.
     refreshing: Arc<AtomicBool>,
+    /// What it weighs against `max_bytes`, worked out once: the cache asks
+    /// again whenever it evicts.
+    weight: u64,
 }
 
 /// A fresh entry's link, and whether this hit should refresh it.
@@ -81,47 +97,27 @@ static REFRESHES: LazyLock<metrics::Counter> =
 
 #[derive(Clone)]
 pub struct MicroCache {
-    entries: Cache<String, Entry>,
+    entries: Arc<Cache<String, Entry, EntryWeight>>,
     /// The newest `updated_at` (seconds, nanos) link events carried per
-    /// code, kept as long as an entry can live.
+    /// code, kept as long as an entry can live. Touched by events and
+    /// misses only, so moka's time-to-live does the forgetting.
     newest: moka::sync::Cache<String, (i64, i32)>,
     ttl: Duration,
+    /// `ttl + stale_for`: how long an entry may live at most.
+    lifetime: Duration,
+    /// The least an entry weighs: `max_bytes / capacity`.
+    floor: u64,
     /// True while link events flow; otherwise every lookup misses.
     live: Arc<AtomicBool>,
 }
 
-/// An entry lives `ttl + stale_for`, never past the link's expiry.
-struct UntilLinkExpiry {
-    lifetime: Duration,
-}
+/// The weight each entry carries.
+#[derive(Clone)]
+struct EntryWeight;
 
-impl UntilLinkExpiry {
-    fn lifetime(&self, value: &Entry) -> Duration {
-        let until_expiry = value
-            .link
-            .expires_at
-            .as_ref()
-            .and_then(from_proto)
-            .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO));
-        until_expiry.map_or(self.lifetime, |left| left.min(self.lifetime))
-    }
-}
-
-impl Expiry<String, Entry> for UntilLinkExpiry {
-    fn expire_after_create(&self, _key: &String, value: &Entry, _now: Instant) -> Option<Duration> {
-        Some(self.lifetime(value))
-    }
-
-    /// A refresh (a stale entry replaced by read-svc's new answer) starts a
-    /// new life; moka's default would keep the old deadline.
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Entry,
-        _now: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.lifetime(value))
+impl Weighter<String, Entry> for EntryWeight {
+    fn weight(&self, _code: &String, entry: &Entry) -> u64 {
+        entry.weight
     }
 }
 
@@ -129,13 +125,12 @@ impl Expiry<String, Entry> for UntilLinkExpiry {
 /// stands for the bytes of all its strings (url, owner, rules' urls and
 /// conditions, `expired_url`, the password hash), plus the fixed size of
 /// each rule's structs, which encoding does not show.
-fn weight(code: &str, entry: &Entry, floor: u64) -> u32 {
-    let link = &entry.link;
+fn weight(code: &str, link: &ResolveResponse, floor: u64) -> u64 {
     let bytes = ENTRY_OVERHEAD
         + 2 * code.len()
-        + prost::Message::encoded_len(&**link)
+        + prost::Message::encoded_len(link)
         + link.rules.len() * RULE_OVERHEAD;
-    (bytes as u64).max(floor).min(u64::from(u32::MAX)) as u32
+    (bytes as u64).max(floor)
 }
 
 /// Registers the HELP text of the micro-cache's metrics.
@@ -157,34 +152,36 @@ pub fn describe_metrics() {
 }
 
 impl MicroCache {
-    /// `capacity` entries and `max_bytes` at most; fresh for `ttl`, then
-    /// stale for `stale_for` (zero: never answers stale).
+    /// `capacity` entries and `max_bytes` at most (`capacity` 0: nothing
+    /// is kept); fresh for `ttl`, then stale for `stale_for` (zero: never
+    /// answers stale).
     pub fn new(capacity: u64, max_bytes: u64, ttl: Duration, stale_for: Duration) -> Self {
-        let floor = max_bytes / capacity.max(1);
+        let lifetime = ttl.saturating_add(stale_for);
+        let max_bytes = if capacity == 0 { 0 } else { max_bytes };
         Self {
-            entries: Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(move |code: &String, entry: &Entry| weight(code, entry, floor))
-                .expire_after(UntilLinkExpiry {
-                    lifetime: ttl.saturating_add(stale_for),
-                })
-                .build(),
+            entries: Arc::new(Cache::with_weighter(
+                usize::try_from(capacity).unwrap_or(usize::MAX),
+                max_bytes,
+                EntryWeight,
+            )),
             newest: moka::sync::Cache::builder()
                 .max_capacity(capacity.max(1))
-                .time_to_live(ttl.saturating_add(stale_for))
+                .time_to_live(lifetime)
                 .build(),
             ttl,
+            lifetime,
+            floor: max_bytes / capacity.max(1),
             live: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// A fresh entry for `code`, if any (a stale one is a miss here).
-    pub async fn get(&self, code: &str) -> Option<Hit> {
+    pub fn get(&self, code: &str) -> Option<Hit> {
         if !self.live.load(Ordering::Relaxed) {
             return None;
         }
         let now = Instant::now();
-        let entry = self.entries.get(code).await.filter(|e| now < e.fresh_until);
+        let entry = self.entries.get(code).filter(|e| now < e.fresh_until);
         if entry.is_some() { &HITS } else { &MISSES }.increment(1);
         entry.map(|e| Hit {
             refresh: now >= e.refresh_from && !e.refreshing.swap(true, Ordering::Relaxed),
@@ -197,11 +194,13 @@ impl MicroCache {
     /// (whose refresh counted nothing) leaves the cache, so its next
     /// redirect is counted by read-svc. Nothing is kept after a failure:
     /// the entry lives out its `ttl` and the next miss asks again.
-    pub async fn refreshed(&self, code: &str, answer: Result<Arc<ResolveResponse>, tonic::Code>) {
+    pub fn refreshed(&self, code: &str, answer: Result<Arc<ResolveResponse>, tonic::Code>) {
         REFRESHES.increment(1);
         match answer {
-            Ok(link) if !link.uncacheable => self.insert(code, link).await,
-            Ok(_) | Err(tonic::Code::NotFound) => self.entries.invalidate(code).await,
+            Ok(link) if !link.uncacheable => self.insert(code, link),
+            Ok(_) | Err(tonic::Code::NotFound) => {
+                self.entries.remove(code);
+            }
             Err(_) => {}
         }
     }
@@ -210,11 +209,12 @@ impl MicroCache {
     /// with `failure` (a server-side failure code): only while link events
     /// flow, never past the link's expiry or the stale window, never after
     /// an event for the code. Counted in `shortfleet_stale_redirects_total`.
-    pub async fn stale(&self, code: &str, failure: tonic::Code) -> Option<Arc<ResolveResponse>> {
+    pub fn stale(&self, code: &str, failure: tonic::Code) -> Option<Arc<ResolveResponse>> {
         if !self.live.load(Ordering::Relaxed) {
             return None;
         }
-        let entry = self.entries.get(code).await?;
+        let now = Instant::now();
+        let entry = self.entries.get(code).filter(|e| now < e.dead_at)?;
         let reason = match failure {
             tonic::Code::DeadlineExceeded => "deadline",
             tonic::Code::Unavailable => "unavailable",
@@ -224,17 +224,32 @@ impl MicroCache {
         Some(entry.link)
     }
 
-    pub async fn insert(&self, code: &str, resolved: Arc<ResolveResponse>) {
-        if self.live.load(Ordering::Relaxed) && !self.older_than_events(code, &resolved) {
-            let now = Instant::now();
-            let entry = Entry {
-                link: resolved,
-                fresh_until: now + self.ttl,
-                refresh_from: now + self.ttl.mul_f64(0.75),
-                refreshing: Arc::new(AtomicBool::new(false)),
-            };
-            self.entries.insert(code.to_owned(), entry).await;
+    pub fn insert(&self, code: &str, resolved: Arc<ResolveResponse>) {
+        if !self.live.load(Ordering::Relaxed) || self.older_than_events(code, &resolved) {
+            return;
         }
+        let now = Instant::now();
+        let dead_at = now + self.lifetime_of(&resolved);
+        let entry = Entry {
+            weight: weight(code, &resolved, self.floor),
+            link: resolved,
+            fresh_until: (now + self.ttl).min(dead_at),
+            refresh_from: now + self.ttl.mul_f64(0.75),
+            dead_at,
+            refreshing: Arc::new(AtomicBool::new(false)),
+        };
+        self.entries.insert(code.to_owned(), entry);
+    }
+
+    /// How long an answer may live: `ttl + stale_for`, never past the
+    /// link's expiry.
+    fn lifetime_of(&self, link: &ResolveResponse) -> Duration {
+        let until_expiry = link
+            .expires_at
+            .as_ref()
+            .and_then(from_proto)
+            .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        until_expiry.map_or(self.lifetime, |left| left.min(self.lifetime))
     }
 
     /// Whether an event newer than `answer` was seen for `code` (an answer
@@ -268,20 +283,20 @@ impl MicroCache {
                 Box::pin(async move {
                     if let Some(link) = event.link {
                         cache.saw_event(&link.code, link.updated_at.as_ref());
-                        cache.entries.invalidate(&link.code).await;
+                        cache.entries.remove(link.code.as_str());
                     }
                 })
             }),
             on_subscribed: Arc::new(move || {
                 let cache = on_subscribed.clone();
                 Box::pin(async move {
-                    cache.entries.invalidate_all();
+                    cache.entries.clear();
                     cache.live.store(true, Ordering::Relaxed);
                 })
             }),
             on_lost: Arc::new(move || {
                 on_lost.live.store(false, Ordering::Relaxed);
-                on_lost.entries.invalidate_all();
+                on_lost.entries.clear();
             }),
         }
     }
@@ -313,63 +328,55 @@ mod tests {
     #[tokio::test]
     async fn a_stale_copy_answers_only_after_freshness_and_within_its_window() {
         let cache = live_cache(Duration::from_millis(30), Duration::from_millis(300)).await;
-        cache.insert("abc", link("abc", None)).await;
-        assert!(cache.get("abc").await.is_some());
+        cache.insert("abc", link("abc", None));
+        assert!(cache.get("abc").is_some());
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(cache.get("abc").await.is_none(), "no longer fresh");
+        assert!(cache.get("abc").is_none(), "no longer fresh");
         assert!(
-            cache.stale("abc", tonic::Code::Unavailable).await.is_some(),
+            cache.stale("abc", tonic::Code::Unavailable).is_some(),
             "still stale-servable"
         );
         tokio::time::sleep(Duration::from_millis(350)).await;
-        assert!(cache.stale("abc", tonic::Code::Unavailable).await.is_none());
+        assert!(cache.stale("abc", tonic::Code::Unavailable).is_none());
     }
 
     #[tokio::test]
     async fn one_hit_in_the_last_quarter_refreshes_and_the_answer_renews_or_removes() {
         let cache = live_cache(Duration::from_secs(2), Duration::ZERO).await;
-        cache.insert("abc", link("abc", None)).await;
-        let early = cache.get("abc").await.unwrap();
+        cache.insert("abc", link("abc", None));
+        let early = cache.get("abc").unwrap();
         assert!(!early.refresh, "three quarters of the ttl are left");
         tokio::time::sleep(Duration::from_millis(1_600)).await;
-        let due = cache.get("abc").await.unwrap();
+        let due = cache.get("abc").unwrap();
         assert!(due.refresh, "past three quarters: refresh");
-        assert!(
-            !cache.get("abc").await.unwrap().refresh,
-            "only one hit refreshes"
-        );
+        assert!(!cache.get("abc").unwrap().refresh, "only one hit refreshes");
 
         // A failed refresh changes nothing: the entry lives out its ttl.
-        cache.refreshed("abc", Err(tonic::Code::Unavailable)).await;
-        assert_eq!(
-            cache.get("abc").await.unwrap().link.url,
-            "https://example.com/"
-        );
+        cache.refreshed("abc", Err(tonic::Code::Unavailable));
+        assert_eq!(cache.get("abc").unwrap().link.url, "https://example.com/");
         // A new answer is a new entry, fresh for a whole ttl.
         let mut edited = (*link("abc", None)).clone();
         edited.url = "https://example.com/renewed".into();
-        cache.refreshed("abc", Ok(Arc::new(edited.clone()))).await;
+        cache.refreshed("abc", Ok(Arc::new(edited.clone())));
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let renewed = cache.get("abc").await.unwrap();
+        let renewed = cache.get("abc").unwrap();
         assert_eq!(renewed.link.url, "https://example.com/renewed");
         assert!(!renewed.refresh, "renewed 0.6 s ago");
         // Now counted against max_clicks: out, so read-svc counts the next one.
         edited.uncacheable = true;
-        cache.refreshed("abc", Ok(Arc::new(edited))).await;
-        assert!(cache.get("abc").await.is_none());
+        cache.refreshed("abc", Ok(Arc::new(edited)));
+        assert!(cache.get("abc").is_none());
     }
 
     #[tokio::test]
     async fn events_expiry_and_a_lost_subscription_end_stale_copies() {
         let cache = live_cache(Duration::ZERO, Duration::from_secs(60)).await;
-        cache.insert("gone", link("gone", None)).await;
-        cache
-            .insert(
-                "old",
-                link("old", Some(chrono::TimeDelta::milliseconds(50))),
-            )
-            .await;
-        cache.insert("kept", link("kept", None)).await;
+        cache.insert("gone", link("gone", None));
+        cache.insert(
+            "old",
+            link("old", Some(chrono::TimeDelta::milliseconds(50))),
+        );
+        cache.insert("kept", link("kept", None));
         (cache.handlers().on_event)(LinkEvent {
             link: Some(Link {
                 code: "gone".into(),
@@ -380,20 +387,11 @@ mod tests {
         .await;
         tokio::time::sleep(Duration::from_millis(80)).await;
         let code = tonic::Code::Unavailable;
-        assert!(
-            cache.stale("gone", code).await.is_none(),
-            "an event ends it"
-        );
-        assert!(
-            cache.stale("old", code).await.is_none(),
-            "never past expiry"
-        );
-        assert!(cache.stale("kept", code).await.is_some());
+        assert!(cache.stale("gone", code).is_none(), "an event ends it");
+        assert!(cache.stale("old", code).is_none(), "never past expiry");
+        assert!(cache.stale("kept", code).is_some());
         (cache.handlers().on_lost)();
-        assert!(
-            cache.stale("kept", code).await.is_none(),
-            "no events, no stale"
-        );
+        assert!(cache.stale("kept", code).is_none(), "no events, no stale");
     }
 
     #[tokio::test]
@@ -415,21 +413,18 @@ mod tests {
         })
         .await;
         // read-svc has not applied the event yet: its answer predates it.
-        cache.insert("abc", answer(100)).await;
-        assert!(cache.get("abc").await.is_none(), "the old answer was kept");
+        cache.insert("abc", answer(100));
+        assert!(cache.get("abc").is_none(), "the old answer was kept");
         let mut timeless = (*answer(0)).clone();
         timeless.updated_at = None;
-        cache.insert("abc", Arc::new(timeless)).await;
-        assert!(
-            cache.get("abc").await.is_none(),
-            "no time: older than any event"
-        );
+        cache.insert("abc", Arc::new(timeless));
+        assert!(cache.get("abc").is_none(), "no time: older than any event");
         // Caught up: the event's own version (or anything newer) is kept.
-        cache.insert("abc", answer(200)).await;
-        assert!(cache.get("abc").await.is_some());
+        cache.insert("abc", answer(200));
+        assert!(cache.get("abc").is_some());
         // Codes without events are cached as before.
-        cache.insert("other", link("other", None)).await;
-        assert!(cache.get("other").await.is_some());
+        cache.insert("other", link("other", None));
+        assert!(cache.get("other").is_some());
     }
 
     #[tokio::test]
@@ -445,11 +440,14 @@ mod tests {
             } else {
                 "https://a/".into()
             };
-            cache.insert(&code, Arc::new(l)).await;
+            cache.insert(&code, Arc::new(l));
         }
-        cache.entries.run_pending_tasks().await;
-        assert!(cache.entries.entry_count() <= 10);
-        assert!(cache.entries.weighted_size() <= 64 << 10);
+        assert!(cache.entries.len() <= 10, "{}", cache.entries.len());
+        assert!(
+            cache.entries.weight() <= 64 << 10,
+            "{}",
+            cache.entries.weight()
+        );
     }
 
     #[tokio::test]
@@ -464,13 +462,7 @@ mod tests {
                 url: "https://example.com/".to_owned() + &"r".repeat(2_000),
             })
             .collect();
-        let entry = |l: ResolveResponse| Entry {
-            link: Arc::new(l),
-            fresh_until: Instant::now(),
-            refresh_from: Instant::now(),
-            refreshing: Arc::default(),
-        };
-        let (light, heavy) = (weight("s", &entry(small), 0), weight("s", &entry(ruled), 0));
+        let (light, heavy) = (weight("s", &small, 0), weight("s", &ruled, 0));
         assert!(light < 512, "{light}");
         assert!(heavy > 20 * 2_000 + 2_000, "{heavy}");
     }

@@ -26,7 +26,7 @@ use std::{
 };
 
 use fred::{prelude::Client as RedisClient, types::scripts::Script};
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 
 /// A named limit: `capacity` requests per `window`.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +182,23 @@ impl Bucket {
 /// How long leased tokens may be spent before they lapse.
 const LEASE_TTL: Duration = Duration::from_secs(1);
 
+/// Leases (and local buckets) kept per replica: one per client address
+/// and policy in use; the least used go first beyond this.
+const TRACKED_CLIENTS: usize = 100_000;
+
+/// The shared state under `key`, created by the first caller (others
+/// wait for it rather than create a second).
+fn get_or_create<T>(
+    cache: &Cache<String, Arc<Mutex<T>>>,
+    key: &str,
+    create: impl FnOnce() -> T,
+) -> Arc<Mutex<T>> {
+    let Ok(shared) = cache.get_or_insert_with(key, || {
+        Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(create())))
+    });
+    shared
+}
+
 /// A replica's slice of one shared bucket.
 #[derive(Debug, Default)]
 struct Lease {
@@ -228,9 +245,14 @@ pub struct RateLimiter {
     redis: RedisClient,
     prefix: Arc<str>,
     script: Arc<Script>,
-    leases: Cache<String, Arc<Mutex<Lease>>>,
+    /// Looked up on every redirect, so a plain bounded map (quick_cache,
+    /// as the micro-cache): no time-to-idle is needed, since a lease
+    /// lapses by its own `until` and a bucket refills by its own clock. An
+    /// evicted one starts again: a lease empty (under-admission only), a
+    /// local bucket full, as a new client's would.
+    leases: Arc<Cache<String, Arc<Mutex<Lease>>>>,
     /// Per-replica buckets used while Redis is unreachable.
-    local: Cache<String, Arc<Mutex<Bucket>>>,
+    local: Arc<Cache<String, Arc<Mutex<Bucket>>>>,
     degraded: Arc<AtomicBool>,
 }
 
@@ -240,14 +262,8 @@ impl RateLimiter {
             redis,
             prefix: prefix.into(),
             script: Arc::new(Script::from_lua(TAKE_SCRIPT)),
-            leases: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(60))
-                .build(),
-            local: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
+            leases: Arc::new(Cache::new(TRACKED_CLIENTS)),
+            local: Arc::new(Cache::new(TRACKED_CLIENTS)),
             degraded: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -303,14 +319,8 @@ impl RateLimiter {
     /// renewing the lease from Redis only when it is spent or lapsed.
     pub async fn check_leased(&self, policy: &Policy, subject: &str) -> Decision {
         let key = self.bucket_key(policy, subject);
-        // Looked up by reference first: a hit (nearly every redirect) then
-        // costs no second copy of the key.
-        let lease = match self.leases.get(&key) {
-            Some(lease) => lease,
-            None => self
-                .leases
-                .get_with(key.clone(), || Arc::new(Mutex::new(Lease::default()))),
-        };
+        // By reference: the key is copied only when a lease is created.
+        let lease = get_or_create(&self.leases, &key, Lease::default);
         let now = Instant::now();
         if let Some(decision) = spend(&lease, policy, now) {
             return record(policy, decision);
@@ -369,9 +379,7 @@ impl RateLimiter {
 
     fn check_locally(&self, policy: &Policy, key: String) -> Decision {
         let now = Instant::now();
-        let bucket = self
-            .local
-            .get_with(key, || Arc::new(Mutex::new(Bucket::full(policy, now))));
+        let bucket = get_or_create(&self.local, &key, || Bucket::full(policy, now));
         let mut bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
         let allowed = bucket.take(policy, now);
         Decision::from_level(policy, allowed, bucket.tokens)

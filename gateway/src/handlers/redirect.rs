@@ -146,7 +146,7 @@ async fn resolve(
     code: &str,
     unlocked: bool,
 ) -> Result<Arc<ResolveResponse>, HttpResponse> {
-    if !unlocked && let Some(hit) = ctx.state.microcache.get(code).await {
+    if !unlocked && let Some(hit) = ctx.state.microcache.get(code) {
         if hit.refresh {
             refresh_in_background(ctx, code);
         }
@@ -172,7 +172,7 @@ async fn resolve(
             let link = Arc::new(link);
             // Links counted against max_clicks must reach read-svc.
             if !link.uncacheable {
-                ctx.state.microcache.insert(code, link.clone()).await;
+                ctx.state.microcache.insert(code, link.clone());
             }
             Ok(link)
         }
@@ -187,7 +187,7 @@ async fn resolve(
             Err(Problem::not_found(detail).into_response())
         }
         Err(s) if crate::resilience::is_failure(s.code()) => {
-            match ctx.state.microcache.stale(code, s.code()).await {
+            match ctx.state.microcache.stale(code, s.code()) {
                 Some(stale) => Ok(stale),
                 None => Err(Problem::from_grpc(&s).into_response()),
             }
@@ -218,9 +218,7 @@ fn refresh_in_background(ctx: &Ctx<'_>, code: &str) {
                 async move { c.resolve(r).await }
             })
             .await;
-        cache
-            .refreshed(&code, answer.map(Arc::new).map_err(|s| s.code()))
-            .await;
+        cache.refreshed(&code, answer.map(Arc::new).map_err(|s| s.code()));
     };
     tokio::spawn(tracing::Instrument::in_current_span(refresh));
 }
