@@ -40,7 +40,13 @@ impl Injector for MetadataInjector<'_> {
 
 /// Makes `span` a child of the context in `headers` (HTTP or gRPC), and
 /// records its trace id in the span's `trace_id` field for the logs.
+/// A disabled span (its level filtered out, no exporter) keeps neither, so
+/// the headers are not parsed for it: that was 1 % of a redirect's CPU at
+/// the gateway's `warn` level.
 pub fn continue_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
     let cx = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(cx);
     record_ids(span);

@@ -96,12 +96,60 @@ pub struct Client {
     pub via_trusted_proxy: bool,
 }
 
+impl Client {
+    /// The address as `Display` writes it: the rate limiter's subject and
+    /// the click's `client_ip`, on every redirect. An IPv4 address (nearly
+    /// every client) is written octet by octet with `itoa`, since
+    /// `Display` goes through a padded scratch buffer and was 1.6 % of a
+    /// redirect's CPU.
+    pub fn ip_text(&self) -> String {
+        match self.ip {
+            IpAddr::V4(v4) => {
+                let mut text = String::with_capacity(15);
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push('.');
+                    }
+                    text.push_str(itoa::Buffer::new().format(octet));
+                }
+                text
+            }
+            IpAddr::V6(v6) => v6.to_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ip_text_is_what_display_writes(v4: u32, v6: u128) {
+            for ip in [
+                IpAddr::from(std::net::Ipv4Addr::from(v4)),
+                IpAddr::from(std::net::Ipv6Addr::from(v6)),
+                IpAddr::from(std::net::Ipv4Addr::from(v4).to_ipv6_mapped()),
+            ] {
+                let client = Client { ip, via_trusted_proxy: false };
+                proptest::prop_assert_eq!(client.ip_text(), ip.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn ip_text_writes_every_octet_width() {
+        for text in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "192.168.1.23"] {
+            let client = Client {
+                ip: ip(text),
+                via_trusted_proxy: true,
+            };
+            assert_eq!(client.ip_text(), text);
+        }
     }
 
     #[test]

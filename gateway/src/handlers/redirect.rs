@@ -97,7 +97,7 @@ async fn limited(
     let state = ctx.state;
     let client = state.config.trusted_proxies.client(peer, &parts.headers);
     // Formatted once: the limiter's subject and the click's client_ip.
-    let ip_text = client.ip.to_string();
+    let ip_text = client.ip_text();
     let policy = &state.config.anonymous;
     // No Redis round trip per redirect: a leased slice of the shared bucket.
     let decision = state.limiter.check_leased(policy, &ip_text).await;
