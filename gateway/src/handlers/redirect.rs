@@ -152,21 +152,14 @@ async fn resolve(
         }
         return Ok(hit.link);
     }
-    let upstreams = &ctx.state.upstreams;
+    let asked = ResolveRequest {
+        code: code.to_owned(),
+        unlocked,
+        refresh: false,
+    };
     // Boxed: the gRPC call is a large future only a miss needs; inline, it
     // would be carried (and moved) by every redirect's future.
-    let resolved = Box::pin(upstreams.resolver(|mut c| {
-        let r = upstreams.request(
-            ResolveRequest {
-                code: code.to_owned(),
-                unlocked,
-                refresh: false,
-            },
-            ctx.request_id,
-        );
-        async move { c.resolve(r).await }
-    }))
-    .await;
+    let resolved = Box::pin(ask_read_svc(&ctx.state.upstreams, asked, ctx.request_id)).await;
     match resolved {
         Ok(link) => {
             let link = Arc::new(link);
@@ -205,22 +198,30 @@ fn refresh_in_background(ctx: &Ctx<'_>, code: &str) {
     let cache = ctx.state.microcache.clone();
     let (code, request_id) = (code.to_owned(), ctx.request_id.to_owned());
     let refresh = async move {
-        let answer = upstreams
-            .resolver(|mut c| {
-                let r = upstreams.request(
-                    ResolveRequest {
-                        code: code.clone(),
-                        unlocked: false,
-                        refresh: true,
-                    },
-                    &request_id,
-                );
-                async move { c.resolve(r).await }
-            })
-            .await;
+        let asked = ResolveRequest {
+            code: code.clone(),
+            unlocked: false,
+            refresh: true,
+        };
+        let answer = ask_read_svc(&upstreams, asked, &request_id).await;
         cache.refreshed(&code, answer.map(Arc::new).map_err(|s| s.code()));
     };
     tokio::spawn(tracing::Instrument::in_current_span(refresh));
+}
+
+/// One `Resolve`, a miss's or a refresh's, through read-svc's guard,
+/// breaker and deadline.
+async fn ask_read_svc(
+    upstreams: &crate::upstream::Upstreams,
+    asked: ResolveRequest,
+    request_id: &str,
+) -> Result<ResolveResponse, tonic::Status> {
+    upstreams
+        .resolver(|mut c| {
+            let r = upstreams.request(asked.clone(), request_id);
+            async move { c.resolve(r).await }
+        })
+        .await
 }
 
 async fn answer(
