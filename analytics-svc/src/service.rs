@@ -170,7 +170,7 @@ impl AnalyticsService {
             self.query(store::daily(&self.pool, code, from.date_naive(), last))
                 .await?
         } else {
-            let first_hour = from.duration_trunc(TimeDelta::hours(1)).unwrap_or(from);
+            let first_hour = store::hour_of(from);
             self.query(store::hourly(&self.pool, code, rule, first_hour, to))
                 .await?
         };
@@ -263,7 +263,7 @@ impl Analytics for AnalyticsService {
             n @ 1..=100 => n,
             _ => return Err(invalid("limit", "must be between 1 and 100").into()),
         };
-        let first_hour = from.duration_trunc(TimeDelta::hours(1)).unwrap_or(from);
+        let first_hour = store::hour_of(from);
         let top = self
             .query(store::top_links(
                 &self.pool,

@@ -309,7 +309,7 @@ impl RateLimiter {
             }
             Err(e) => {
                 self.set_degraded(true, Some(&e));
-                self.check_locally(policy, key)
+                self.check_locally(policy, &key)
             }
         };
         record(policy, decision)
@@ -371,15 +371,15 @@ impl RateLimiter {
             }
             Err(e) => {
                 self.set_degraded(true, Some(&e));
-                self.check_locally(policy, key)
+                self.check_locally(policy, &key)
             }
         };
         record(policy, decision)
     }
 
-    fn check_locally(&self, policy: &Policy, key: String) -> Decision {
+    fn check_locally(&self, policy: &Policy, key: &str) -> Decision {
         let now = Instant::now();
-        let bucket = get_or_create(&self.local, &key, || Bucket::full(policy, now));
+        let bucket = get_or_create(&self.local, key, || Bucket::full(policy, now));
         let mut bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
         let allowed = bucket.take(policy, now);
         Decision::from_level(policy, allowed, bucket.tokens)
