@@ -163,4 +163,24 @@ WHERE v.rule = -1
 DROP INDEX clicks_code_rule;
 "#,
     },
+    Migration {
+        version: 5,
+        name: "rollups leave room on each page for their counters' next versions",
+        sql: r#"
+-- Every batch updates each rollup row it touches, once. An update stays on
+-- the row's own page (a HOT update: no new index entry, and the old version
+-- is pruned when the page is next read) only when the page has room for
+-- the new version. On full pages four in five dimension updates went to
+-- another page, adding index entries and dead tuples that only VACUUM
+-- removes. Pages filled to 40 % hold a new version of every row on them,
+-- so every update stays HOT (at 50 % a few do not: test
+-- `counting_a_link_again_keeps_its_rollup_rows_on_their_pages`); the
+-- price is rollups 2.5 times their packed size on disk, small beside the
+-- raw clicks. Applies to pages written from now on; `VACUUM FULL` of these
+-- tables applies it at once.
+ALTER TABLE rollup_hourly SET (fillfactor = 40);
+ALTER TABLE rollup_daily SET (fillfactor = 40);
+ALTER TABLE rollup_dimensions SET (fillfactor = 40);
+"#,
+    },
 ];
