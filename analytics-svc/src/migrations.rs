@@ -172,12 +172,12 @@ DROP INDEX clicks_code_rule;
 -- is pruned when the page is next read) only when the page has room for
 -- the new version. On full pages four in five dimension updates went to
 -- another page, adding index entries and dead tuples that only VACUUM
--- removes. Pages filled to 40 % hold a new version of every row on them,
--- so every update stays HOT (at 50 % a few do not: test
--- `counting_a_link_again_keeps_its_rollup_rows_on_their_pages`); the
--- price is rollups 2.5 times their packed size on disk, small beside the
--- raw clicks. Applies to pages written from now on; `VACUUM FULL` of these
--- tables applies it at once.
+-- removes. Pages filled to 40 % hold a new version of every row on them
+-- (test `counting_a_link_again_keeps_its_rollup_rows_on_their_pages`), so
+-- every update stays HOT (at 50 %, 47 of 2,100 rows still moved in a third
+-- batch: BENCHMARKS.md); the price is rollups 2.5 times their packed size
+-- on disk, small beside the raw clicks. Applies to pages written from now
+-- on; `VACUUM FULL` of these tables applies it at once.
 ALTER TABLE rollup_hourly SET (fillfactor = 40);
 ALTER TABLE rollup_daily SET (fillfactor = 40);
 ALTER TABLE rollup_dimensions SET (fillfactor = 40);

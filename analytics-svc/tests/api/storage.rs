@@ -109,8 +109,7 @@ async fn rollup_pages(client: &tokio_postgres::Client) -> Vec<(String, String, u
 /// Each batch updates every rollup row it touches. With room on the row's
 /// page the new version stays there (a HOT update: no new index entries, the
 /// old version pruned with the page); on full pages it moves, as every row
-/// did before the rollup tables were filled to 40 % (at 50 %, a few still
-/// did).
+/// did before the rollup tables were filled to 40 %.
 #[tokio::test]
 async fn counting_a_link_again_keeps_its_rollup_rows_on_their_pages() {
     let db = TestDatabase::fresh();
@@ -136,11 +135,13 @@ async fn counting_a_link_again_keeps_its_rollup_rows_on_their_pages() {
         .collect();
     assert!(spread.len() > 6, "the rows span several pages: {spread:?}");
 
-    for round in 2..=3 {
-        store::write_batch(&pool, &batch(round), Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
+    // One more batch: every row gets a new version. The one before it is
+    // pruned only once no snapshot anywhere in the cluster can see it, which
+    // a concurrent test's transaction may delay; so a single update round,
+    // which needs only the room, not the pruning.
+    store::write_batch(&pool, &batch(2), Duration::from_secs(10))
+        .await
+        .unwrap();
     let after = rollup_pages(&client).await;
     assert_eq!(after.len(), before.len());
     let moved: Vec<_> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
@@ -155,7 +156,7 @@ async fn counting_a_link_again_keeps_its_rollup_rows_on_their_pages() {
     let hours = store::hourly(&pool, "link042", None, ten, ten + TimeDelta::hours(1))
         .await
         .unwrap();
-    assert_eq!(hours, vec![(ten, 3, 0)], "three batches, one click each");
+    assert_eq!(hours, vec![(ten, 2, 0)], "two batches, one click each");
     drop(client);
     pool.close();
     db.remove().await;
