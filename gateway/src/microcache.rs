@@ -17,13 +17,19 @@
 //! counted against `max_clicks` are never cached (read-svc must count every
 //! redirect), so they never go stale either.
 //!
-//! Refreshed ahead: from three quarters of its `ttl` on, the first hit on
-//! an entry (and only that one) also asks read-svc again in the background
-//! ([`Hit::refresh`]), so a hot code is renewed before it goes stale and no
-//! redirect waits for the hop (with a thousand hot links, expiries alone
-//! sent one redirect in a hundred to read-svc: the fleet's p99 at a fixed
-//! rate, BENCHMARKS.md). An entry is never answered past its `ttl` either
-//! way; one nobody asks for in its last quarter expires as before.
+//! Refreshed ahead: from a point drawn at random between half and three
+//! quarters of its `ttl`, the first hit on an entry (and only that one)
+//! also asks read-svc again in the background ([`Hit::refresh`]), so a hot
+//! code is renewed before it goes stale and no redirect waits for the hop
+//! (with a thousand hot links, expiries alone sent one redirect in a
+//! hundred to read-svc: the fleet's p99 at a fixed rate, BENCHMARKS.md).
+//! The point is random so that codes cached together are not renewed
+//! together: at one fixed point, a thousand codes first cached in the same
+//! second were renewed in the same 50 ms, again every three quarters of a
+//! `ttl`, a burst of gRPC calls that kept both CPUs busy for 200 ms and
+//! set the fleet's p99 (BENCHMARKS.md). An entry is never answered past
+//! its `ttl` either way; one nobody asks for after its point expires as
+//! before.
 //!
 //! Bounded twice: at most `capacity` entries and `max_bytes` of them. Each
 //! entry weighs its size, but at least `max_bytes / capacity`, so one bound
@@ -151,6 +157,12 @@ pub fn describe_metrics() {
     );
 }
 
+/// When, after an answer came, a hit starts its refresh: at `draw`
+/// (uniform in `[0, 1)`) of the way from half the `ttl` to three quarters.
+fn refresh_point(ttl: Duration, draw: f64) -> Duration {
+    ttl.mul_f64(0.5 + 0.25 * draw.clamp(0.0, 1.0))
+}
+
 impl MicroCache {
     /// `capacity` entries and `max_bytes` at most (`capacity` 0: nothing
     /// is kept); fresh for `ttl`, then stale for `stale_for` (zero: never
@@ -234,7 +246,7 @@ impl MicroCache {
             weight: weight(code, &resolved, self.floor),
             link: resolved,
             fresh_until: (now + self.ttl).min(dead_at),
-            refresh_from: now + self.ttl.mul_f64(0.75),
+            refresh_from: now + refresh_point(self.ttl, rand::random::<f64>()),
             dead_at,
             refreshing: Arc::new(AtomicBool::new(false)),
         };
@@ -341,14 +353,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_hit_in_the_last_quarter_refreshes_and_the_answer_renews_or_removes() {
+    async fn one_hit_after_the_refresh_point_refreshes_and_the_answer_renews_or_removes() {
         let cache = live_cache(Duration::from_secs(2), Duration::ZERO).await;
         cache.insert("abc", link("abc", None));
         let early = cache.get("abc").unwrap();
-        assert!(!early.refresh, "three quarters of the ttl are left");
+        assert!(!early.refresh, "more than half the ttl is left");
         tokio::time::sleep(Duration::from_millis(1_600)).await;
         let due = cache.get("abc").unwrap();
-        assert!(due.refresh, "past three quarters: refresh");
+        assert!(
+            due.refresh,
+            "past three quarters: refresh, wherever the point fell"
+        );
         assert!(!cache.get("abc").unwrap().refresh, "only one hit refreshes");
 
         // A failed refresh changes nothing: the entry lives out its ttl.
@@ -361,11 +376,52 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(600)).await;
         let renewed = cache.get("abc").unwrap();
         assert_eq!(renewed.link.url, "https://example.com/renewed");
-        assert!(!renewed.refresh, "renewed 0.6 s ago");
+        assert!(!renewed.refresh, "renewed 0.6 s ago, before half the ttl");
         // Now counted against max_clicks: out, so read-svc counts the next one.
         edited.uncacheable = true;
         cache.refreshed("abc", Ok(Arc::new(edited)));
         assert!(cache.get("abc").is_none());
+    }
+
+    #[test]
+    fn the_refresh_point_lies_between_half_and_three_quarters_of_the_ttl() {
+        let ttl = Duration::from_secs(4);
+        assert_eq!(refresh_point(ttl, 0.0), Duration::from_secs(2));
+        assert_eq!(refresh_point(ttl, 0.5), Duration::from_millis(2_500));
+        assert_eq!(refresh_point(ttl, 1.0), Duration::from_secs(3));
+        assert_eq!(refresh_point(ttl, 7.0), Duration::from_secs(3));
+    }
+
+    /// A thousand codes cached in the same instant are not renewed in the
+    /// same instant: their refresh points spread over the whole window,
+    /// no twentieth of it holding more than a small share of them.
+    #[tokio::test]
+    async fn codes_cached_together_are_refreshed_apart() {
+        let ttl = Duration::from_secs(100);
+        let cache = MicroCache::new(2_000, 1 << 24, ttl, Duration::ZERO);
+        (cache.handlers().on_subscribed)().await;
+        let codes: Vec<String> = (0..1_000).map(|i| format!("c{i}")).collect();
+        let before = Instant::now();
+        for code in &codes {
+            cache.insert(code, link(code, None));
+        }
+        let mut slices = [0u32; 20];
+        for code in &codes {
+            let entry = cache.entries.get(code.as_str()).unwrap();
+            let after = entry.refresh_from.duration_since(before).as_secs_f64();
+            let share = (after / ttl.as_secs_f64() - 0.5) / 0.25;
+            assert!(
+                (0.0..1.01).contains(&share),
+                "refresh point at {share} of the window"
+            );
+            slices[((share * 20.0) as usize).min(19)] += 1;
+        }
+        // Uniform: 50 per slice; all at one point would put 1,000 in one.
+        assert!(slices.iter().all(|&n| n < 150), "{slices:?}");
+        assert!(
+            slices.iter().filter(|&&n| n > 0).count() >= 18,
+            "{slices:?}"
+        );
     }
 
     #[tokio::test]
