@@ -9,10 +9,6 @@
 //! - A message that cannot be decoded or stored (poison) is rejected without
 //!   requeue: the queue dead-letters it, every click in it, to
 //!   `<queue>.dlq`; it never blocks the queue.
-//! - Each message is copied into the batch's open transaction as it
-//!   arrives ([`store::CopyStream`]); if that transaction cannot open
-//!   (within the database timeout) or commit, the batch is stored whole
-//!   when it closes, as below, deduplicated by the same key.
 //! - PostgreSQL down: the batch is kept (unacknowledged, so RabbitMQ holds
 //!   it too) and retried with backoff until it commits; meanwhile new clicks
 //!   wait in RabbitMQ (prefetch bounds what we hold). Deliberately not
