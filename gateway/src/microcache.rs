@@ -26,8 +26,8 @@
 //! The point is random so that codes cached together are not renewed
 //! together: at one fixed point, a thousand codes first cached in the same
 //! second were renewed in the same 50 ms, again every three quarters of a
-//! `ttl`, a burst of gRPC calls that kept both CPUs busy for 200 ms and
-//! set the fleet's p99 (BENCHMARKS.md). An entry is never answered past
+//! `ttl`, a burst of gRPC calls that kept both CPUs busy for 200 ms, a
+//! part of the fleet's fixed-rate tail (BENCHMARKS.md). An entry is never answered past
 //! its `ttl` either way; one nobody asks for after its point expires as
 //! before.
 //!
