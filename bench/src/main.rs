@@ -225,7 +225,7 @@ async fn rules_vs_plain(
 ) -> anyhow::Result<(Value, u64)> {
     let mut plain_302 = 0u64;
     // Warm the micro-cache with the ruled links too.
-    warm_up(gateway, &ruled).await?;
+    warm_up(gateway, ruled.len(), browser_redirects(ruled.clone())).await?;
     let (mut plain_rounds, mut ruled_rounds) = (Vec::new(), Vec::new());
     // One round more than the baseline comparison: the difference measured
     // here is small, so the medians need the extra sample.
@@ -375,7 +375,7 @@ async fn oha_rounds(
     baseline: SocketAddr,
     gateway: SocketAddr,
     profile: &Profile,
-    codes: &[String],
+    codes: &Arc<Vec<String>>,
     rate: u64,
 ) -> anyhow::Result<Value> {
     let (mut base_runs, mut fleet_runs) = (Vec::new(), Vec::new());
@@ -383,11 +383,10 @@ async fn oha_rounds(
     // fixed rate near what the machine can do queues, and the tail shows
     // it before throughput does.
     let (mut base_busy, mut fleet_busy) = (Vec::new(), Vec::new());
-    let shared_codes = Arc::new(codes.to_vec());
     for is_baseline in alternating(profile.rounds) {
         settle(fleet).await;
         let addr = if is_baseline { baseline } else { gateway };
-        touch_every_code(addr, &shared_codes).await?;
+        warm_up(addr, codes.len(), redirects(codes.clone(), USER_AGENT)).await?;
         let pattern = oha::url_pattern(addr, codes)?;
         let before = machine_ticks();
         let run = oha::run(oha_bin, &pattern, USER_AGENT, rate, 64, profile.step).await?;
@@ -472,7 +471,7 @@ async fn this_gateway_vs_before(
 ) -> anyhow::Result<(Value, u64)> {
     let mut redirects = 0u64;
     for addr in [gateway, before] {
-        redirects += warm_up(addr, &plain).await?;
+        redirects += warm_up(addr, plain.len(), browser_redirects(plain.clone())).await?;
     }
     let (mut this_rounds, mut before_rounds) = (Vec::new(), Vec::new());
     let (mut this_cpu, mut before_cpu) = (Vec::new(), Vec::new());
@@ -587,14 +586,7 @@ async fn measure(
     );
     let mut fleet_redirects = 0u64;
     // Warm every cache level once.
-    let warm = load::run(
-        gateway,
-        Mode::Closed { connections: 8 },
-        Duration::from_secs(1),
-        redirects(codes.clone(), USER_AGENT),
-    )
-    .await;
-    fleet_redirects += warm.count(302);
+    fleet_redirects += warm_up(gateway, codes.len(), redirects(codes.clone(), USER_AGENT)).await?;
 
     let mut sections = serde_json::Map::new();
     println!(
@@ -1062,51 +1054,37 @@ fn pipeline_cpu(fleet: &Fleet) -> [(&'static str, f64); 4] {
     ]
 }
 
-/// One second of browser redirects over `codes` at 8 connections, so the
-/// rounds that follow find every cache warm; the redirects it made.
-async fn warm_up(addr: SocketAddr, codes: &Arc<Vec<String>>) -> anyhow::Result<u64> {
+/// Asks for each of `codes` codes twice (`requests` cycles through them),
+/// spread over half a second from 8 connections, so the round that follows
+/// finds every cache warm; the 302s it got. Before each fixed-rate round
+/// too, on both sides alike: the gateway's micro-cache is empty after any
+/// pause longer than its TTL (5 s), and every fleet round follows one (the
+/// settling, the baseline's round), so each began with a miss per code at
+/// once, which put about 1 % of a 10 s round's redirects behind read-svc
+/// calls, tens of ms: the round's whole p99 (BENCHMARKS.md). The
+/// in-process open-loop round, after the long click count, still starts
+/// cold. An open loop at a modest rate: twice the codes in clicks, no
+/// backlog for the pipeline to work off during the round.
+async fn warm_up(addr: SocketAddr, codes: usize, requests: RequestFactory) -> anyhow::Result<u64> {
+    let rate = (codes as u64).max(1) * 4;
     let warm = load::run(
-        addr,
-        Mode::Closed { connections: 8 },
-        Duration::from_secs(1),
-        browser_redirects(codes.clone()),
-    )
-    .await;
-    anyhow::ensure!(warm.count(302) > 0, "{addr}: {:?}", warm.statuses);
-    Ok(warm.count(302))
-}
-
-/// Asks for every code twice, spread over half a second, before a
-/// fixed-rate round, on both sides alike. The round then measures the
-/// steady state, not the gateway's micro-cache filling: the cache is empty
-/// after any pause longer than its TTL (5 s), and every fleet round follows
-/// one (the settling, the baseline's round), so each began with a miss per
-/// code at once. That start alone put about 1 % of a 10 s round's
-/// redirects behind read-svc calls, tens of ms, the round's whole p99
-/// (BENCHMARKS.md); the in-process open-loop round, which follows the
-/// long click count, still starts cold. Twice the codes in clicks: no
-/// backlog for the pipeline.
-async fn touch_every_code(addr: SocketAddr, codes: &Arc<Vec<String>>) -> anyhow::Result<()> {
-    let rate = (codes.len() as u64).max(1) * 4;
-    let touched = load::run(
         addr,
         Mode::Open {
             connections: 8,
             rate,
         },
         Duration::from_millis(500),
-        redirects(codes.clone(), USER_AGENT),
+        requests,
     )
     .await;
     anyhow::ensure!(
-        touched
-            .statuses
+        warm.statuses
             .keys()
             .any(|status| (300..400).contains(status)),
-        "{addr}: no redirects while touching every code: {:?}",
-        touched.statuses
+        "{addr}: no redirects while warming up: {:?}",
+        warm.statuses
     );
-    Ok(())
+    Ok(warm.count(302))
 }
 
 /// The side that runs (`true`: the first one named) in each step of

@@ -27,9 +27,9 @@
 //! together: at one fixed point, a thousand codes first cached in the same
 //! second were renewed in the same 50 ms, again every three quarters of a
 //! `ttl`, a burst of gRPC calls that kept both CPUs busy for 200 ms, a
-//! part of the fleet's fixed-rate tail (BENCHMARKS.md). An entry is never answered past
-//! its `ttl` either way; one nobody asks for after its point expires as
-//! before.
+//! part of the fleet's fixed-rate tail (BENCHMARKS.md). An entry is never
+//! answered past its `ttl` either way; one nobody asks for after its point
+//! expires as before.
 //!
 //! Bounded twice: at most `capacity` entries and `max_bytes` of them. Each
 //! entry weighs its size, but at least `max_bytes / capacity`, so one bound
