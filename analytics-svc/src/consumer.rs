@@ -113,6 +113,69 @@ struct Pending {
     _spans: Vec<Option<tracing::Span>>,
 }
 
+/// A batch being gathered: its clicks so far and the transaction they are
+/// copied into as they arrive.
+struct Gathering<'a> {
+    pending: Pending,
+    enricher: Enricher<'a>,
+    /// The exchange the clicks came through, for their spans.
+    exchange: &'a str,
+    /// `None` if it could not be opened or failed since: the batch is then
+    /// written when it closes.
+    stream: Option<store::CopyStream>,
+    /// Messages received, poison included.
+    messages: usize,
+    /// Clicks received, a poison message counting one.
+    weight: usize,
+}
+
+impl Gathering<'_> {
+    /// One delivery: its clicks enriched and copied into the stream, or,
+    /// if any of them cannot be stored, the message dead-lettered (every
+    /// click of a message is stored, or the message is poison).
+    async fn take(&mut self, channel: &Channel, received: Received) -> anyhow::Result<()> {
+        let (tag, weight) = (received.tag, received.weight());
+        self.messages += 1;
+        self.weight += weight;
+        let enricher = &mut self.enricher;
+        let clicks: Option<Vec<(Click, String)>> = received.events.and_then(|events| {
+            events
+                .into_iter()
+                .map(|mut event| {
+                    let traceparent = std::mem::take(&mut event.traceparent);
+                    enricher
+                        .enrich_owned(event)
+                        .map(|click| (click, traceparent))
+                })
+                .collect()
+        });
+        match clicks {
+            Some(clicks) if !clicks.is_empty() => {
+                let first = self.pending.clicks.len();
+                for (click, traceparent) in clicks {
+                    self.pending
+                        ._spans
+                        .push(process_span(self.exchange, &traceparent, &click));
+                    self.pending.tags.push(tag);
+                    self.pending.clicks.push(click);
+                }
+                if let Some(stream) = &mut self.stream
+                    && let Err(e) = stream.write(&self.pending.clicks[first..]).await
+                {
+                    tracing::debug!(
+                        error = format!("{e:#}"),
+                        "the click COPY broke; the batch is written when it closes"
+                    );
+                    self.stream = None;
+                }
+            }
+            Some(_) => reject(channel, tag, 0, "an empty click batch").await?,
+            None => reject(channel, tag, weight, "undecodable or invalid click").await?,
+        }
+        Ok(())
+    }
+}
+
 /// Bounds each broker round trip (connect, declare, qos, consume, ack).
 const AMQP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -159,10 +222,10 @@ impl ClickConsumer {
         up.up();
         tracing::info!(queue = %self.queue, "consuming clicks");
         loop {
-            let Some(batch) = self.next_batch(&mut deliveries, shutdown).await? else {
+            let Some(batch) = self.gather(&channel, &mut deliveries, shutdown).await? else {
                 return Ok(());
             };
-            self.process(&channel, batch, shutdown).await?;
+            self.store(&channel, batch, shutdown).await?;
         }
     }
 
@@ -172,12 +235,15 @@ impl ClickConsumer {
     /// whole prefetch window is in hand (the broker sends nothing more
     /// before an ack, so waiting longer would only delay the batch). Whole
     /// messages only, so a batch may pass `batch_max` by one message's
-    /// clicks. `None` on shutdown.
-    async fn next_batch(
+    /// clicks. Each message is enriched and copied into the batch's open
+    /// transaction as it arrives ([`store::CopyStream`]), so the batch's
+    /// work is spread over its gathering. `None` on shutdown.
+    async fn gather(
         &self,
+        channel: &Channel,
         deliveries: &mut Consumer,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Option<Vec<Received>>> {
+    ) -> anyhow::Result<Option<Gathering<'_>>> {
         let first = tokio::select! {
             next = deliveries.next() => match next {
                 Some(d) => Received::decode(d?),
@@ -185,17 +251,33 @@ impl ClickConsumer {
             },
             () = shutdown.cancelled() => return Ok(None),
         };
-        let mut clicks = first.weight();
-        let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.batch_max_wait;
-        while clicks < self.batch_max && batch.len() < usize::from(self.prefetch) {
+        // PostgreSQL down or slow: no stream; `store` writes the batch when
+        // it closes, retrying as it always did.
+        let stream = match store::CopyStream::open(&self.pool, self.db_timeout).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), "no click COPY for this batch");
+                None
+            }
+        };
+        let mut batch = Gathering {
+            pending: Pending::default(),
+            enricher: Enricher::new(
+                chrono::Utc::now(),
+                &self.visitor_secret,
+                self.geoip.as_deref(),
+            ),
+            exchange: &self.exchange,
+            stream,
+            messages: 0,
+            weight: 0,
+        };
+        batch.take(channel, first).await?;
+        while batch.weight < self.batch_max && batch.messages < usize::from(self.prefetch) {
             let until = deadline.min(tokio::time::Instant::now() + self.batch_quiet);
             match tokio::time::timeout_at(until, deliveries.next()).await {
-                Ok(Some(d)) => {
-                    let received = Received::decode(d?);
-                    clicks += received.weight();
-                    batch.push(received);
-                }
+                Ok(Some(d)) => batch.take(channel, Received::decode(d?)).await?,
                 Ok(None) => anyhow::bail!("the broker closed the consumer"),
                 Err(_) => break,
             }
@@ -203,58 +285,42 @@ impl ClickConsumer {
         Ok(Some(batch))
     }
 
-    async fn process(
+    /// Commits a gathered batch (its own transaction, or, if that did not
+    /// commit, the whole batch again by [`store::write_batch`]), then
+    /// acknowledges it.
+    async fn store(
         &self,
         channel: &Channel,
-        batch: Vec<Received>,
+        batch: Gathering<'_>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let capacity = batch.iter().map(Received::weight).sum();
-        let mut pending = Pending {
-            clicks: Vec::with_capacity(capacity),
-            tags: Vec::with_capacity(capacity),
-            _spans: Vec::with_capacity(capacity),
-        };
-        let mut enricher = Enricher::new(
-            chrono::Utc::now(),
-            &self.visitor_secret,
-            self.geoip.as_deref(),
-        );
-        for received in batch {
-            let (tag, weight) = (received.tag, received.weight());
-            // Every click of a message is stored, or the message is poison.
-            let clicks: Option<Vec<(Click, String)>> = received.events.and_then(|events| {
-                events
-                    .into_iter()
-                    .map(|mut event| {
-                        let traceparent = std::mem::take(&mut event.traceparent);
-                        enricher
-                            .enrich_owned(event)
-                            .map(|click| (click, traceparent))
-                    })
-                    .collect()
-            });
-            match clicks {
-                Some(clicks) if !clicks.is_empty() => {
-                    for (click, traceparent) in clicks {
-                        pending
-                            ._spans
-                            .push(process_span(&self.exchange, &traceparent, &click));
-                        pending.tags.push(tag);
-                        pending.clicks.push(click);
-                    }
-                }
-                Some(_) => reject(channel, tag, 0, "an empty click batch").await?,
-                None => reject(channel, tag, weight, "undecodable or invalid click").await?,
-            }
-        }
+        let Gathering {
+            pending, stream, ..
+        } = batch;
         if pending.clicks.is_empty() {
             return Ok(());
         }
         let clicks = &pending.clicks;
+        let mut streamed = match stream {
+            Some(stream) => match stream.commit(clicks).await {
+                Ok(stored) => Some(stored),
+                Err(e) => {
+                    tracing::debug!(
+                        error = format!("{e:#}"),
+                        "the streamed batch did not commit; storing it again"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let mut backoff = Backoff::reconnect();
         loop {
-            match store::write_batch(&self.pool, clicks, self.db_timeout).await {
+            let written = match streamed.take() {
+                Some(stored) => Ok(stored),
+                None => store::write_batch(&self.pool, clicks, self.db_timeout).await,
+            };
+            match written {
                 Ok(stored) => {
                     let new = stored.new;
                     self.announce(stored);

@@ -4,7 +4,9 @@
 //! A batch is one transaction: raw clicks are copied in (the primary key
 //! refuses any already stored, and the batch is then inserted again with
 //! ON CONFLICT DO NOTHING), and only the rows actually inserted feed the
-//! rollups, so a redelivered click never counts twice.
+//! rollups, so a redelivered click never counts twice. The consumer copies
+//! each message in as it arrives ([`CopyStream`]) and falls back to
+//! [`write_batch`] for the whole batch if that transaction cannot commit.
 
 use std::{
     borrow::Cow,
@@ -12,9 +14,14 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
-use deadpool_postgres::Pool;
-use tokio_postgres::{binary_copy::BinaryCopyInWriter, error::SqlState, types::Type};
+use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::{
+    binary_copy::BinaryCopyInWriter,
+    error::SqlState,
+    types::{ToSql, Type},
+};
 
 use crate::enrich::Click;
 
@@ -234,53 +241,148 @@ async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteE
 /// The columns of a raw click, in the order both writes use.
 const CLICK_COLUMNS: &str = "occurred_at, event_id, code, owner, is_bot, referrer_host, browser, os, device, country, visitor, rule";
 
+/// The raw-click COPY, in [`CLICK_COLUMNS`] order, binary.
+fn copy_statement() -> String {
+    format!("COPY clicks ({CLICK_COLUMNS}) FROM STDIN (FORMAT binary)")
+}
+
+/// The COPY's column types, in [`CLICK_COLUMNS`] order.
+const CLICK_TYPES: [Type; 12] = [
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BOOL,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::INT2,
+];
+
+/// One click as a COPY row, in [`CLICK_COLUMNS`] order.
+fn copy_row(c: &Click) -> [&(dyn ToSql + Sync); 12] {
+    [
+        &c.occurred_at,
+        &c.event_id,
+        &c.code,
+        &c.owner,
+        &c.is_bot,
+        &c.referrer_host,
+        &c.browser,
+        &c.os,
+        &c.device,
+        &c.country,
+        &c.visitor,
+        &c.rule,
+    ]
+}
+
 /// Every click by binary COPY; fails (unique violation) if any is stored
 /// already or repeats within `clicks`.
 async fn copy_clicks(
     tx: &deadpool_postgres::Transaction<'_>,
     clicks: &[Click],
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx
-        .copy_in(&format!(
-            "COPY clicks ({CLICK_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let types = [
-        Type::TIMESTAMPTZ,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::BOOL,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::BYTEA,
-        Type::INT2,
-    ];
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    let sink = tx.copy_in(&copy_statement()).await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &CLICK_TYPES));
     for c in clicks {
-        writer
-            .as_mut()
-            .write(&[
-                &c.occurred_at,
-                &c.event_id,
-                &c.code,
-                &c.owner,
-                &c.is_bot,
-                &c.referrer_host,
-                &c.browser,
-                &c.os,
-                &c.device,
-                &c.country,
-                &c.visitor,
-                &c.rule,
-            ])
-            .await?;
+        writer.as_mut().write(&copy_row(c)).await?;
     }
     writer.finish().await?;
     Ok(())
+}
+
+/// A batch written while it is gathered: one transaction whose COPY takes
+/// each message's clicks as the message arrives, then the rollups and the
+/// commit when the batch closes. PostgreSQL's work for the raw rows is
+/// thereby spread over the batch's second instead of arriving at once
+/// when it closes, where it made every redirect of the moment wait behind
+/// it on a shared machine (the fixed-rate tail, BENCHMARKS.md).
+///
+/// A fast path only, like [`write_batch`]'s COPY: any failure (a click
+/// already stored, a broken connection, a deadline) abandons it, which
+/// closes its connection and so rolls the transaction back, and the
+/// caller stores the batch with [`write_batch`], whose primary key makes
+/// the count exact whichever way the batch went.
+pub struct CopyStream {
+    /// `None` once committed (the connection went back to the pool).
+    client: Option<deadpool_postgres::Object>,
+    writer: std::pin::Pin<Box<BinaryCopyInWriter>>,
+    timeout: Duration,
+}
+
+impl CopyStream {
+    /// Begins the transaction and its COPY, within `timeout`.
+    pub async fn open(pool: &Pool, timeout: Duration) -> anyhow::Result<Self> {
+        let opening = async {
+            let client = pool.get().await?;
+            client.batch_execute("BEGIN").await?;
+            let sink = client.copy_in(&copy_statement()).await?;
+            anyhow::Ok(Self {
+                client: Some(client),
+                writer: Box::pin(BinaryCopyInWriter::new(sink, &CLICK_TYPES)),
+                timeout,
+            })
+        };
+        tokio::time::timeout(timeout, opening)
+            .await
+            .map_err(|_| anyhow::anyhow!("opening a click COPY took longer than {timeout:?}"))?
+    }
+
+    /// Copies `clicks` in, within the stream's timeout.
+    pub async fn write(&mut self, clicks: &[Click]) -> anyhow::Result<()> {
+        let writing = async {
+            for c in clicks {
+                self.writer.as_mut().write(&copy_row(c)).await?;
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(self.timeout, writing)
+            .await
+            .map_err(|_| anyhow::anyhow!("copying {} clicks took too long", clicks.len()))?
+    }
+
+    /// Ends the COPY, adds every click of `clicks` (all that were written,
+    /// in any order) to the rollups and commits, within the timeout.
+    pub async fn commit(mut self, clicks: &[Click]) -> anyhow::Result<Stored> {
+        let timeout = self.timeout;
+        let committing = async {
+            self.writer.as_mut().finish().await?;
+            let client = self
+                .client
+                .as_ref()
+                .context("the stream has no connection")?;
+            let all: Vec<&Click> = clicks.iter().collect();
+            write_rollups(client, &rollups(all.iter().copied())).await?;
+            client.batch_execute("COMMIT").await?;
+            anyhow::Ok(Stored {
+                new: clicks.len(),
+                counted: human_counts(&all),
+            })
+        };
+        let stored = tokio::time::timeout(timeout, committing)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("committing a click COPY took longer than {timeout:?}")
+            })??;
+        // Committed: the connection is clean and goes back to the pool.
+        self.client = None;
+        metrics::counter!("shortfleet_click_batches_total", "path" => "stream").increment(1);
+        Ok(stored)
+    }
+}
+
+impl Drop for CopyStream {
+    /// Not committed: the connection is closed rather than pooled, which
+    /// ends the COPY and rolls the transaction back on the server.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
 }
 
 /// Inserts the clicks not stored yet; their event ids.
@@ -338,7 +440,7 @@ pub fn human_counts(fresh: &[&Click]) -> BTreeMap<(String, String), u64> {
 }
 
 async fn write_rollups(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl GenericClient,
     r: &Rollups<'_>,
 ) -> Result<(), tokio_postgres::Error> {
     // One array per column (a pass over the batch's rollup rows each:
@@ -437,7 +539,7 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "shortfleet_click_batches_total",
         metrics::Unit::Count,
-        "Click batches stored, by path: copy (all new, one COPY) or dedupe (some already stored: inserted again skipping those)."
+        "Click batches stored, by path: stream (all new, copied as its messages arrived), copy (all new, one COPY) or dedupe (some already stored: inserted again skipping those)."
     );
 }
 

@@ -87,6 +87,70 @@ async fn each_click_counts_once_whichever_path_its_batch_took() {
     db.remove().await;
 }
 
+/// A batch copied message by message in its own transaction counts like
+/// one written at once; one that meets a click already stored does not
+/// commit, leaves nothing behind, and its batch is then stored by
+/// `write_batch`, counting only what is new. Abandoned without a commit,
+/// a stream leaves nothing either, and its connection is not reused.
+#[tokio::test]
+async fn a_streamed_batch_counts_once_and_a_failed_one_leaves_nothing() {
+    let db = TestDatabase::fresh();
+    let pool = migrated(&db).await;
+    let timeout = Duration::from_secs(10);
+    let raw = || async {
+        let client = db.client().await;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM clicks WHERE code = $1", &[&CODE])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+
+    // Two messages, copied as they come, committed with their rollups.
+    let batch = vec![click("a", 1), click("b", 2), click("c", 3)];
+    let mut stream = store::CopyStream::open(&pool, timeout).await.unwrap();
+    stream.write(&batch[..2]).await.unwrap();
+    assert_eq!(raw().await, 0, "nothing is visible before the commit");
+    stream.write(&batch[2..]).await.unwrap();
+    let stored = stream.commit(&batch).await.unwrap();
+    assert_eq!(stored.new, 3);
+    assert_eq!(stored.counted[&("alice".into(), CODE.into())], 3);
+    assert_eq!(raw().await, 3);
+
+    // A redelivered click in the next batch: the stream does not commit…
+    let next = vec![click("d", 4), click("b", 2)];
+    let mut stream = store::CopyStream::open(&pool, timeout).await.unwrap();
+    // (the server may report the duplicate now or only at the commit)
+    let copied = stream.write(&next).await;
+    let committed = match copied {
+        Ok(()) => stream.commit(&next).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(
+        committed.is_err(),
+        "a click already stored refuses the stream"
+    );
+    assert_eq!(raw().await, 3, "and leaves nothing behind");
+    // …and the batch stored again whole counts only the new click.
+    let again = store::write_batch(&pool, &next, timeout).await.unwrap();
+    assert_eq!(again.new, 1);
+
+    // Dropped mid-batch (a failure elsewhere, shutdown): nothing stored.
+    let mut stream = store::CopyStream::open(&pool, timeout).await.unwrap();
+    stream.write(&[click("e", 5)]).await.unwrap();
+    drop(stream);
+    assert_eq!(raw().await, 4);
+
+    let ten = Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
+    let hours = store::hourly(&pool, CODE, None, ten, ten + TimeDelta::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(hours, vec![(ten, 4, 0)], "a to d, once each");
+    pool.close();
+    db.remove().await;
+}
+
 /// The rows of each rollup table as (key, heap page).
 async fn rollup_pages(client: &tokio_postgres::Client) -> Vec<(String, String, u32)> {
     let mut pages = Vec::new();
