@@ -759,6 +759,31 @@ mod tests {
     };
     use chrono::{DurationRound, TimeDelta, TimeZone};
 
+    #[tokio::test]
+    async fn the_pacer_pauses_before_each_statement_as_long_as_the_last_took() {
+        let mut pacer = Pacer::new();
+        let mut spans = Vec::new();
+        for work in [30, 10, 20] {
+            let span = pacer
+                .run(async {
+                    let started = tokio::time::Instant::now();
+                    tokio::time::sleep(Duration::from_millis(work)).await;
+                    (started, tokio::time::Instant::now())
+                })
+                .await;
+            spans.push(span);
+        }
+        for pair in spans.windows(2) {
+            let ((started, ended), (next, _)) = (pair[0], pair[1]);
+            assert!(
+                next - ended >= ended - started,
+                "paused {:?} after a statement of {:?}",
+                next - ended,
+                ended - started
+            );
+        }
+    }
+
     #[test]
     fn live_counts_are_new_human_clicks_per_owner_and_code() {
         let t = Utc::now();

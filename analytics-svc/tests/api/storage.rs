@@ -29,6 +29,16 @@ fn click(id: &str, minute: i64) -> Click {
     }
 }
 
+/// Raw clicks stored for [`CODE`].
+async fn raw_clicks(db: &TestDatabase) -> i64 {
+    let client = db.client().await;
+    client
+        .query_one("SELECT count(*) FROM clicks WHERE code = $1", &[&CODE])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// A pool on `db` with the analytics schema in place.
 async fn migrated(db: &TestDatabase) -> deadpool_postgres::Pool {
     postgres::open(db.url(), 2, Duration::from_secs(5), MIGRATIONS)
@@ -75,14 +85,7 @@ async fn each_click_counts_once_whichever_path_its_batch_took() {
         .await
         .unwrap();
     assert_eq!(hours, vec![(ten, 6, 0)], "a to f, once each");
-    let client = db.client().await;
-    let raw: i64 = client
-        .query_one("SELECT count(*) FROM clicks WHERE code = $1", &[&CODE])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(raw, 6);
-    drop(client);
+    assert_eq!(raw_clicks(&db).await, 6);
     pool.close();
     db.remove().await;
 }
@@ -97,15 +100,7 @@ async fn a_streamed_batch_counts_once_and_a_failed_one_leaves_nothing() {
     let db = TestDatabase::fresh();
     let pool = migrated(&db).await;
     let timeout = Duration::from_secs(10);
-    let raw = || async {
-        let client = db.client().await;
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM clicks WHERE code = $1", &[&CODE])
-            .await
-            .unwrap()
-            .get(0);
-        n
-    };
+    let raw = || raw_clicks(&db);
 
     // Two messages, copied as they come, committed with their rollups.
     let batch = vec![click("a", 1), click("b", 2), click("c", 3)];
@@ -221,6 +216,57 @@ async fn counting_a_link_again_keeps_its_rollup_rows_on_their_pages() {
         .await
         .unwrap();
     assert_eq!(hours, vec![(ten, 2, 0)], "two batches, one click each");
+    drop(client);
+    pool.close();
+    db.remove().await;
+}
+
+/// Rollups are written in chunks of rows (paced): a batch over more links
+/// than a chunk holds still adds every click to its link's hour, day and
+/// dimensions exactly once, whichever chunk its rows fell in.
+#[tokio::test]
+async fn a_batch_over_more_links_than_a_rollup_chunk_counts_every_click_once() {
+    let db = TestDatabase::fresh();
+    let pool = migrated(&db).await;
+    let links = 2_345;
+    let codes: Vec<String> = (0..links).map(|i| format!("chunk{i:05}")).collect();
+    // Two clicks per link, in two minutes of the same hour.
+    let batch: Vec<Click> = (0..2 * links)
+        .map(|i| Click {
+            code: codes[i % links].clone(),
+            ..click(&format!("ev{i}"), (i / links) as i64)
+        })
+        .collect();
+    let stored = store::write_batch(&pool, &batch, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(stored.new, 2 * links);
+
+    let client = db.client().await;
+    for (table, column) in [
+        ("rollup_hourly", "clicks"),
+        ("rollup_daily", "clicks"),
+        ("rollup_dimensions WHERE dimension = 'browser'", "clicks"),
+    ] {
+        let row = client
+            .query_one(
+                &format!("SELECT count(*), sum({column})::int8, min({column}), max({column}) FROM {table}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let (rows, sum, min, max): (i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!(rows, links as i64, "{table}: one row per link");
+        assert_eq!(sum, 2 * links as i64, "{table}: every click once");
+        assert_eq!((min, max), (2, 2), "{table}: two clicks on each link");
+    }
+    let visitors: i64 = client
+        .query_one("SELECT count(*) FROM visitors_daily", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(visitors, 2 * links as i64, "two visitors on each link");
     drop(client);
     pool.close();
     db.remove().await;
