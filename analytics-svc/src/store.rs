@@ -207,14 +207,10 @@ async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteE
     let tx = client.transaction().await?;
     match copy_clicks(&tx, clicks).await {
         Ok(()) => {
-            let all: Vec<&Click> = clicks.iter().collect();
-            write_rollups(&tx, &rollups(all.iter().copied())).await?;
+            let stored = roll_up(&tx, &clicks.iter().collect::<Vec<_>>()).await?;
             tx.commit().await?;
             metrics::counter!("shortfleet_click_batches_total", "path" => "copy").increment(1);
-            return Ok(Stored {
-                new: clicks.len(),
-                counted: human_counts(&all),
-            });
+            return Ok(stored);
         }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tx.rollback().await?;
@@ -230,11 +226,21 @@ async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteE
         .iter()
         .filter(|c| new.contains(c.event_id.as_str()) && seen.insert(c.event_id.as_str()))
         .collect();
-    write_rollups(&tx, &rollups(fresh.iter().copied())).await?;
+    let stored = roll_up(&tx, &fresh).await?;
     tx.commit().await?;
+    Ok(stored)
+}
+
+/// Adds `fresh` (clicks just stored, each once) to the rollups, in the
+/// caller's transaction: what they add.
+async fn roll_up(
+    client: &impl GenericClient,
+    fresh: &[&Click],
+) -> Result<Stored, tokio_postgres::Error> {
+    write_rollups(client, &rollups(fresh.iter().copied())).await?;
     Ok(Stored {
         new: fresh.len(),
-        counted: human_counts(&fresh),
+        counted: human_counts(fresh),
     })
 }
 
@@ -288,10 +294,19 @@ async fn copy_clicks(
 ) -> Result<(), tokio_postgres::Error> {
     let sink = tx.copy_in(&copy_statement()).await?;
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &CLICK_TYPES));
+    copy_rows(writer.as_mut(), clicks).await?;
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Writes `clicks` as rows of an open binary COPY.
+async fn copy_rows(
+    mut writer: std::pin::Pin<&mut BinaryCopyInWriter>,
+    clicks: &[Click],
+) -> Result<(), tokio_postgres::Error> {
     for c in clicks {
         writer.as_mut().write(&copy_row(c)).await?;
     }
-    writer.finish().await?;
     Ok(())
 }
 
@@ -334,15 +349,10 @@ impl CopyStream {
 
     /// Copies `clicks` in, within the stream's timeout.
     pub async fn write(&mut self, clicks: &[Click]) -> anyhow::Result<()> {
-        let writing = async {
-            for c in clicks {
-                self.writer.as_mut().write(&copy_row(c)).await?;
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(self.timeout, writing)
+        tokio::time::timeout(self.timeout, copy_rows(self.writer.as_mut(), clicks))
             .await
             .map_err(|_| anyhow::anyhow!("copying {} clicks took too long", clicks.len()))?
+            .map_err(Into::into)
     }
 
     /// Ends the COPY, adds every click of `clicks` (all that were written,
@@ -355,13 +365,9 @@ impl CopyStream {
                 .client
                 .as_ref()
                 .context("the stream has no connection")?;
-            let all: Vec<&Click> = clicks.iter().collect();
-            write_rollups(client, &rollups(all.iter().copied())).await?;
+            let stored = roll_up(client, &clicks.iter().collect::<Vec<_>>()).await?;
             client.batch_execute("COMMIT").await?;
-            anyhow::Ok(Stored {
-                new: clicks.len(),
-                counted: human_counts(&all),
-            })
+            anyhow::Ok(stored)
         };
         let stored = tokio::time::timeout(timeout, committing)
             .await
