@@ -18,7 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::{
-    config::Config, consumer::ClickConsumer, geoip::GeoIp, migrations::MIGRATIONS, partitions,
+    config::Config,
+    consumer::ClickConsumer,
+    fold::{FoldNudge, Folder},
+    geoip::GeoIp,
+    migrations::MIGRATIONS,
+    partitions,
     service::AnalyticsService,
 };
 
@@ -52,6 +57,7 @@ impl Service for App {
         let health = Health::new();
         crate::consumer::describe_metrics();
         crate::store::describe_metrics();
+        crate::fold::describe_metrics();
         crate::geoip::describe_metrics();
         health.register("postgres", true);
         // Not critical: stats are served while clicks wait in RabbitMQ.
@@ -99,6 +105,18 @@ impl Service for App {
             rx: counts_rx,
         };
         background.spawn(|stop| publisher.run(stop));
+        // Background work stops once the server drained, after the
+        // consumer's shutdown signal: its last fold comes after the last
+        // batches as a rule. Anything still pending is folded at the next
+        // start, or by another replica.
+        let nudge = FoldNudge::default();
+        let folder = Folder {
+            pool: self.pool.clone(),
+            every: c.rollup_fold_every,
+            timeout: c.db_timeout,
+            nudge: nudge.clone(),
+        };
+        background.spawn(|stop| folder.run(stop));
         // The consumer stops with the shutdown signal: a batch in hand is
         // either committed and acked, or left unacked for redelivery.
         let consumer = ClickConsumer {
@@ -115,6 +133,7 @@ impl Service for App {
             db_timeout: c.db_timeout,
             health: self.health.clone(),
             counts,
+            fold: nudge,
         };
         let stop_consuming = shutdown.clone();
         background.spawn(|_| consumer.run(stop_consuming));

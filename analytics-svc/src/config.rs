@@ -30,6 +30,9 @@ pub struct Config {
     pub batch_max_wait: Duration,
     /// A batch is also written once no message came for this long.
     pub batch_quiet: Duration,
+    /// How often stored batches' rollup increments are folded into the
+    /// rollups while clicks flow (at once when the flow pauses).
+    pub rollup_fold_every: Duration,
     /// Raw click partitions older than this are dropped (rollups stay).
     pub retention_days: u32,
     /// Secret mixed into the daily salt of visitor hashes.
@@ -92,6 +95,12 @@ impl Config {
             batch_max: r.get("SHORTFLEET_BATCH_MAX", 50_000),
             batch_max_wait: r.millis("SHORTFLEET_BATCH_MAX_WAIT_MS", 1_000),
             batch_quiet: r.millis("SHORTFLEET_BATCH_QUIET_MS", 250),
+            // Each fold upserts every rollup row touched since the last
+            // once, however many batches touched it: five seconds' worth
+            // at a time upserts a fifth of what every batch did on its own
+            // (BENCHMARKS.md, twelfth session), and stats trail busy links
+            // by at most that.
+            rollup_fold_every: r.millis("SHORTFLEET_ROLLUP_FOLD_MS", 5_000),
             retention_days: r.get("SHORTFLEET_RETENTION_DAYS", 400),
             visitor_secret: Secret::new(
                 r.string("SHORTFLEET_VISITOR_SECRET", "shortfleet-dev-visitor-secret"),
@@ -109,6 +118,9 @@ impl Config {
                 "SHORTFLEET_BATCH_MAX",
                 "batch size and prefetch must be positive",
             );
+        }
+        if config.rollup_fold_every.is_zero() {
+            r.invalid("SHORTFLEET_ROLLUP_FOLD_MS", "must be positive");
         }
         if config.retention_days < 2 {
             r.invalid("SHORTFLEET_RETENTION_DAYS", "must be at least 2");

@@ -62,6 +62,9 @@ pub struct ClickConsumer {
     /// Where the new clicks of each stored batch are announced (live
     /// dashboards); best effort, never waited on.
     pub counts: CountsSender,
+    /// Told when a stored batch closed because the flow paused, so its
+    /// rollups are folded at once rather than at the next interval.
+    pub fold: crate::fold::FoldNudge,
 }
 
 /// A delivery and the clicks in it, decoded; `events` is `None` for a body
@@ -127,6 +130,9 @@ struct Gathering<'a> {
     messages: usize,
     /// Clicks received, a poison message counting one.
     weight: usize,
+    /// Closed because no message came for `batch_quiet`, not because it
+    /// was full or had waited `batch_max_wait`.
+    flow_paused: bool,
 }
 
 impl Gathering<'_> {
@@ -272,14 +278,18 @@ impl ClickConsumer {
             stream,
             messages: 0,
             weight: 0,
+            flow_paused: false,
         };
         batch.take(channel, first).await?;
         while batch.weight < self.batch_max && batch.messages < usize::from(self.prefetch) {
-            let until = deadline.min(tokio::time::Instant::now() + self.batch_quiet);
-            match tokio::time::timeout_at(until, deliveries.next()).await {
+            let quiet_until = tokio::time::Instant::now() + self.batch_quiet;
+            match tokio::time::timeout_at(deadline.min(quiet_until), deliveries.next()).await {
                 Ok(Some(d)) => batch.take(channel, Received::decode(d?)).await?,
                 Ok(None) => anyhow::bail!("the broker closed the consumer"),
-                Err(_) => break,
+                Err(_) => {
+                    batch.flow_paused = quiet_until < deadline;
+                    break;
+                }
             }
         }
         Ok(Some(batch))
@@ -295,7 +305,10 @@ impl ClickConsumer {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let Gathering {
-            pending, stream, ..
+            pending,
+            stream,
+            flow_paused,
+            ..
         } = batch;
         if pending.clicks.is_empty() {
             return Ok(());
@@ -340,7 +353,11 @@ impl ClickConsumer {
                 }
                 Err(WriteError::Refused(e)) => {
                     tracing::warn!(error = %e, "a batch was refused; storing its clicks one by one");
-                    return self.store_one_by_one(channel, pending).await;
+                    let stored = self.store_one_by_one(channel, pending).await;
+                    if flow_paused {
+                        self.fold.flow_paused();
+                    }
+                    return stored;
                 }
                 Err(WriteError::Unavailable(e)) => {
                     self.health.set("postgres", false);
@@ -370,6 +387,9 @@ impl ClickConsumer {
             channel.basic_ack(last, BasicAckOptions { multiple: true }),
         )
         .await?;
+        if flow_paused {
+            self.fold.flow_paused();
+        }
         Ok(())
     }
 

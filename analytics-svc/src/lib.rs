@@ -6,7 +6,8 @@
 //! - [`app`]: wiring and drain. [`service`]: the `Analytics` gRPC service.
 //! - [`consumer`]: manual-ack batch consumption, poison handling, retries.
 //! - [`enrich`]: what a click event becomes before it is stored.
-//! - [`store`]: idempotent batch writes, rollups and stats queries.
+//! - [`store`]: idempotent batch writes, rollup upserts and stats queries.
+//! - [`fold`]: rollup increments left pending by each batch, folded in later.
 //! - [`agent`]: user agent and referrer classification, bot detection.
 //! - [`geoip`]: country of a client IP from a MaxMind DB file, if configured.
 //! - [`partitions`]: daily partitions ahead, retention behind.
@@ -19,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod enrich;
+pub mod fold;
 pub mod migrations;
 pub mod partitions;
 pub mod service;

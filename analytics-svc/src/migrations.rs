@@ -183,4 +183,22 @@ ALTER TABLE rollup_daily SET (fillfactor = 40);
 ALTER TABLE rollup_dimensions SET (fillfactor = 40);
 "#,
     },
+    Migration {
+        version: 6,
+        name: "rollup increments pending until folded",
+        sql: r#"
+-- What each stored batch adds to the rollups, written with its raw clicks
+-- and folded into the rollup tables a few seconds later, many batches at
+-- once, by the transaction that deletes the row (src/fold.rs). `delta` is
+-- protobuf, kept out of line uncompressed: each row is read once and
+-- deleted, so compressing it would spend CPU on nothing that lasts.
+CREATE TABLE rollup_pending (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    stored_at timestamptz NOT NULL DEFAULT now(),
+    clicks    bigint NOT NULL,
+    delta     bytea NOT NULL
+);
+ALTER TABLE rollup_pending ALTER COLUMN delta SET STORAGE EXTERNAL;
+"#,
+    },
 ];

@@ -1,11 +1,13 @@
-//! The analytics database: batched, idempotent writes of clicks and their
-//! rollups, and the queries behind the stats endpoints.
+//! The analytics database: batched, idempotent writes of clicks, the
+//! rollup upserts, and the queries behind the stats endpoints.
 //!
 //! A batch is one transaction: raw clicks are copied in (the primary key
 //! refuses any already stored, and the batch is then inserted again with
 //! ON CONFLICT DO NOTHING), and only the rows actually inserted feed the
-//! rollups, so a redelivered click never counts twice. The consumer copies
-//! each message in as it arrives ([`CopyStream`]) and falls back to
+//! rollups, so a redelivered click never counts twice. What they add to
+//! the rollups is left pending in the same transaction and folded in a few
+//! seconds later, many batches at once ([`crate::fold`]). The consumer
+//! copies each message in as it arrives ([`CopyStream`]) and falls back to
 //! [`write_batch`] for the whole batch if that transaction cannot commit.
 
 use std::{
@@ -53,6 +55,9 @@ pub type HourKey<'a> = (&'a str, DateTime<Utc>, i16);
 
 /// A link's day, rule, dimension and value: (code, day, rule, dimension, value).
 pub type DimensionKey<'a> = (&'a str, NaiveDate, i16, &'static str, Cow<'a, str>);
+
+/// The dimensions of [`DimensionKey`], by the names stats report them under.
+pub const DIMENSIONS: [&str; 6] = ["referrer", "browser", "os", "device", "country", "rule"];
 
 /// A human visitor of a link on a day, by rule: (code, day, rule, visitor).
 pub type VisitorKey<'a> = (&'a str, NaiveDate, i16, &'a [u8]);
@@ -231,13 +236,13 @@ async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteE
     Ok(stored)
 }
 
-/// Adds `fresh` (clicks just stored, each once) to the rollups, in the
-/// caller's transaction: what they add.
+/// Leaves what `fresh` (clicks just stored, each once) adds to the rollups
+/// pending, in the caller's transaction ([`crate::fold`]): what they add.
 async fn roll_up(
     client: &impl GenericClient,
     fresh: &[&Click],
 ) -> Result<Stored, tokio_postgres::Error> {
-    write_rollups(client, &rollups(fresh.iter().copied())).await?;
+    crate::fold::pend(client, &rollups(fresh.iter().copied()), fresh.len()).await?;
     Ok(Stored {
         new: fresh.len(),
         counted: human_counts(fresh),
@@ -445,17 +450,17 @@ pub fn human_counts(fresh: &[&Click]) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
-/// Rollup rows per statement. A batch touches about seven rollup rows per
-/// link it clicked (hour, day, five dimension values, visitors); with
-/// 1,000 busy links that is ~7,000 upserts at ~6 µs each, which as one
+/// Rollup rows per statement. A fold touches about seven rollup rows per
+/// link clicked since the last (hour, day, five dimension values,
+/// visitors); with 1,000 busy links that is ~7,000 upserts at ~6 µs each, which as one
 /// statement per table took PostgreSQL's backend 40–50 ms of one core in
 /// one go, while every redirect on the machine waited behind it
 /// (BENCHMARKS.md, eleventh session). Chunks let [`Pacer`] spread it.
 const ROLLUP_CHUNK: usize = 1_000;
 
-/// Keeps a batch's rollup statements to about half of one core of
+/// Keeps a fold's rollup statements to about half of one core of
 /// PostgreSQL while they run: before each statement but the first it
-/// pauses as long as the previous one took. The batch's transaction lasts
+/// pauses as long as the previous one took. The fold's transaction lasts
 /// that much longer (tens of milliseconds); nothing else waits on it, and
 /// the work itself is unchanged.
 struct Pacer {
@@ -479,7 +484,8 @@ impl Pacer {
     }
 }
 
-async fn write_rollups(
+/// Adds `r` to the rollup tables, in the caller's transaction.
+pub(crate) async fn write_rollups(
     tx: &impl GenericClient,
     r: &Rollups<'_>,
 ) -> Result<(), tokio_postgres::Error> {

@@ -1095,7 +1095,9 @@ fn alternating(rounds: usize) -> impl Iterator<Item = bool> {
 }
 
 /// Waits (at most 60 s) until the click pipeline is idle: the gateway's
-/// buffer is empty and analytics-svc stored nothing new for 500 ms. Each
+/// buffer is empty, analytics-svc stored nothing new for 500 ms and has
+/// folded every stored batch into the rollups (so the pipeline's CPU
+/// includes the fold, and stats are complete). Each
 /// round then starts on a quiet machine instead of paying for the previous
 /// fleet round's backlog (which once made the baseline look 40 % slower).
 async fn settle(fleet: &Fleet) {
@@ -1117,7 +1119,12 @@ async fn settle(fleet: &Fleet) {
                 .await
                 .unwrap_or(0.0);
         }
-        quiet_polls = if buffered == 0.0 && seen == last {
+        // Absent (a build before folding): nothing ever waits.
+        let unfolded = fleet
+            .metric("analytics-svc", "shortfleet_rollup_pending_batches", &[])
+            .await
+            .unwrap_or(0.0);
+        quiet_polls = if buffered == 0.0 && unfolded == 0.0 && seen == last {
             quiet_polls + 1
         } else {
             0

@@ -1,10 +1,11 @@
 //! How a batch reaches PostgreSQL: all new clicks by COPY; a batch holding
 //! a click already stored, or one click twice, rolled back and inserted
-//! again skipping those. Either way each click counts once.
+//! again skipping those. Either way each click counts once, in the rollups
+//! once its batch's increments are folded in.
 
 use std::time::Duration;
 
-use analytics_svc::{enrich::Click, migrations::MIGRATIONS, store};
+use analytics_svc::{enrich::Click, fold, migrations::MIGRATIONS, store};
 use chrono::{TimeDelta, TimeZone, Utc};
 use shortfleet_common::postgres;
 use shortfleet_testkit::TestDatabase;
@@ -80,6 +81,7 @@ async fn each_click_counts_once_whichever_path_its_batch_took() {
     assert_eq!(again.new, 0);
     assert!(again.counted.is_empty());
 
+    fold_everything(&pool).await;
     let ten = Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
     let hours = store::hourly(&pool, CODE, None, ten, ten + TimeDelta::hours(1))
         .await
@@ -137,6 +139,7 @@ async fn a_streamed_batch_counts_once_and_a_failed_one_leaves_nothing() {
     drop(stream);
     assert_eq!(raw().await, 4);
 
+    fold_everything(&pool).await;
     let ten = Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
     let hours = store::hourly(&pool, CODE, None, ten, ten + TimeDelta::hours(1))
         .await
@@ -165,7 +168,7 @@ async fn rollup_pages(client: &tokio_postgres::Client) -> Vec<(String, String, u
     pages
 }
 
-/// Each batch updates every rollup row it touches. With room on the row's
+/// Each fold updates every rollup row it touches. With room on the row's
 /// page the new version stays there (a HOT update: no new index entries, the
 /// old version pruned with the page); on full pages it moves, as every row
 /// did before the rollup tables were filled to 40 %.
@@ -186,6 +189,7 @@ async fn counting_a_link_again_keeps_its_rollup_rows_on_their_pages() {
     store::write_batch(&pool, &batch(1), Duration::from_secs(10))
         .await
         .unwrap();
+    fold_everything(&pool).await;
     let client = db.client().await;
     let before = rollup_pages(&client).await;
     let spread: std::collections::HashSet<_> = before
@@ -194,13 +198,14 @@ async fn counting_a_link_again_keeps_its_rollup_rows_on_their_pages() {
         .collect();
     assert!(spread.len() > 6, "the rows span several pages: {spread:?}");
 
-    // One more batch: every row gets a new version. The one before it is
-    // pruned only once no snapshot anywhere in the cluster can see it, which
-    // a concurrent test's transaction may delay; so a single update round,
-    // which needs only the room, not the pruning.
+    // One more batch, folded: every row gets a new version. The one before
+    // it is pruned only once no snapshot anywhere in the cluster can see it,
+    // which a concurrent test's transaction may delay; so a single update
+    // round, which needs only the room, not the pruning.
     store::write_batch(&pool, &batch(2), Duration::from_secs(10))
         .await
         .unwrap();
+    fold_everything(&pool).await;
     let after = rollup_pages(&client).await;
     assert_eq!(after.len(), before.len());
     let moved: Vec<_> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
@@ -241,6 +246,7 @@ async fn a_batch_over_more_links_than_a_rollup_chunk_counts_every_click_once() {
         .await
         .unwrap();
     assert_eq!(stored.new, 2 * links);
+    fold_everything(&pool).await;
 
     let client = db.client().await;
     for (table, column) in [
@@ -268,6 +274,124 @@ async fn a_batch_over_more_links_than_a_rollup_chunk_counts_every_click_once() {
         .get(0);
     assert_eq!(visitors, 2 * links as i64, "two visitors on each link");
     drop(client);
+    pool.close();
+    db.remove().await;
+}
+
+/// Folds until nothing is pending; the batches folded.
+async fn fold_everything(pool: &deadpool_postgres::Pool) -> usize {
+    let mut batches = 0;
+    loop {
+        let folded = fold::fold_pending(pool, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(folded.invalid, 0);
+        batches += folded.batches;
+        if !folded.more {
+            return batches;
+        }
+    }
+}
+
+/// Clicks of [`CODE`] in its hourly rollup.
+async fn rolled_up(pool: &deadpool_postgres::Pool) -> i64 {
+    let ten = click("", 0).occurred_at;
+    store::hourly(pool, CODE, None, ten, ten + TimeDelta::hours(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, clicks, bots)| clicks + bots)
+        .sum()
+}
+
+/// A stored batch's rollup increments wait in `rollup_pending` until a
+/// fold adds them, once: a second fold finds nothing, and a batch already
+/// stored leaves no increment at all.
+#[tokio::test]
+async fn a_batch_counts_in_the_rollups_once_folded_and_only_once() {
+    let db = TestDatabase::fresh();
+    let pool = migrated(&db).await;
+    let timeout = Duration::from_secs(10);
+    let first = vec![click("a", 1), click("b", 2)];
+    store::write_batch(&pool, &first, timeout).await.unwrap();
+    store::write_batch(&pool, &[click("c", 3)], timeout)
+        .await
+        .unwrap();
+    assert_eq!(raw_clicks(&db).await, 3);
+    assert_eq!(rolled_up(&pool).await, 0, "not folded yet");
+    assert_eq!(fold::pending_batches(&pool, timeout).await.unwrap(), 2);
+
+    assert_eq!(fold_everything(&pool).await, 2);
+    assert_eq!(rolled_up(&pool).await, 3);
+    assert_eq!(fold::pending_batches(&pool, timeout).await.unwrap(), 0);
+    assert_eq!(fold_everything(&pool).await, 0, "nothing left to fold");
+    assert_eq!(rolled_up(&pool).await, 3);
+
+    // A redelivered batch adds no clicks, so no pending row either.
+    let again = store::write_batch(&pool, &first, timeout).await.unwrap();
+    assert_eq!(again.new, 0);
+    assert_eq!(fold::pending_batches(&pool, timeout).await.unwrap(), 0);
+    pool.close();
+    db.remove().await;
+}
+
+/// Two replicas folding at once take different pending rows (each fold
+/// locks what it takes, skipping what another holds): over more batches
+/// than one fold takes, every click is in the rollups exactly once.
+#[tokio::test]
+async fn concurrent_folds_add_every_batch_once() {
+    let db = TestDatabase::fresh();
+    let pool = migrated(&db).await;
+    let other = migrated(&db).await;
+    let batches = 75;
+    for b in 0..batches {
+        let batch: Vec<Click> = (0..4)
+            .map(|i| click(&format!("b{b}-{i}"), i64::from(i)))
+            .collect();
+        store::write_batch(&pool, &batch, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let (one, two) = tokio::join!(fold_everything(&pool), fold_everything(&other));
+    assert_eq!(one + two, batches, "each batch folded by one of them");
+    assert_eq!(rolled_up(&pool).await, 4 * batches as i64);
+    other.close();
+    pool.close();
+    db.remove().await;
+}
+
+/// A fold that cannot finish (here: a rollup row it must update is held
+/// by another transaction past the fold's deadline) rolls back whole: its
+/// batches stay pending, and the next fold adds each once.
+#[tokio::test]
+async fn a_fold_that_fails_leaves_its_batches_pending() {
+    let db = TestDatabase::fresh();
+    let pool = migrated(&db).await;
+    let timeout = Duration::from_secs(10);
+    store::write_batch(&pool, &[click("a", 1)], timeout)
+        .await
+        .unwrap();
+    fold_everything(&pool).await;
+    store::write_batch(&pool, &[click("b", 2), click("c", 3)], timeout)
+        .await
+        .unwrap();
+
+    let mut holder = db.client().await;
+    let hold = holder.transaction().await.unwrap();
+    hold.execute(
+        "SELECT 1 FROM rollup_hourly WHERE code = $1 FOR UPDATE",
+        &[&CODE],
+    )
+    .await
+    .unwrap();
+    let failed = fold::fold_pending(&pool, Duration::from_millis(500)).await;
+    assert!(failed.is_err(), "the fold waited past its deadline");
+    hold.rollback().await.unwrap();
+
+    assert_eq!(fold::pending_batches(&pool, timeout).await.unwrap(), 1);
+    assert_eq!(rolled_up(&pool).await, 1, "nothing of the failed fold");
+    assert_eq!(fold_everything(&pool).await, 1);
+    assert_eq!(rolled_up(&pool).await, 3);
     pool.close();
     db.remove().await;
 }
