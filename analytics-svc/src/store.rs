@@ -316,8 +316,8 @@ async fn copy_rows(
 }
 
 /// A batch written while it is gathered: one transaction whose COPY takes
-/// each message's clicks as the message arrives, then the rollups and the
-/// commit when the batch closes. PostgreSQL's work for the raw rows is
+/// each message's clicks as the message arrives, then the batch's pending
+/// rollup row ([`crate::fold`]) and the commit when the batch closes. PostgreSQL's work for the raw rows is
 /// thereby spread over the batch's second instead of arriving at once
 /// when it closes, where it made every redirect of the moment wait behind
 /// it on a shared machine (the fixed-rate tail, BENCHMARKS.md).
@@ -360,8 +360,9 @@ impl CopyStream {
             .map_err(Into::into)
     }
 
-    /// Ends the COPY, adds every click of `clicks` (all that were written,
-    /// in any order) to the rollups and commits, within the timeout.
+    /// Ends the COPY, leaves what every click of `clicks` (all that were
+    /// written, in any order) adds to the rollups pending, and commits,
+    /// within the timeout.
     pub async fn commit(mut self, clicks: &[Click]) -> anyhow::Result<Stored> {
         let timeout = self.timeout;
         let committing = async {
