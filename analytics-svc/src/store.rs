@@ -17,12 +17,14 @@ use std::{
 };
 
 use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::{GenericClient, Pool};
+use futures::SinkExt;
 use tokio_postgres::{
-    binary_copy::BinaryCopyInWriter,
+    CopyInSink,
     error::SqlState,
-    types::{ToSql, Type},
+    types::{IsNull, ToSql, Type},
 };
 
 use crate::enrich::Click;
@@ -217,7 +219,7 @@ async fn write_batch_now(pool: &Pool, clicks: &[Click]) -> Result<Stored, WriteE
             metrics::counter!("shortfleet_click_batches_total", "path" => "copy").increment(1);
             return Ok(stored);
         }
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+        Err(CopyFailed::Database(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tx.rollback().await?;
         }
         Err(e) => return Err(e.into()),
@@ -296,23 +298,83 @@ fn copy_row(c: &Click) -> [&(dyn ToSql + Sync); 12] {
 async fn copy_clicks(
     tx: &deadpool_postgres::Transaction<'_>,
     clicks: &[Click],
-) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in(&copy_statement()).await?;
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &CLICK_TYPES));
-    copy_rows(writer.as_mut(), clicks).await?;
-    writer.finish().await?;
-    Ok(())
+) -> Result<(), CopyFailed> {
+    let mut rows = CopyRows::new(tx.copy_in(&copy_statement()).await?);
+    rows.write(clicks).await?;
+    rows.finish().await
 }
 
-/// Writes `clicks` as rows of an open binary COPY.
-async fn copy_rows(
-    mut writer: std::pin::Pin<&mut BinaryCopyInWriter>,
-    clicks: &[Click],
-) -> Result<(), tokio_postgres::Error> {
-    for c in clicks {
-        writer.as_mut().write(&copy_row(c)).await?;
+/// Why clicks could not be copied.
+#[derive(Debug, thiserror::Error)]
+enum CopyFailed {
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    /// A value its column type refused (types are fixed: not expected).
+    #[error("a click could not be encoded for COPY: {0}")]
+    Encoding(Box<dyn std::error::Error + Sync + Send>),
+}
+
+/// Bytes of rows handed to the connection at a time. tokio-postgres's
+/// `BinaryCopyInWriter` hands over every 4 KiB, about 20 clicks, through
+/// a one-slot channel: each hand-over waits for the connection task to
+/// take the one before, a wake-up and a context switch per 20 clicks, and
+/// the sends and wake-ups were about a tenth of analytics-svc's CPU
+/// (BENCHMARKS.md, twelfth session). 64 KiB is about 300 clicks.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// An open binary COPY of raw clicks, in [`CLICK_COLUMNS`] order: rows
+/// framed as PostgreSQL's binary COPY format defines them (the signature,
+/// then per row its field count and each field's length and bytes, each
+/// value encoded by its `ToSql`), sent [`COPY_CHUNK`] bytes at a time.
+struct CopyRows {
+    sink: std::pin::Pin<Box<CopyInSink<Bytes>>>,
+    buf: BytesMut,
+}
+
+impl CopyRows {
+    /// The binary COPY header: the 11-byte signature (ending in a NUL),
+    /// then the flags and the header extension's length, both 0 as i32.
+    const HEADER: &'static [u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+    fn new(sink: CopyInSink<Bytes>) -> Self {
+        let mut buf = BytesMut::with_capacity(COPY_CHUNK + 4096);
+        buf.put_slice(Self::HEADER);
+        Self {
+            sink: Box::pin(sink),
+            buf,
+        }
     }
-    Ok(())
+
+    async fn write(&mut self, clicks: &[Click]) -> Result<(), CopyFailed> {
+        for c in clicks {
+            self.buf.put_i16(CLICK_TYPES.len() as i16);
+            for (value, ty) in copy_row(c).into_iter().zip(&CLICK_TYPES) {
+                let at = self.buf.len();
+                self.buf.put_i32(0);
+                let len = match value
+                    .to_sql_checked(ty, &mut self.buf)
+                    .map_err(CopyFailed::Encoding)?
+                {
+                    IsNull::Yes => -1,
+                    IsNull::No => i32::try_from(self.buf.len() - at - 4)
+                        .map_err(|e| CopyFailed::Encoding(e.into()))?,
+                };
+                self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            if self.buf.len() >= COPY_CHUNK {
+                self.sink.send(self.buf.split().freeze()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the rest and the trailer, and ends the COPY.
+    async fn finish(&mut self) -> Result<(), CopyFailed> {
+        self.buf.put_i16(-1);
+        self.sink.send(self.buf.split().freeze()).await?;
+        self.sink.as_mut().finish().await?;
+        Ok(())
+    }
 }
 
 /// A batch written while it is gathered: one transaction whose COPY takes
@@ -330,7 +392,7 @@ async fn copy_rows(
 pub struct CopyStream {
     /// `None` once committed (the connection went back to the pool).
     client: Option<deadpool_postgres::Object>,
-    writer: std::pin::Pin<Box<BinaryCopyInWriter>>,
+    rows: CopyRows,
     timeout: Duration,
 }
 
@@ -340,10 +402,10 @@ impl CopyStream {
         let opening = async {
             let client = pool.get().await?;
             client.batch_execute("BEGIN").await?;
-            let sink = client.copy_in(&copy_statement()).await?;
+            let rows = CopyRows::new(client.copy_in(&copy_statement()).await?);
             anyhow::Ok(Self {
                 client: Some(client),
-                writer: Box::pin(BinaryCopyInWriter::new(sink, &CLICK_TYPES)),
+                rows,
                 timeout,
             })
         };
@@ -354,7 +416,7 @@ impl CopyStream {
 
     /// Copies `clicks` in, within the stream's timeout.
     pub async fn write(&mut self, clicks: &[Click]) -> anyhow::Result<()> {
-        tokio::time::timeout(self.timeout, copy_rows(self.writer.as_mut(), clicks))
+        tokio::time::timeout(self.timeout, self.rows.write(clicks))
             .await
             .map_err(|_| anyhow::anyhow!("copying {} clicks took too long", clicks.len()))?
             .map_err(Into::into)
@@ -366,7 +428,7 @@ impl CopyStream {
     pub async fn commit(mut self, clicks: &[Click]) -> anyhow::Result<Stored> {
         let timeout = self.timeout;
         let committing = async {
-            self.writer.as_mut().finish().await?;
+            self.rows.finish().await?;
             let client = self
                 .client
                 .as_ref()
@@ -600,15 +662,25 @@ pub enum WriteError {
     Unavailable(anyhow::Error),
     /// The data itself was refused (SQLSTATE classes 22 and 23): retrying
     /// the same batch cannot help.
-    #[error("a click was refused: {0}")]
-    Refused(tokio_postgres::Error),
+    #[error("a click was refused: {0:#}")]
+    Refused(anyhow::Error),
 }
 
 impl From<tokio_postgres::Error> for WriteError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.code().map(|c| &c.code()[..2]) {
-            Some("22" | "23") => Self::Refused(e),
+            Some("22" | "23") => Self::Refused(e.into()),
             _ => Self::Unavailable(e.into()),
+        }
+    }
+}
+
+impl From<CopyFailed> for WriteError {
+    fn from(e: CopyFailed) -> Self {
+        match e {
+            CopyFailed::Database(e) => e.into(),
+            // The click itself cannot be stored: as the database refusing it.
+            CopyFailed::Encoding(_) => Self::Refused(e.into()),
         }
     }
 }
