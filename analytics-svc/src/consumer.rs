@@ -62,8 +62,9 @@ pub struct ClickConsumer {
     /// Where the new clicks of each stored batch are announced (live
     /// dashboards); best effort, never waited on.
     pub counts: CountsSender,
-    /// Told when a stored batch closed because the flow paused, so its
-    /// rollups are folded at once rather than at the next interval.
+    /// Told when a stored batch was small or closed because the flow
+    /// paused, so its rollups are folded at once rather than at the next
+    /// interval ([`FOLD_AT_ONCE_BELOW`]).
     pub fold: crate::fold::FoldNudge,
 }
 
@@ -181,6 +182,14 @@ impl Gathering<'_> {
         Ok(())
     }
 }
+
+/// A batch of fewer clicks is folded into the rollups at once, as is one
+/// that closed because messages paused: the flow is light, a fold costs
+/// little, and stats stay as fresh as a batch (a steady trickle of clicks
+/// never pauses long enough to close a batch early, and would otherwise
+/// wait for the fold interval). Larger batches, under load, are folded
+/// together every `SHORTFLEET_ROLLUP_FOLD_MS` ([`crate::fold`]).
+const FOLD_AT_ONCE_BELOW: usize = 5_000;
 
 /// Bounds each broker round trip (connect, declare, qos, consume, ack).
 const AMQP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -310,6 +319,7 @@ impl ClickConsumer {
             flow_paused,
             ..
         } = batch;
+        let fold_at_once = flow_paused || pending.clicks.len() < FOLD_AT_ONCE_BELOW;
         if pending.clicks.is_empty() {
             return Ok(());
         }
@@ -354,8 +364,8 @@ impl ClickConsumer {
                 Err(WriteError::Refused(e)) => {
                     tracing::warn!(error = %e, "a batch was refused; storing its clicks one by one");
                     let stored = self.store_one_by_one(channel, pending).await;
-                    if flow_paused {
-                        self.fold.flow_paused();
+                    if fold_at_once {
+                        self.fold.fold_now();
                     }
                     return stored;
                 }
@@ -387,8 +397,8 @@ impl ClickConsumer {
             channel.basic_ack(last, BasicAckOptions { multiple: true }),
         )
         .await?;
-        if flow_paused {
-            self.fold.flow_paused();
+        if fold_at_once {
+            self.fold.fold_now();
         }
         Ok(())
     }

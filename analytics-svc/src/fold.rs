@@ -23,11 +23,12 @@
 //! fold, by any replica. Nothing about a pending row belongs to the replica
 //! that wrote it.
 //!
-//! Freshness: while clicks flow, stats trail them by up to the fold
-//! interval (`SHORTFLEET_ROLLUP_FOLD_MS`); when the flow pauses (a batch
-//! closed for lack of messages) the folder is nudged and folds at once, so
-//! a lone click is in the stats as soon as before. Live dashboards hear of
-//! new clicks when their batch commits, as before.
+//! Freshness: under load (batches of 5,000 clicks and more), stats trail
+//! the clicks by up to the fold interval (`SHORTFLEET_ROLLUP_FOLD_MS`).
+//! A smaller batch, or one closed because messages paused, nudges the
+//! folder to fold at once, so a light flow is in the stats as soon as
+//! before. Live dashboards hear of new clicks when their batch commits, as
+//! before.
 //!
 //! PostgreSQL down: a fold fails, is logged, and is tried again at the next
 //! interval; pending rows wait in the database, their clicks already safe.
@@ -196,12 +197,7 @@ fn absorb<'d>(into: &mut Rollups<'d>, d: &'d Delta) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     for (key, (owner, clicks, bots)) in hourly {
-        let entry = into.hourly.entry(key).or_insert((owner, 0, 0));
-        // A link has one owner; should rows disagree, the least, as the
-        // daily rollup's `min(owner)` takes it.
-        entry.0 = entry.0.min(owner);
-        entry.1 += clicks;
-        entry.2 += bots;
+        into.add_to_hour(key, owner, clicks, bots);
     }
     for (key, clicks) in dimensions {
         *into.dimensions.entry(key).or_default() += clicks;
@@ -327,13 +323,14 @@ pub async fn pending_batches(pool: &Pool, timeout: Duration) -> anyhow::Result<i
         .map_err(|_| anyhow::anyhow!("counting pending rollups took longer than {timeout:?}"))?
 }
 
-/// Tells the [`Folder`] the click flow paused: fold now rather than at the
-/// next interval, so what was just stored shows in the stats at once.
+/// Tells the [`Folder`] to fold now rather than at the next interval, so
+/// what was just stored shows in the stats at once (the consumer does when
+/// the flow is light).
 #[derive(Clone, Default)]
 pub struct FoldNudge(Arc<Notify>);
 
 impl FoldNudge {
-    pub fn flow_paused(&self) {
+    pub fn fold_now(&self) {
         // A permit is kept if the folder is busy: it folds again after.
         self.0.notify_one();
     }

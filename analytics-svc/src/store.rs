@@ -83,6 +83,18 @@ pub struct Rollups<'a> {
     pub visitors: HashSet<VisitorKey<'a>, Fast>,
 }
 
+impl<'a> Rollups<'a> {
+    /// Adds human clicks and bots to a link's hour.
+    pub fn add_to_hour(&mut self, key: HourKey<'a>, owner: &'a str, clicks: i64, bots: i64) {
+        let entry = self.hourly.entry(key).or_insert((owner, 0, 0));
+        // A link has one owner; should clicks disagree, the least, as the
+        // daily rollup's `min(owner)` takes it.
+        entry.0 = entry.0.min(owner);
+        entry.1 += clicks;
+        entry.2 += bots;
+    }
+}
+
 /// Everything a click adds to the rollups except its visitor. Clicks of a
 /// batch agree on all of it far more often than not (the same link, hour,
 /// rule, browser, referrer…), so they are counted by this key first, one
@@ -134,18 +146,11 @@ pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups<'a> {
     }
     for (g, n) in groups {
         let rule = g.rule.unwrap_or(NO_RULE);
-        let entry = r
-            .hourly
-            .entry((g.code, g.hour, rule))
-            .or_insert_with(|| (g.owner, 0, 0));
-        // A link has one owner; should a batch disagree, the least, as
-        // the daily rollup's `min(owner)` takes it.
-        entry.0 = entry.0.min(g.owner);
         if g.is_bot {
-            entry.2 += n;
+            r.add_to_hour((g.code, g.hour, rule), g.owner, 0, n);
             continue;
         }
-        entry.1 += n;
+        r.add_to_hour((g.code, g.hour, rule), g.owner, n, 0);
         let day = g.hour.date_naive();
         for (dimension, value) in [
             ("referrer", g.referrer_host),
