@@ -129,8 +129,12 @@ impl LinkEventSubscriber {
             BROKER_TIMEOUT,
         )
         .await?;
-        up.up();
+        // The caches go live first: once readiness says the subscription is
+        // up, an answer cached from then on is one the events can correct
+        // (reported the other way round, the first redirects after ready
+        // were cached and then forgotten by `on_subscribed`).
         (self.handlers.on_subscribed)().await;
+        up.up();
         self.subscribed.notify_one();
         tracing::info!(queue = %deliveries.queue(), "consuming link events");
         loop {

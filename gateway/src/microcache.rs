@@ -157,6 +157,22 @@ pub fn describe_metrics() {
     );
 }
 
+/// Whether `answer` predates a change made at `changed`. A missing time on
+/// either side counts as older: only an answer provably as new is kept.
+/// write-svc makes each link's `updated_at` strictly increase, so equal
+/// times are one version.
+fn predates(answer: &ResolveResponse, changed: Option<&prost_types::Timestamp>) -> bool {
+    match (answer.updated_at.as_ref(), changed) {
+        (Some(a), Some(c)) => version(a) < version(c),
+        _ => true,
+    }
+}
+
+/// A protobuf time as a comparable pair.
+fn version(t: &prost_types::Timestamp) -> (i64, i32) {
+    (t.seconds, t.nanos)
+}
+
 /// When, after an answer came, a hit starts its refresh: at `draw`
 /// (uniform in `[0, 1)`) of the way from half the `ttl` to three quarters.
 fn refresh_point(ttl: Duration, draw: f64) -> Duration {
@@ -271,20 +287,21 @@ impl MicroCache {
             answer
                 .updated_at
                 .as_ref()
-                .is_none_or(|t| (t.seconds, t.nanos) < newest)
+                .is_none_or(|t| version(t) < newest)
         })
     }
 
     /// Remembers the newest change an event announced for its code.
     fn saw_event(&self, code: &str, updated_at: Option<&prost_types::Timestamp>) {
-        let at = updated_at.map_or((i64::MIN, 0), |t| (t.seconds, t.nanos));
+        let at = updated_at.map_or((i64::MIN, 0), version);
         self.newest
             .entry(code.to_owned())
             .and_upsert_with(|old| old.map_or(at, |o| (*o.value()).max(at)));
     }
 
-    /// Event handlers: drop the code on any event (remembering how new the
-    /// event was); forget everything (and go live) on each new subscription.
+    /// Event handlers: on an event, drop the code's answer if it predates
+    /// the change (remembering how new the change was); forget everything
+    /// (and go live) on each new subscription.
     pub fn handlers(&self) -> Handlers {
         let on_event = self.clone();
         let on_subscribed = self.clone();
@@ -294,8 +311,15 @@ impl MicroCache {
                 let cache = on_event.clone();
                 Box::pin(async move {
                     if let Some(link) = event.link {
-                        cache.saw_event(&link.code, link.updated_at.as_ref());
-                        cache.entries.remove(link.code.as_str());
+                        let changed = link.updated_at.as_ref();
+                        cache.saw_event(&link.code, changed);
+                        // An answer already as new as the change (a link
+                        // redirected once before its own `created` event
+                        // arrived) stays: dropping it would only cost a
+                        // miss, and its stale-if-error copy.
+                        cache
+                            .entries
+                            .remove_if(link.code.as_str(), |e| predates(&e.link, changed));
                     }
                 })
             }),
@@ -481,6 +505,28 @@ mod tests {
         // Codes without events are cached as before.
         cache.insert("other", link("other", None));
         assert!(cache.get("other").is_some());
+    }
+
+    #[tokio::test]
+    async fn an_event_drops_only_an_answer_older_than_its_change() {
+        let cache = live_cache(Duration::from_secs(60), Duration::ZERO).await;
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let event = |seconds| LinkEvent {
+            link: Some(Link {
+                code: "abc".into(),
+                updated_at: at(seconds),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut answer = (*link("abc", None)).clone();
+        answer.updated_at = at(100);
+        cache.insert("abc", Arc::new(answer));
+        // The `created` event of the version already cached, arriving late.
+        (cache.handlers().on_event)(event(100)).await;
+        assert!(cache.get("abc").is_some(), "its own event dropped it");
+        (cache.handlers().on_event)(event(101)).await;
+        assert!(cache.get("abc").is_none(), "a newer change kept it");
     }
 
     #[tokio::test]

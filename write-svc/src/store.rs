@@ -25,6 +25,14 @@ use crate::{
 
 /// How many random codes to try before giving up; see `code.rs` for odds.
 const CODE_ATTEMPTS: usize = 5;
+/// A changed link's `updated_at`: now, but always after the version it
+/// replaces. `now()` is when the transaction began, so of two changes
+/// racing for one row the later commit could carry the earlier time;
+/// caches keep an answer as new as an event's `updated_at`
+/// (`gateway::microcache`), so each link's versions must strictly
+/// increase. Under the row lock the old value is the latest committed.
+const NEXT_VERSION: &str = "greatest(now(), updated_at + interval '1 microsecond')";
+
 const LINK_COLUMNS: &str = "code, owner, url, created_at, updated_at, expires_at, redirect_type, \
                             max_clicks, tags, disabled, deleted_at, password_hash, rules, \
                             forward_query, crawlable, expired_url";
@@ -246,7 +254,7 @@ impl Store {
                     "UPDATE links SET url = $2, url_sha256 = $3, expires_at = $4, redirect_type = $5,
                          max_clicks = $6, tags = $7, disabled = $8, password_hash = $9,
                          rules = $10, forward_query = $11, crawlable = $12, expired_url = $13,
-                         updated_at = now()
+                         updated_at = {NEXT_VERSION}
                      WHERE code = $1 RETURNING {LINK_COLUMNS}"
                 ),
                 &[
@@ -285,7 +293,7 @@ impl Store {
         let row = tx
             .query_opt(
                 &format!(
-                    "UPDATE links SET deleted_at = now(), updated_at = now()
+                    "UPDATE links SET deleted_at = now(), updated_at = {NEXT_VERSION}
                      WHERE code = $1 AND owner = $2 AND deleted_at IS NULL
                      RETURNING {LINK_COLUMNS}"
                 ),

@@ -433,3 +433,48 @@ async fn hostile_strings_are_refused_naming_the_field_and_the_service_keeps_serv
 
     app.cleanup().await;
 }
+
+/// Caches keep an answer as new as a link event's `updated_at`, so every
+/// change must carry a later one than the version it replaces, even when
+/// the version it replaces carries a later time than this transaction's
+/// `now()` (a racing change that began later but committed first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_carries_a_later_updated_at_than_the_version_it_replaces() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let code = link_of(&app.create("alice", "https://example.com/versions").await).code;
+    let db = app.db().await;
+    let ahead = "UPDATE links SET updated_at = now() + interval '1 hour' WHERE code = $1";
+    db.execute(ahead, &[&code]).await.unwrap();
+    let racing = stored_updated_at(&db, &code).await;
+    let updated = client
+        .update_link(UpdateLinkRequest {
+            url: Some("https://example.com/versions/2".into()),
+            ..update(&code, "alice")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        at(&updated.updated_at) > racing,
+        "an update went back in time"
+    );
+    db.execute(ahead, &[&code]).await.unwrap();
+    let racing = stored_updated_at(&db, &code).await;
+    client.delete_link(delete(&code, "alice")).await.unwrap();
+    assert!(
+        stored_updated_at(&db, &code).await > racing,
+        "a delete went back in time"
+    );
+    app.cleanup().await;
+}
+
+async fn stored_updated_at(
+    db: &tokio_postgres::Client,
+    code: &str,
+) -> chrono::DateTime<chrono::Utc> {
+    db.query_one("SELECT updated_at FROM links WHERE code = $1", &[&code])
+        .await
+        .unwrap()
+        .get(0)
+}
