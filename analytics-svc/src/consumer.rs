@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     enrich::{Click, Enricher},
+    pace::Pacer,
     store::{self, WriteError},
 };
 
@@ -117,6 +118,15 @@ struct Pending {
     _spans: Vec<Option<tracing::Span>>,
 }
 
+impl Pending {
+    /// Forgets every click from the `len`th on.
+    fn truncate(&mut self, len: usize) {
+        self.clicks.truncate(len);
+        self.tags.truncate(len);
+        self._spans.truncate(len);
+    }
+}
+
 /// A batch being gathered: its clicks so far and the transaction they are
 /// copied into as they arrive.
 struct Gathering<'a> {
@@ -134,53 +144,112 @@ struct Gathering<'a> {
     /// Closed because no message came for `batch_quiet`, not because it
     /// was full or had waited `batch_max_wait`.
     flow_paused: bool,
+    /// Spaces the slices of each message ([`Gathering::take`]).
+    pacer: Pacer,
 }
 
 impl Gathering<'_> {
     /// One delivery: its clicks enriched and copied into the stream, or,
     /// if any of them cannot be stored, the message dead-lettered (every
-    /// click of a message is stored, or the message is poison).
+    /// click of a message is stored, or the message is poison). A message
+    /// is taken in slices of [`PACED_SLICE`] clicks, each after a pause as
+    /// long as the slice before took ([`crate::pace`]), unless its clicks
+    /// are late: then catching up comes first.
     async fn take(&mut self, channel: &Channel, received: Received) -> anyhow::Result<()> {
         let (tag, weight) = (received.tag, received.weight());
         self.messages += 1;
         self.weight += weight;
-        let enricher = &mut self.enricher;
-        let clicks: Option<Vec<(Click, String)>> = received.events.and_then(|events| {
-            events
-                .into_iter()
-                .map(|mut event| {
-                    let traceparent = std::mem::take(&mut event.traceparent);
-                    enricher
-                        .enrich_owned(event)
-                        .map(|click| (click, traceparent))
-                })
-                .collect()
-        });
-        match clicks {
-            Some(clicks) if !clicks.is_empty() => {
-                let first = self.pending.clicks.len();
-                for (click, traceparent) in clicks {
-                    self.pending
-                        ._spans
-                        .push(process_span(self.exchange, &traceparent, &click));
-                    self.pending.tags.push(tag);
-                    self.pending.clicks.push(click);
-                }
-                if let Some(stream) = &mut self.stream
-                    && let Err(e) = stream.write(&self.pending.clicks[first..]).await
-                {
-                    tracing::debug!(
-                        error = format!("{e:#}"),
-                        "the click COPY broke; the batch is written when it closes"
-                    );
+        let events = match received.events {
+            Some(events) if !events.is_empty() => events,
+            Some(_) => return reject(channel, tag, 0, "an empty click batch").await,
+            None => return reject(channel, tag, weight, "undecodable or invalid click").await,
+        };
+        let paced = is_on_time(&events, chrono::Utc::now());
+        if !paced {
+            self.pacer.forgive();
+        }
+        let first = self.pending.clicks.len();
+        let mut events = events.into_iter();
+        loop {
+            let slice: Vec<ClickEvent> = events.by_ref().take(PACED_SLICE).collect();
+            if slice.is_empty() {
+                return Ok(());
+            }
+            if paced {
+                self.pacer.pause().await;
+            }
+            let started = tokio::time::Instant::now();
+            if !self.take_slice(slice, tag).await {
+                // Earlier slices of this message are in the stream: it is
+                // abandoned, and the batch (without this message) is
+                // written when it closes.
+                if self.pending.clicks.len() > first {
+                    self.pending.truncate(first);
                     self.stream = None;
                 }
+                return reject(channel, tag, weight, "undecodable or invalid click").await;
             }
-            Some(_) => reject(channel, tag, 0, "an empty click batch").await?,
-            None => reject(channel, tag, weight, "undecodable or invalid click").await?,
+            self.pacer.took(started.elapsed());
         }
-        Ok(())
     }
+
+    /// One slice of a message, tagged `tag`: enriched, then kept pending
+    /// and copied into the stream. `false`, with nothing kept, if one of
+    /// its clicks can never be stored.
+    async fn take_slice(&mut self, slice: Vec<ClickEvent>, tag: u64) -> bool {
+        let enricher = &mut self.enricher;
+        let clicks: Option<Vec<(Click, String)>> = slice
+            .into_iter()
+            .map(|mut event| {
+                let traceparent = std::mem::take(&mut event.traceparent);
+                enricher
+                    .enrich_owned(event)
+                    .map(|click| (click, traceparent))
+            })
+            .collect();
+        let Some(clicks) = clicks else {
+            return false;
+        };
+        let first = self.pending.clicks.len();
+        for (click, traceparent) in clicks {
+            self.pending
+                ._spans
+                .push(process_span(self.exchange, &traceparent, &click));
+            self.pending.tags.push(tag);
+            self.pending.clicks.push(click);
+        }
+        if let Some(stream) = &mut self.stream
+            && let Err(e) = stream.write(&self.pending.clicks[first..]).await
+        {
+            tracing::debug!(
+                error = format!("{e:#}"),
+                "the click COPY broke; the batch is written when it closes"
+            );
+            self.stream = None;
+        }
+        true
+    }
+}
+
+/// Clicks per paced slice of a message: about 0.4 ms of analytics-svc's
+/// CPU and as much of PostgreSQL's, and about 56 KiB of COPY rows, handed
+/// over at once. Slices of 128 cost analytics-svc about a tenth more CPU
+/// per click (more hand-overs and timers) and did not lower the p99.
+const PACED_SLICE: usize = 256;
+
+/// A message whose newest click is older than this is late (the consumer
+/// is behind, or catching up after a stop): its slices are not paced.
+const PACED_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+/// Whether the newest click of `events` (the last; clicks are batched in
+/// the order of their redirects) happened within [`PACED_WITHIN`] of
+/// `now`. A click without a time is poison, found when it is enriched.
+fn is_on_time(events: &[ClickEvent], now: chrono::DateTime<chrono::Utc>) -> bool {
+    events
+        .last()
+        .and_then(|e| e.occurred_at.as_ref())
+        .and_then(shortfleet_common::time::from_proto)
+        .is_none_or(|at| now - at <= PACED_WITHIN)
 }
 
 /// A batch of fewer clicks is folded into the rollups at once, as is one
@@ -288,6 +357,7 @@ impl ClickConsumer {
             messages: 0,
             weight: 0,
             flow_paused: false,
+            pacer: Pacer::new(),
         };
         batch.take(channel, first).await?;
         while batch.weight < self.batch_max && batch.messages < usize::from(self.prefetch) {
@@ -504,4 +574,30 @@ pub fn describe_metrics() {
         metrics::Unit::Count,
         "Clicks dead-lettered as undecodable or unstorable."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t: chrono::DateTime<chrono::Utc>) -> ClickEvent {
+        ClickEvent {
+            occurred_at: Some(shortfleet_common::time::to_proto(t)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_message_is_on_time_by_its_newest_click() {
+        let now = chrono::Utc::now();
+        let late = now - PACED_WITHIN - chrono::TimeDelta::milliseconds(1);
+        assert!(is_on_time(&[at(late), at(now)], now));
+        assert!(
+            !is_on_time(&[at(now), at(late)], now),
+            "the last is the newest"
+        );
+        assert!(is_on_time(&[at(now - PACED_WITHIN)], now));
+        // No time: poison, refused when enriched; no reason to hurry it.
+        assert!(is_on_time(&[ClickEvent::default()], now));
+    }
 }

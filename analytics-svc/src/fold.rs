@@ -42,7 +42,10 @@ use prost::Message;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Rollups, write_rollups};
+use crate::{
+    pace::Pacer,
+    store::{Rollups, write_rollups},
+};
 
 /// What one stored batch adds to the rollups, as kept in `rollup_pending`
 /// (protobuf, so a row written by one release folds in the next).
@@ -265,11 +268,19 @@ async fn fold_on(client: &mut deadpool_postgres::Object) -> anyhow::Result<Folde
         )
         .await?;
     let more = rows.len() as i64 == BATCHES_PER_FOLD;
+    // Decoding and merging a few seconds' increments is milliseconds of
+    // CPU: paced row by row, like the statements that write them
+    // ([`crate::pace`]).
+    let mut pacer = Pacer::new();
     let mut decoded = Vec::with_capacity(rows.len());
     let mut invalid = 0;
     for row in &rows {
+        pacer.pause().await;
+        let started = Instant::now();
         let id: i64 = row.get(0);
-        match Delta::decode(row.get::<_, &[u8]>(1)) {
+        let delta = Delta::decode(row.get::<_, &[u8]>(1));
+        pacer.took(started.elapsed());
+        match delta {
             Ok(delta) => decoded.push((id, delta)),
             Err(e) => {
                 invalid += 1;
@@ -280,7 +291,11 @@ async fn fold_on(client: &mut deadpool_postgres::Object) -> anyhow::Result<Folde
     let mut merged = Rollups::default();
     let mut ids = Vec::with_capacity(decoded.len());
     for (id, delta) in &decoded {
-        match absorb(&mut merged, delta) {
+        pacer.pause().await;
+        let started = Instant::now();
+        let absorbed = absorb(&mut merged, delta);
+        pacer.took(started.elapsed());
+        match absorbed {
             Ok(()) => ids.push(*id),
             Err(e) => {
                 invalid += 1;

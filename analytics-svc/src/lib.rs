@@ -8,6 +8,7 @@
 //! - [`enrich`]: what a click event becomes before it is stored.
 //! - [`store`]: idempotent batch writes, rollup upserts and stats queries.
 //! - [`fold`]: rollup increments left pending by each batch, folded in later.
+//! - [`pace`]: heavy work in short pieces, so redirects on the machine never wait long.
 //! - [`agent`]: user agent and referrer classification, bot detection.
 //! - [`geoip`]: country of a client IP from a MaxMind DB file, if configured.
 //! - [`partitions`]: daily partitions ahead, retention behind.
@@ -22,6 +23,7 @@ pub mod consumer;
 pub mod enrich;
 pub mod fold;
 pub mod migrations;
+pub mod pace;
 pub mod partitions;
 pub mod service;
 pub mod store;

@@ -373,6 +373,15 @@ impl CopyRows {
         Ok(())
     }
 
+    /// Hands what is gathered to the connection now, so PostgreSQL works
+    /// on a paced piece while analytics-svc pauses.
+    async fn flush(&mut self) -> Result<(), CopyFailed> {
+        if !self.buf.is_empty() {
+            self.sink.send(self.buf.split().freeze()).await?;
+        }
+        Ok(())
+    }
+
     /// Sends the rest and the trailer, and ends the COPY.
     async fn finish(&mut self) -> Result<(), CopyFailed> {
         self.buf.put_i16(-1);
@@ -419,9 +428,15 @@ impl CopyStream {
             .map_err(|_| anyhow::anyhow!("opening a click COPY took longer than {timeout:?}"))?
     }
 
-    /// Copies `clicks` in, within the stream's timeout.
+    /// Copies `clicks` in and hands them to the connection, within the
+    /// stream's timeout.
     pub async fn write(&mut self, clicks: &[Click]) -> anyhow::Result<()> {
-        tokio::time::timeout(self.timeout, self.rows.write(clicks))
+        let rows = &mut self.rows;
+        let writing = async move {
+            rows.write(clicks).await?;
+            rows.flush().await
+        };
+        tokio::time::timeout(self.timeout, writing)
             .await
             .map_err(|_| anyhow::anyhow!("copying {} clicks took too long", clicks.len()))?
             .map_err(Into::into)
@@ -520,37 +535,15 @@ pub fn human_counts(fresh: &[&Click]) -> BTreeMap<(String, String), u64> {
 
 /// Rollup rows per statement. A fold touches about seven rollup rows per
 /// link clicked since the last (hour, day, five dimension values,
-/// visitors); with 1,000 busy links that is ~7,000 upserts at ~6 µs each, which as one
-/// statement per table took PostgreSQL's backend 40–50 ms of one core in
-/// one go, while every redirect on the machine waited behind it
-/// (BENCHMARKS.md, eleventh session). Chunks let [`Pacer`] spread it.
-const ROLLUP_CHUNK: usize = 1_000;
-
-/// Keeps a fold's rollup statements to about half of one core of
-/// PostgreSQL while they run: before each statement but the first it
-/// pauses as long as the previous one took. The fold's transaction lasts
-/// that much longer (tens of milliseconds); nothing else waits on it, and
-/// the work itself is unchanged.
-struct Pacer {
-    last: Option<Duration>,
-}
-
-impl Pacer {
-    fn new() -> Self {
-        Self { last: None }
-    }
-
-    /// Runs one statement after the pause the previous one earned.
-    async fn run<T>(&mut self, statement: impl Future<Output = T>) -> T {
-        if let Some(pause) = self.last.take() {
-            tokio::time::sleep(pause).await;
-        }
-        let started = tokio::time::Instant::now();
-        let out = statement.await;
-        self.last = Some(started.elapsed());
-        out
-    }
-}
+/// visitors); with 1,000 busy links that is ~7,000 upserts at ~3–6 µs
+/// each, which as one statement per table took PostgreSQL's backend
+/// 40–50 ms of one core in one go, while every redirect on the machine
+/// waited behind it (BENCHMARKS.md, eleventh session). Chunks let a
+/// [`crate::pace::Pacer`] spread it: before each statement but the first
+/// it pauses as long as the previous one took. 1,000 rows a statement
+/// still held PostgreSQL's core for about 3 ms at a time; 250 keep each
+/// piece under a millisecond (thirteenth session).
+const ROLLUP_CHUNK: usize = 250;
 
 /// Adds `r` to the rollup tables, in the caller's transaction.
 pub(crate) async fn write_rollups(
@@ -575,7 +568,7 @@ pub(crate) async fn write_rollups(
         rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
         rows
     }
-    let mut pacer = Pacer::new();
+    let mut pacer = crate::pace::Pacer::new();
     let hourly = tx
         .prepare_cached(
             "INSERT INTO rollup_hourly (code, hour, rule, owner, clicks, bots)
@@ -848,31 +841,6 @@ mod tests {
         testing::{FIREFOX, event},
     };
     use chrono::{DurationRound, TimeDelta, TimeZone};
-
-    #[tokio::test]
-    async fn the_pacer_pauses_before_each_statement_as_long_as_the_last_took() {
-        let mut pacer = Pacer::new();
-        let mut spans = Vec::new();
-        for work in [30, 10, 20] {
-            let span = pacer
-                .run(async {
-                    let started = tokio::time::Instant::now();
-                    tokio::time::sleep(Duration::from_millis(work)).await;
-                    (started, tokio::time::Instant::now())
-                })
-                .await;
-            spans.push(span);
-        }
-        for pair in spans.windows(2) {
-            let ((started, ended), (next, _)) = (pair[0], pair[1]);
-            assert!(
-                next - ended >= ended - started,
-                "paused {:?} after a statement of {:?}",
-                next - ended,
-                ended - started
-            );
-        }
-    }
 
     #[test]
     fn live_counts_are_new_human_clicks_per_owner_and_code() {

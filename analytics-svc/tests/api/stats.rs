@@ -456,11 +456,12 @@ async fn batch_messages_count_every_click_once_and_a_bad_batch_is_dead_lettered_
         .collect();
     f.publish_batch(&firsts).await;
     // A batch with one click that can never be stored (no time): the whole
-    // message goes to the DLQ for inspection rather than half-counted.
-    let mut spoiled: Vec<ClickEvent> = (0..5)
+    // message goes to the DLQ for inspection rather than half-counted. It
+    // sits in the third of the message's slices, after two were copied in.
+    let mut spoiled: Vec<ClickEvent> = (0..700)
         .map(|i| click(&format!("b2-{i}"), "batched", now, FIREFOX, "192.0.2.2"))
         .collect();
-    spoiled[3].occurred_at = None;
+    spoiled[600].occurred_at = None;
     f.publish_batch(&spoiled).await;
     f.publish_typed(
         b"\xff\xfe not a batch",
