@@ -132,10 +132,8 @@ impl Pending {
     async fn release(mut self) {
         let mut pacer = Pacer::new();
         while !self.clicks.is_empty() {
-            pacer.pause().await;
-            let started = tokio::time::Instant::now();
-            self.truncate(self.clicks.len().saturating_sub(RELEASE_PIECE));
-            pacer.took(started.elapsed());
+            let keep = self.clicks.len().saturating_sub(RELEASE_PIECE);
+            pacer.step(|| self.truncate(keep)).await;
         }
     }
 }

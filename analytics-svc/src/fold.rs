@@ -275,12 +275,8 @@ async fn fold_on(client: &mut deadpool_postgres::Object) -> anyhow::Result<Folde
     let mut decoded = Vec::with_capacity(rows.len());
     let mut invalid = 0;
     for row in &rows {
-        pacer.pause().await;
-        let started = Instant::now();
         let id: i64 = row.get(0);
-        let delta = Delta::decode(row.get::<_, &[u8]>(1));
-        pacer.took(started.elapsed());
-        match delta {
+        match pacer.step(|| Delta::decode(row.get::<_, &[u8]>(1))).await {
             Ok(delta) => decoded.push((id, delta)),
             Err(e) => {
                 invalid += 1;
@@ -291,11 +287,7 @@ async fn fold_on(client: &mut deadpool_postgres::Object) -> anyhow::Result<Folde
     let mut merged = Rollups::default();
     let mut ids = Vec::with_capacity(decoded.len());
     for (id, delta) in &decoded {
-        pacer.pause().await;
-        let started = Instant::now();
-        let absorbed = absorb(&mut merged, delta);
-        pacer.took(started.elapsed());
-        match absorbed {
+        match pacer.step(|| absorb(&mut merged, delta)).await {
             Ok(()) => ids.push(*id),
             Err(e) => {
                 invalid += 1;

@@ -35,8 +35,14 @@ impl Pacer {
         out
     }
 
-    /// The pause the previous piece earned, if any (for pieces that cannot
-    /// be one future: call [`Pacer::took`] after each).
+    /// Runs one piece of synchronous work after the pause the previous
+    /// one earned.
+    pub async fn step<T>(&mut self, piece: impl FnOnce() -> T) -> T {
+        self.run(async { piece() }).await
+    }
+
+    /// The pause the previous piece earned, if any (for pieces whose pause
+    /// is conditional: call [`Pacer::took`] after each).
     pub async fn pause(&mut self) {
         if let Some(pause) = self.last.take() {
             tokio::time::sleep(pause).await;

@@ -115,8 +115,10 @@ struct Group<'a> {
     country: &'a str,
 }
 
-/// The rollups of `clicks` at once; [`RollupBuilder`] takes them in pieces.
-pub fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups<'a> {
+/// The rollups of `clicks` at once (tests compare with it);
+/// [`RollupBuilder`] takes them in pieces, as batches are written.
+#[cfg(test)]
+pub(crate) fn rollups<'a>(clicks: impl IntoIterator<Item = &'a Click>) -> Rollups<'a> {
     let mut builder = RollupBuilder::default();
     builder.add(clicks);
     builder.finish()
@@ -275,10 +277,7 @@ async fn roll_up(
     let mut builder = RollupBuilder::default();
     let mut pacer = crate::pace::Pacer::new();
     for piece in fresh.chunks(ROLL_UP_PIECE) {
-        pacer.pause().await;
-        let started = tokio::time::Instant::now();
-        builder.add(piece.iter().copied());
-        pacer.took(started.elapsed());
+        pacer.step(|| builder.add(piece.iter().copied())).await;
     }
     crate::fold::pend(client, &builder.finish(), fresh.len()).await?;
     Ok(Stored {
