@@ -60,7 +60,7 @@ pub fn enrich(
 /// as long as the batch, so it is bounded by the batch size), and the
 /// day's salt text is formatted once per day.
 pub struct Enricher<'a> {
-    now: DateTime<Utc>,
+    acceptance: click::Acceptance,
     visitor_secret: &'a str,
     geoip: Option<&'a GeoIp>,
     agents: HashMap<String, Agent>,
@@ -70,7 +70,7 @@ pub struct Enricher<'a> {
 impl<'a> Enricher<'a> {
     pub fn new(now: DateTime<Utc>, visitor_secret: &'a str, geoip: Option<&'a GeoIp>) -> Self {
         Self {
-            now,
+            acceptance: click::Acceptance::at(now),
             visitor_secret,
             geoip,
             agents: HashMap::new(),
@@ -102,7 +102,7 @@ impl<'a> Enricher<'a> {
     /// [`Enricher::enrich`], taking the event's strings instead of
     /// copying them.
     pub fn enrich_owned(&mut self, event: ClickEvent) -> Option<Click> {
-        let occurred_at = match click::check(&event, self.now) {
+        let occurred_at = match self.acceptance.check(&event) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "a click that cannot be stored");

@@ -9,11 +9,13 @@ use shortfleet_common::{
     ops::Health,
     service::Service,
 };
-use shortfleet_proto::v1::click_logger_server::ClickLoggerServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::{config::Config, publisher::Publisher, service::ClickLoggerService, spool::Spool};
+use crate::{
+    config::Config, publisher::Publisher, service::ClickLoggerService, spool::Spool,
+    wire::ClickLoggerRoutes,
+};
 
 const MAX_MESSAGE: usize = 32 << 20;
 
@@ -84,9 +86,7 @@ impl Service for App {
         // confirmed or on disk when the server has drained.
         grpc::Server {
             services: &[shortfleet_proto::v1::click_logger_server::SERVICE_NAME],
-            routes: Routes::new(
-                ClickLoggerServer::new(service).max_decoding_message_size(MAX_MESSAGE),
-            ),
+            routes: Routes::new(ClickLoggerRoutes::new(service, MAX_MESSAGE)),
             health: self.health.clone(),
             grace: self.config.shutdown_grace,
             tls: self.config.tls.as_ref(),

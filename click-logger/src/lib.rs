@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`app`]: wiring and drain. [`service`]: the `ClickLogger` gRPC service.
+//! - [`wire`]: `StreamClicks` taken as the bytes its clicks arrived in.
 //! - [`publisher`]: the RabbitMQ link, reconnection and spool replay.
 //! - [`spool`]: the bounded, fsync'd on-disk spool (shared with the gateway,
 //!   so it lives in `shortfleet_common`).
@@ -12,6 +13,7 @@ pub mod app;
 pub mod config;
 pub mod publisher;
 pub mod service;
+pub mod wire;
 pub use shortfleet_common::spool;
 
 pub use app::App;

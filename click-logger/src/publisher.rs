@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use lapin::Connection;
-use prost::Message;
+use prost::{Message, bytes::Bytes, encoding::WireType};
 use shortfleet_common::{
     amqp::{
         self, Backoff, CLICK_BATCH_TYPE, CLICK_ROUTING_KEY, ConfirmedPublisher, Outgoing, SessionUp,
@@ -74,25 +74,24 @@ impl Publisher {
             .map(|(_, publisher)| publisher.clone())
     }
 
-    /// Publishes clicks, [`CLICKS_PER_MESSAGE`] to a message, and waits
-    /// for every confirm. On failure the channel is dropped so the run loop
-    /// reconnects.
-    pub async fn publish(&self, events: &[ClickEvent]) -> anyhow::Result<()> {
+    /// Publishes clicks (each its `ClickEvent` bytes),
+    /// [`CLICKS_PER_MESSAGE`] to a message, and waits for every confirm.
+    /// On failure the channel is dropped so the run loop reconnects.
+    pub async fn publish(&self, events: &[Bytes]) -> anyhow::Result<()> {
         let channel = self.channel().await.context("not connected to RabbitMQ")?;
         let started = std::time::Instant::now();
         // With spans exported, each click continues its trace through a
         // `clicks publish` span, and carries that span's context onwards.
-        let traced: Option<Vec<ClickEvent>> = telemetry::exporting_traces().then(|| {
-            events
-                .iter()
-                .map(|e| through_publish_span(&self.exchange, e))
-                .collect()
-        });
+        let traced: Option<Vec<Bytes>> = telemetry::exporting_traces()
+            .then(|| through_publish_spans(&self.exchange, events))
+            .transpose()?;
         let events = traced.as_deref().unwrap_or(events);
-        let payloads: Vec<(Vec<u8>, &ClickEvent)> = events
+        // A message's id and trace context are its first click's.
+        let payloads = events
             .chunks(CLICKS_PER_MESSAGE)
-            .map(|chunk| (encode_batch(chunk), &chunk[0]))
-            .collect();
+            .map(|chunk| Ok((encode_batch(chunk), ClickEvent::decode(chunk[0].as_ref())?)))
+            .collect::<Result<Vec<_>, prost::DecodeError>>()
+            .context("decoding a message's first click")?;
         let messages: Vec<Outgoing<'_>> = payloads
             .iter()
             .map(|(payload, first)| Outgoing {
@@ -181,6 +180,10 @@ impl Publisher {
         let Some((path, events)) = spool.oldest().await? else {
             return Ok(false);
         };
+        let events: Vec<Bytes> = events
+            .iter()
+            .map(|e| Bytes::from(e.encode_to_vec()))
+            .collect();
         for chunk in events.chunks(REPLAY_CHUNK) {
             self.publish(chunk).await?;
         }
@@ -191,29 +194,35 @@ impl Publisher {
 }
 
 /// The body of one click message: the bytes of a `ClickBatch` holding
-/// `events` (field 1, repeated), written without cloning them into one.
-pub fn encode_batch(events: &[ClickEvent]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(events.iter().map(|e| e.encoded_len() + 4).sum());
+/// `events` (field 1, repeated), each click's bytes as they came.
+pub fn encode_batch(events: &[Bytes]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(events.iter().map(|e| e.len() + 4).sum());
     for event in events {
-        prost::encoding::message::encode(1, event, &mut body);
+        prost::encoding::encode_key(1, WireType::LengthDelimited, &mut body);
+        prost::encoding::encode_varint(event.len() as u64, &mut body);
+        body.extend_from_slice(event);
     }
     body
 }
 
-/// The click as it leaves: its `traceparent` now names a `clicks publish`
-/// span that continues the redirect's trace.
-fn through_publish_span(exchange: &str, event: &ClickEvent) -> ClickEvent {
-    let span = trace::messaging_span(
-        amqp::CLICKS_EXCHANGE,
-        exchange,
-        Messaging::Publish,
-        &event.event_id,
-        &event.traceparent,
-    );
-    ClickEvent {
-        traceparent: span.in_scope(trace::current_traceparent),
-        ..event.clone()
-    }
+/// The clicks as they leave: each `traceparent` now names a
+/// `clicks publish` span that continues the redirect's trace.
+fn through_publish_spans(exchange: &str, events: &[Bytes]) -> anyhow::Result<Vec<Bytes>> {
+    events
+        .iter()
+        .map(|bytes| {
+            let mut event = ClickEvent::decode(bytes.as_ref()).context("decoding a click")?;
+            let span = trace::messaging_span(
+                amqp::CLICKS_EXCHANGE,
+                exchange,
+                Messaging::Publish,
+                &event.event_id,
+                &event.traceparent,
+            );
+            event.traceparent = span.in_scope(trace::current_traceparent);
+            Ok(Bytes::from(event.encode_to_vec()))
+        })
+        .collect()
 }
 
 async fn pause(d: Duration, shutdown: &CancellationToken) {
@@ -252,7 +261,11 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let decoded = ClickBatch::decode(encode_batch(&events).as_slice()).unwrap();
+        let encoded: Vec<Bytes> = events
+            .iter()
+            .map(|e| Bytes::from(e.encode_to_vec()))
+            .collect();
+        let decoded = ClickBatch::decode(encode_batch(&encoded).as_slice()).unwrap();
         assert_eq!(decoded.events, events);
         assert_eq!(decoded.sequence, 0);
         assert!(encode_batch(&[]).is_empty());

@@ -11,6 +11,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::{Message, bytes::Bytes};
 use shortfleet_common::{
     click,
     input::{self, InputError},
@@ -21,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     publisher::Publisher,
     spool::{Spool, SpoolError},
+    wire::RawClickBatch,
 };
 
 /// Bounds one request's memory and its time holding the spool lock.
@@ -38,6 +41,9 @@ pub enum IngestError {
         #[source]
         source: InputError,
     },
+    /// The bytes at `index` are not a `ClickEvent` at all.
+    #[error("events[{index}]: {MALFORMED}")]
+    Malformed { index: usize },
     #[error("RabbitMQ is unavailable and the spool is full")]
     SpoolFull(u64),
     #[error("RabbitMQ is unavailable and the spool cannot be written")]
@@ -51,6 +57,9 @@ impl From<IngestError> for Status {
             IngestError::Invalid { index, source } => {
                 input::invalid_argument(&format!("events[{index}].{}", source.field), &source.rule)
             }
+            IngestError::Malformed { index } => {
+                input::invalid_argument(&format!("events[{index}]"), MALFORMED)
+            }
             IngestError::SpoolFull(bytes) => {
                 tracing::warn!(spool_bytes = bytes, "refusing clicks: spool full");
                 Status::unavailable(err.to_string())
@@ -63,15 +72,27 @@ impl From<IngestError> for Status {
     }
 }
 
+const MALFORMED: &str = "is not a valid ClickEvent message";
+
 /// Checks a batch before anything is published or spooled, so a click
 /// analytics could not store never reaches the queue, where it would
-/// dead-letter the whole message it shares with other clicks.
-pub fn validate(events: &[ClickEvent], now: DateTime<Utc>) -> Result<(), IngestError> {
+/// dead-letter the whole message it shares with other clicks. Each click is
+/// decoded into one `ClickEvent` reused for the whole batch: its strings
+/// keep their buffers from click to click.
+pub fn validate(events: &[Bytes], now: DateTime<Utc>) -> Result<(), IngestError> {
     if events.len() > MAX_BATCH {
         return Err(IngestError::TooLarge(events.len()));
     }
-    for (index, event) in events.iter().enumerate() {
-        click::check(event, now).map_err(|source| IngestError::Invalid { index, source })?;
+    let acceptance = click::Acceptance::at(now);
+    let mut event = ClickEvent::default();
+    for (index, bytes) in events.iter().enumerate() {
+        event.clear();
+        event
+            .merge(bytes.as_ref())
+            .map_err(|_| IngestError::Malformed { index })?;
+        acceptance
+            .check(&event)
+            .map_err(|source| IngestError::Invalid { index, source })?;
     }
     Ok(())
 }
@@ -86,7 +107,8 @@ pub struct ClickLoggerService {
 }
 
 impl ClickLoggerService {
-    async fn ingest(&self, events: Vec<ClickEvent>) -> Result<u32, IngestError> {
+    /// Takes one batch, each click its `ClickEvent` bytes ([`crate::wire`]).
+    async fn ingest(&self, events: Vec<Bytes>) -> Result<u32, IngestError> {
         validate(&events, Utc::now())?;
         if events.is_empty() {
             return Ok(0);
@@ -108,7 +130,7 @@ impl ClickLoggerService {
                 ),
             }
         }
-        match self.spool.append(&events).await {
+        match self.spool.append_encoded(&events).await {
             Ok(()) => Ok(accepted),
             Err(SpoolError::Full(bytes)) => {
                 metrics::counter!("shortfleet_clicks_refused_total").increment(events.len() as u64);
@@ -131,47 +153,43 @@ fn stream_ack(sequence: u64, result: Result<u32, IngestError>) -> ClickAck {
         Err(e) => ClickAck {
             accepted: 0,
             sequence,
-            invalid: matches!(e, IngestError::TooLarge(_) | IngestError::Invalid { .. }),
+            invalid: matches!(
+                e,
+                IngestError::TooLarge(_)
+                    | IngestError::Invalid { .. }
+                    | IngestError::Malformed { .. }
+            ),
             error: e.to_string(),
         },
     }
 }
 
-type AckStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ClickAck, Status>> + Send>>;
+pub type AckStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ClickAck, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl ClickLogger for ClickLoggerService {
-    async fn log_clicks(&self, request: Request<ClickBatch>) -> Result<Response<ClickAck>, Status> {
-        let accepted = self.ingest(request.into_inner().events).await?;
-        Ok(Response::new(ClickAck {
-            accepted,
-            ..Default::default()
-        }))
-    }
-
-    type StreamClicksStream = AckStream;
-
-    /// Batches are taken one at a time, in order; each is acknowledged once
-    /// it is confirmed or spooled. A client that goes away mid-batch gets no
-    /// ack and sends that batch again on its next stream (analytics dedupes).
-    async fn stream_clicks(
-        &self,
-        request: Request<tonic::Streaming<ClickBatch>>,
-    ) -> Result<Response<AckStream>, Status> {
-        let mut batches = request.into_inner();
+impl ClickLoggerService {
+    /// Takes streamed batches one at a time, in order; each is acknowledged
+    /// once it is confirmed or spooled. A client that goes away mid-batch
+    /// gets no ack and sends that batch again on its next stream (analytics
+    /// dedupes).
+    pub fn acknowledge<S>(&self, batches: S) -> AckStream
+    where
+        S: Stream<Item = Result<RawClickBatch, Status>> + Send + 'static,
+    {
         let (acks, out) = tokio::sync::mpsc::channel(16);
         let service = self.clone();
         tokio::spawn(async move {
+            let mut batches = std::pin::pin!(batches);
             loop {
                 let batch = tokio::select! {
-                    next = batches.message() => match next {
-                        Ok(Some(batch)) => batch,
-                        Ok(None) => break,
+                    next = batches.next() => match next {
+                        Some(Ok(batch)) => batch,
+                        None => break,
                         // A message that does not decode (INVALID_ARGUMENT)
                         // or a broken stream: end the call with that status,
                         // so the caller learns why (a send to a caller that
                         // has gone fails, which is fine).
-                        Err(status) => {
+                        Some(Err(status)) => {
                             let _ = acks.send(Err(status)).await;
                             break;
                         }
@@ -184,9 +202,32 @@ impl ClickLogger for ClickLoggerService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out),
-        )))
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
+    }
+}
+
+/// The generated interface. The server click-logger runs takes
+/// `StreamClicks` raw ([`crate::wire::ClickLoggerRoutes`]); this one is
+/// what a server built from the generated code alone would use.
+#[tonic::async_trait]
+impl ClickLogger for ClickLoggerService {
+    async fn log_clicks(&self, request: Request<ClickBatch>) -> Result<Response<ClickAck>, Status> {
+        let batch = RawClickBatch::from(request.into_inner());
+        let accepted = self.ingest(batch.events).await?;
+        Ok(Response::new(ClickAck {
+            accepted,
+            ..Default::default()
+        }))
+    }
+
+    type StreamClicksStream = AckStream;
+
+    async fn stream_clicks(
+        &self,
+        request: Request<tonic::Streaming<ClickBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let batches = request.into_inner().map_ok(RawClickBatch::from);
+        Ok(Response::new(self.acknowledge(batches)))
     }
 }
 
@@ -214,9 +255,21 @@ mod tests {
         }
     }
 
+    /// Clicks as they arrive: encoded.
+    fn encoded(events: &[ClickEvent]) -> Vec<Bytes> {
+        events
+            .iter()
+            .map(|e| Bytes::from(e.encode_to_vec()))
+            .collect()
+    }
+
+    fn check(events: &[ClickEvent], now: DateTime<Utc>) -> Result<(), IngestError> {
+        validate(&encoded(events), now)
+    }
+
     /// The index and field of a refused batch.
     fn refused(events: &[ClickEvent]) -> (usize, &'static str) {
-        match validate(events, Utc::now()) {
+        match check(events, Utc::now()) {
             Err(IngestError::Invalid { index, source }) => (index, source.field),
             other => panic!("expected an invalid click, got {other:?}"),
         }
@@ -225,13 +278,16 @@ mod tests {
     #[test]
     fn a_batch_needs_storable_clicks_and_a_bounded_size() {
         let now = Utc::now();
-        assert!(validate(&[], now).is_ok());
-        assert!(validate(&[event("a", "abc")], now).is_ok());
+        assert!(check(&[], now).is_ok());
+        assert!(check(&[event("a", "abc")], now).is_ok());
         assert_eq!(
             refused(&[event("a", "abc"), event("", "abc")]),
             (1, "event_id")
         );
         assert_eq!(refused(&[event("a", "")]), (0, "code"));
+        // One `ClickEvent` is reused from click to click: nothing of the
+        // previous click may stay behind.
+        assert_eq!(refused(&[event("a", "abc"), event("b", "")]), (1, "code"));
         let mut no_time = event("a", "abc");
         no_time.occurred_at = None;
         let mut bad_time = event("b", "abc");
@@ -243,7 +299,7 @@ mod tests {
             assert_eq!(refused(&[event("x", "abc"), bad]), (1, "occurred_at"));
         }
         let big = vec![event("a", "abc"); MAX_BATCH + 1];
-        assert!(matches!(validate(&big, now), Err(IngestError::TooLarge(_))));
+        assert!(matches!(check(&big, now), Err(IngestError::TooLarge(_))));
         assert_eq!(
             Status::from(IngestError::SpoolFull(1)).code(),
             tonic::Code::Unavailable
@@ -258,7 +314,7 @@ mod tests {
         // publisher; it is refused before it gets there.
         let mut bad = event("b", "abc");
         bad.event_id = "e".repeat(256);
-        let err = validate(&[event("a", "abc"), bad], Utc::now()).unwrap_err();
+        let err = check(&[event("a", "abc"), bad], Utc::now()).unwrap_err();
         assert!(err.to_string().starts_with("events[1].event_id: "), "{err}");
         let status = Status::from(err);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -267,5 +323,24 @@ mod tests {
             "events[1].event_id"
         );
         assert!(status.message().len() < 100, "{}", status.message());
+    }
+
+    #[test]
+    fn bytes_that_are_no_click_are_refused_by_index() {
+        let mut events = encoded(&[event("a", "abc")]);
+        events.push(Bytes::from_static(&[0xff, 0xff, 0xff]));
+        let err = validate(&events, Utc::now()).unwrap_err();
+        assert!(
+            matches!(err, IngestError::Malformed { index: 1 }),
+            "{err:?}"
+        );
+        let ack = stream_ack(9, Err(err));
+        assert!(ack.invalid, "{ack:?}");
+        let status = Status::from(IngestError::Malformed { index: 1 });
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.metadata().get(input::FIELD_METADATA).unwrap(),
+            "events[1]"
+        );
     }
 }

@@ -47,45 +47,69 @@ const COUNTRY: Bound = Bound::optional("country", COUNTRY_MAX);
 
 /// Checks one click against the rule at `now`; `Ok` carries its time.
 pub fn check(event: &ClickEvent, now: DateTime<Utc>) -> Result<DateTime<Utc>, InputError> {
-    EVENT_ID.check(&event.event_id)?;
-    input::CODE.check(&event.code)?;
-    if !input::is_code_shaped(&event.code) {
-        return Err(InputError::shape(
-            "code",
-            "must be 3 to 64 of [A-Za-z0-9_-]",
-        ));
+    Acceptance::at(now).check(event)
+}
+
+/// The rule at one `now`, for a whole batch: the bounds on `occurred_at`
+/// are worked out once (per click, the date arithmetic was a measurable
+/// share of checking one).
+#[derive(Debug, Clone, Copy)]
+pub struct Acceptance {
+    earliest: DateTime<Utc>,
+    latest: DateTime<Utc>,
+}
+
+impl Acceptance {
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Self {
+            earliest: now - TimeDelta::days(MAX_AGE_DAYS),
+            latest: now + MAX_FUTURE,
+        }
     }
-    OWNER.check(&event.owner)?;
-    REFERRER.check(&event.referrer)?;
-    USER_AGENT.check(&event.user_agent)?;
-    TRACEPARENT.check(&event.traceparent)?;
-    COUNTRY.check(&event.country)?;
-    if !CLIENT_IP.check(&event.client_ip)?.is_empty() && event.client_ip.parse::<IpAddr>().is_err()
-    {
-        return Err(InputError::shape(
-            "client_ip",
-            "must be empty or an IPv4 or IPv6 address",
-        ));
+
+    /// Checks one click; `Ok` carries its time.
+    pub fn check(&self, event: &ClickEvent) -> Result<DateTime<Utc>, InputError> {
+        EVENT_ID.check(&event.event_id)?;
+        input::CODE.check(&event.code)?;
+        if !input::is_code_shaped(&event.code) {
+            return Err(InputError::shape(
+                "code",
+                "must be 3 to 64 of [A-Za-z0-9_-]",
+            ));
+        }
+        OWNER.check(&event.owner)?;
+        REFERRER.check(&event.referrer)?;
+        USER_AGENT.check(&event.user_agent)?;
+        TRACEPARENT.check(&event.traceparent)?;
+        COUNTRY.check(&event.country)?;
+        if !CLIENT_IP.check(&event.client_ip)?.is_empty()
+            && event.client_ip.parse::<IpAddr>().is_err()
+        {
+            return Err(InputError::shape(
+                "client_ip",
+                "must be empty or an IPv4 or IPv6 address",
+            ));
+        }
+        let occurred_at = event.occurred_at.as_ref().ok_or(InputError {
+            field: "occurred_at",
+            rule: Rule::Required,
+        })?;
+        let occurred_at = from_proto(occurred_at)
+            .ok_or_else(|| InputError::shape("occurred_at", "is not a valid time"))?;
+        if occurred_at < self.earliest {
+            return Err(InputError::shape(
+                "occurred_at",
+                "must be within the last 400 days",
+            ));
+        }
+        if occurred_at > self.latest {
+            return Err(InputError::shape(
+                "occurred_at",
+                "must not be more than 5 minutes in the future",
+            ));
+        }
+        Ok(occurred_at)
     }
-    let occurred_at = event.occurred_at.as_ref().ok_or(InputError {
-        field: "occurred_at",
-        rule: Rule::Required,
-    })?;
-    let occurred_at = from_proto(occurred_at)
-        .ok_or_else(|| InputError::shape("occurred_at", "is not a valid time"))?;
-    if occurred_at < now - TimeDelta::days(MAX_AGE_DAYS) {
-        return Err(InputError::shape(
-            "occurred_at",
-            "must be within the last 400 days",
-        ));
-    }
-    if occurred_at > now + MAX_FUTURE {
-        return Err(InputError::shape(
-            "occurred_at",
-            "must not be more than 5 minutes in the future",
-        ));
-    }
-    Ok(occurred_at)
 }
 
 /// Makes the client-supplied parts of a click fit the rule instead of
@@ -232,6 +256,12 @@ impl EncodedClick {
     /// The click itself (tests, and paths off the hot one).
     pub fn decode(&self) -> Result<ClickEvent, prost::DecodeError> {
         ClickEvent::decode(self.0.as_slice())
+    }
+}
+
+impl AsRef<[u8]> for EncodedClick {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -21,8 +21,6 @@ use prost::Message;
 use shortfleet_proto::v1::ClickEvent;
 use tokio::{fs, io::AsyncWriteExt, sync::Mutex};
 
-use crate::click::EncodedClick;
-
 /// A segment is closed for appends past this size, so replay can start on it.
 const SEGMENT_BYTES: u64 = 8 << 20;
 
@@ -147,9 +145,10 @@ impl Spool {
         self.append_records(&encode(events), events.len()).await
     }
 
-    /// [`Spool::append`] for clicks already encoded (read back the same).
-    pub async fn append_encoded(&self, clicks: &[EncodedClick]) -> Result<(), SpoolError> {
-        let record = frame(clicks.iter().map(EncodedClick::as_bytes));
+    /// [`Spool::append`] for clicks already encoded, each one `ClickEvent`'s
+    /// bytes (read back the same).
+    pub async fn append_encoded<C: AsRef<[u8]>>(&self, clicks: &[C]) -> Result<(), SpoolError> {
+        let record = frame(clicks.iter().map(AsRef::as_ref));
         self.append_records(&record, clicks.len()).await
     }
 
@@ -264,6 +263,7 @@ pub fn describe_metrics() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::click::EncodedClick;
 
     fn event(i: u32) -> ClickEvent {
         ClickEvent {
