@@ -30,13 +30,17 @@ use lapin::{
     types::FieldTable,
 };
 use prost::Message;
+use prost::bytes::Bytes;
 use shortfleet_common::{
     amqp::{self, Backoff, SessionUp},
     click_counts::CountsSender,
     ops::Health,
     telemetry, trace,
 };
-use shortfleet_proto::v1::{ClickBatch, ClickCounts, ClickEvent, CodeCount};
+use shortfleet_proto::{
+    raw::{self, RawClickBatch},
+    v1::{ClickCounts, ClickEvent, CodeCount},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -69,11 +73,12 @@ pub struct ClickConsumer {
     pub fold: crate::fold::FoldNudge,
 }
 
-/// A delivery and the clicks in it, decoded; `events` is `None` for a body
-/// that does not decode (poison).
+/// A delivery and the clicks in it, each left encoded until its slice is
+/// taken ([`shortfleet_proto::raw`]); `events` is `None` for a body that
+/// does not decode (poison).
 struct Received {
     tag: u64,
-    events: Option<Vec<ClickEvent>>,
+    events: Option<Vec<Bytes>>,
 }
 
 impl Received {
@@ -82,7 +87,7 @@ impl Received {
     /// message, the message's header (where earlier releases put it).
     fn decode(delivery: Delivery) -> Self {
         let events = if amqp::kind_of(&delivery.properties) == amqp::CLICK_BATCH_TYPE {
-            ClickBatch::decode(delivery.data.as_slice())
+            RawClickBatch::decode(Bytes::from(delivery.data))
                 .ok()
                 .map(|b| b.events)
         } else {
@@ -93,7 +98,7 @@ impl Received {
                     if !header.is_empty() {
                         e.traceparent = header;
                     }
-                    vec![e]
+                    vec![Bytes::from(e.encode_to_vec())]
                 })
         };
         Self {
@@ -160,6 +165,8 @@ struct Gathering<'a> {
     flow_paused: bool,
     /// Spaces the slices of each message ([`Gathering::take`]).
     pacer: Pacer,
+    /// Each click is decoded into this one in turn.
+    event: ClickEvent,
 }
 
 impl Gathering<'_> {
@@ -183,12 +190,7 @@ impl Gathering<'_> {
             self.pacer.forgive();
         }
         let first = self.pending.clicks.len();
-        let mut events = events.into_iter();
-        loop {
-            let slice: Vec<ClickEvent> = events.by_ref().take(PACED_SLICE).collect();
-            if slice.is_empty() {
-                return Ok(());
-            }
+        for slice in events.chunks(PACED_SLICE) {
             if paced {
                 self.pacer.pause().await;
             }
@@ -205,30 +207,27 @@ impl Gathering<'_> {
             }
             self.pacer.took(started.elapsed());
         }
+        Ok(())
     }
 
-    /// One slice of a message, tagged `tag`: enriched, then kept pending
-    /// and copied into the stream. `false`, with nothing kept, if one of
-    /// its clicks can never be stored.
-    async fn take_slice(&mut self, slice: Vec<ClickEvent>, tag: u64) -> bool {
-        let enricher = &mut self.enricher;
-        let clicks: Option<Vec<(Click, String)>> = slice
-            .into_iter()
-            .map(|mut event| {
-                let traceparent = std::mem::take(&mut event.traceparent);
-                enricher
-                    .enrich_owned(event)
-                    .map(|click| (click, traceparent))
-            })
-            .collect();
-        let Some(clicks) = clicks else {
-            return false;
-        };
+    /// One slice of a message, tagged `tag`: decoded, enriched, then kept
+    /// pending and copied into the stream. `false`, with nothing kept, if
+    /// one of its clicks does not decode or can never be stored.
+    async fn take_slice(&mut self, slice: &[Bytes], tag: u64) -> bool {
+        let mut clicks = Vec::with_capacity(slice.len());
+        for bytes in slice {
+            if raw::decode_click_into(bytes, &mut self.event).is_err() {
+                return false;
+            }
+            let Some(click) = self.enricher.enrich(&self.event) else {
+                return false;
+            };
+            let span = process_span(self.exchange, &self.event.traceparent, &click);
+            clicks.push((click, span));
+        }
         let first = self.pending.clicks.len();
-        for (click, traceparent) in clicks {
-            self.pending
-                ._spans
-                .push(process_span(self.exchange, &traceparent, &click));
+        for (click, span) in clicks {
+            self.pending._spans.push(span);
             self.pending.tags.push(tag);
             self.pending.clicks.push(click);
         }
@@ -257,12 +256,14 @@ const PACED_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// Whether the newest click of `events` (the last; clicks are batched in
 /// the order of their redirects) happened within [`PACED_WITHIN`] of
-/// `now`. A click without a time is poison, found when it is enriched.
-fn is_on_time(events: &[ClickEvent], now: chrono::DateTime<chrono::Utc>) -> bool {
+/// `now`. A click that does not decode or has no time is poison, found
+/// when it is enriched.
+fn is_on_time(events: &[Bytes], now: chrono::DateTime<chrono::Utc>) -> bool {
     events
         .last()
-        .and_then(|e| e.occurred_at.as_ref())
-        .and_then(shortfleet_common::time::from_proto)
+        .and_then(|bytes| ClickEvent::decode(bytes.as_ref()).ok())
+        .and_then(|e| e.occurred_at)
+        .and_then(|at| shortfleet_common::time::from_proto(&at))
         .is_none_or(|at| now - at <= PACED_WITHIN)
 }
 
@@ -372,6 +373,7 @@ impl ClickConsumer {
             weight: 0,
             flow_paused: false,
             pacer: Pacer::new(),
+            event: ClickEvent::default(),
         };
         batch.take(channel, first).await?;
         while batch.weight < self.batch_max && batch.messages < usize::from(self.prefetch) {
@@ -595,11 +597,12 @@ pub fn describe_metrics() {
 mod tests {
     use super::*;
 
-    fn at(t: chrono::DateTime<chrono::Utc>) -> ClickEvent {
-        ClickEvent {
+    fn at(t: chrono::DateTime<chrono::Utc>) -> Bytes {
+        let event = ClickEvent {
             occurred_at: Some(shortfleet_common::time::to_proto(t)),
             ..Default::default()
-        }
+        };
+        Bytes::from(event.encode_to_vec())
     }
 
     #[test]
@@ -613,6 +616,7 @@ mod tests {
         );
         assert!(is_on_time(&[at(now - PACED_WITHIN)], now));
         // No time: poison, refused when enriched; no reason to hurry it.
-        assert!(is_on_time(&[ClickEvent::default()], now));
+        assert!(is_on_time(&[Bytes::new()], now));
+        assert!(is_on_time(&[Bytes::from_static(&[0xff])], now));
     }
 }

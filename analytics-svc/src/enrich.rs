@@ -94,15 +94,10 @@ impl<'a> Enricher<'a> {
         self.day.as_ref().map_or("", |(_, text)| text.as_str())
     }
 
-    /// See [`enrich`].
+    /// See [`enrich`]. Only what is stored is copied out of `event` (the
+    /// consumer decodes every click of a message into one reused event).
     pub fn enrich(&mut self, event: &ClickEvent) -> Option<Click> {
-        self.enrich_owned(event.clone())
-    }
-
-    /// [`Enricher::enrich`], taking the event's strings instead of
-    /// copying them.
-    pub fn enrich_owned(&mut self, event: ClickEvent) -> Option<Click> {
-        let occurred_at = match self.acceptance.check(&event) {
+        let occurred_at = match self.acceptance.check(event) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "a click that cannot be stored");
@@ -135,9 +130,9 @@ impl<'a> Enricher<'a> {
             .unwrap_or_default();
         Some(Click {
             // Checked above: bounded, no NUL or other control characters.
-            event_id: event.event_id,
-            code: event.code,
-            owner: event.owner,
+            event_id: event.event_id.clone(),
+            code: event.code.clone(),
+            owner: event.owner.clone(),
             occurred_at,
             is_bot: agent.bot || event.head_request,
             referrer_host: clean(&referrer_host(&event.referrer), 255),

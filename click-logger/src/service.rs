@@ -12,18 +12,20 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt, TryStreamExt};
-use prost::{Message, bytes::Bytes};
+use prost::bytes::Bytes;
 use shortfleet_common::{
     click,
     input::{self, InputError},
 };
-use shortfleet_proto::v1::{ClickAck, ClickBatch, ClickEvent, click_logger_server::ClickLogger};
+use shortfleet_proto::{
+    raw::{self, RawClickBatch},
+    v1::{ClickAck, ClickBatch, ClickEvent, click_logger_server::ClickLogger},
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
     publisher::Publisher,
     spool::{Spool, SpoolError},
-    wire::RawClickBatch,
 };
 
 /// Bounds one request's memory and its time holding the spool lock.
@@ -86,10 +88,7 @@ pub fn validate(events: &[Bytes], now: DateTime<Utc>) -> Result<(), IngestError>
     let acceptance = click::Acceptance::at(now);
     let mut event = ClickEvent::default();
     for (index, bytes) in events.iter().enumerate() {
-        event.clear();
-        event
-            .merge(bytes.as_ref())
-            .map_err(|_| IngestError::Malformed { index })?;
+        raw::decode_click_into(bytes, &mut event).map_err(|_| IngestError::Malformed { index })?;
         acceptance
             .check(&event)
             .map_err(|source| IngestError::Invalid { index, source })?;
@@ -243,6 +242,7 @@ pub fn describe_metrics() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     use shortfleet_common::time::to_proto;
 

@@ -5,26 +5,25 @@
 //! again. Decoding every click into eight owned strings only to encode it
 //! back was most of click-logger's CPU (allocation and freeing alone a
 //! quarter of it, BENCHMARKS.md, fourteenth session). So `StreamClicks`, the
-//! gateway's path, reads a batch as a [`RawClickBatch`]: each click a slice
-//! of the received buffer. Each click is still decoded once, into one reused
+//! gateway's path, reads a batch as a `RawClickBatch`
+//! ([`shortfleet_proto::raw`]): each click a slice of the received buffer. Each click is still decoded once, into one reused
 //! `ClickEvent`, to check it ([`crate::service::validate`]), and published
 //! as the bytes it came in.
 //!
-//! The wire contract is unchanged: a `RawClickBatch` is the same protobuf as
-//! a `ClickBatch` (an embedded message and `bytes` are both length-delimited
-//! fields), and reflection still describes `ClickBatch`. Every other method
-//! is served by the generated server ([`ClickLoggerRoutes`]).
+//! The wire contract is unchanged, and reflection still describes
+//! `ClickBatch`. Every other method is served by the generated server
+//! ([`ClickLoggerRoutes`]).
 
 use std::{
     convert::Infallible,
     task::{Context, Poll},
 };
 
-use prost::bytes::Bytes;
 use shortfleet_proto::{
     codec::RequestCodec,
+    raw::RawClickBatch,
     v1::{
-        ClickAck, ClickBatch,
+        ClickAck,
         click_logger_server::{self, ClickLoggerServer},
     },
 };
@@ -35,31 +34,6 @@ use tonic::{
 };
 
 use crate::service::ClickLoggerService;
-
-/// A `ClickBatch` whose clicks are left encoded.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RawClickBatch {
-    /// Each one `ClickEvent`'s bytes (field 1 of `ClickBatch`).
-    #[prost(bytes = "bytes", repeated, tag = "1")]
-    pub events: Vec<Bytes>,
-    #[prost(uint64, tag = "2")]
-    pub sequence: u64,
-}
-
-impl From<ClickBatch> for RawClickBatch {
-    /// For batches that came decoded (`LogClicks`, or a server built from
-    /// the generated code alone).
-    fn from(batch: ClickBatch) -> Self {
-        Self {
-            events: batch
-                .events
-                .iter()
-                .map(|e| Bytes::from(prost::Message::encode_to_vec(e)))
-                .collect(),
-            sequence: batch.sequence,
-        }
-    }
-}
 
 /// The method taken raw.
 pub const STREAM_CLICKS_PATH: &str = "/shortener.v1.ClickLogger/StreamClicks";
@@ -133,33 +107,6 @@ impl StreamingService<RawClickBatch> for RawStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
-    use shortfleet_proto::v1::ClickEvent;
-
-    #[test]
-    fn a_raw_batch_is_a_click_batch_left_encoded() {
-        let batch = ClickBatch {
-            events: (0..3)
-                .map(|i| ClickEvent {
-                    event_id: format!("e{i}"),
-                    code: "abc1234".into(),
-                    user_agent: "ü".repeat(i * 100),
-                    ..Default::default()
-                })
-                .collect(),
-            sequence: 7,
-        };
-        let raw = RawClickBatch::decode(batch.encode_to_vec().as_slice()).unwrap();
-        assert_eq!(raw.sequence, 7);
-        let events: Vec<ClickEvent> = raw
-            .events
-            .iter()
-            .map(|e| ClickEvent::decode(e.as_ref()).unwrap())
-            .collect();
-        assert_eq!(events, batch.events);
-        assert_eq!(RawClickBatch::from(batch.clone()), raw);
-        assert_eq!(raw.encode_to_vec(), batch.encode_to_vec());
-    }
 
     #[test]
     fn the_raw_path_names_the_generated_method() {

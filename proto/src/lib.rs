@@ -1,7 +1,8 @@
 //! Generated types for `shortener.v1`: the gRPC services every Shortfleet
 //! service implements or calls, and the protobuf events carried on RabbitMQ.
 //!
-//! Nothing here holds logic; it is the contract shared by the fleet.
+//! Nothing here holds logic; it is the contract shared by the fleet (and
+//! [`raw`], one way of reading it).
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
@@ -14,6 +15,7 @@ pub mod v1 {
 }
 
 pub mod codec;
+pub mod raw;
 
 pub use prost;
 pub use prost_types;
