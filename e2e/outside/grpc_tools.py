@@ -15,7 +15,8 @@ nothing about Shortfleet but the addresses. For each server it:
    string a control character, every number its maximum), and requires a
    precise status: never UNKNOWN, INTERNAL or UNIMPLEMENTED;
 5. sends bytes that do not decode (a wire type that does not exist, and a
-   string field that is not UTF-8): INVALID_ARGUMENT.
+   string field that is not UTF-8): INVALID_ARGUMENT; a string that is not
+   UTF-8 inside a message-typed field: refused, by status or in band.
 
 Input: SHORTFLEET_GRPC_SERVERS="name=host:port=shortener.v1.Service,...".
 Prints one line per check; exits 1 if any failed.
@@ -197,20 +198,34 @@ def invalid_utf8(descriptor):
     return None
 
 
-def call_raw(channel, service, method, payload):
-    """Sends `payload` as the request bytes, unserialised."""
+def nested_invalid_utf8(descriptor):
+    """A message whose first message-typed field holds one element that is
+    well framed but does not decode (a string in it is not UTF-8), or None
+    when no field's type has a string of its own. A server that reads such
+    elements lazily (click-logger's StreamClicks) must still refuse it."""
+    for field in descriptor.fields:
+        if field.type == field.TYPE_MESSAGE:
+            inner = invalid_utf8(field.message_type)
+            if inner is not None:
+                return varint(field.number << 3 | 2) + varint(len(inner)) + inner
+    return None
+
+
+def call_raw(channel, service, method, payload, output=None):
+    """Sends `payload` as the request bytes, unserialised; responses are
+    decoded as `output` when given."""
     path = f"/{service}/{method.name}"
-    kwargs = dict(request_serializer=None, response_deserializer=None)
+    kwargs = dict(request_serializer=None, response_deserializer=output.FromString if output else None)
     try:
         if method.client_streaming and method.server_streaming:
-            list(channel.stream_stream(path, **kwargs)(iter([payload]), timeout=DEADLINE))
+            responses = list(channel.stream_stream(path, **kwargs)(iter([payload]), timeout=DEADLINE))
         elif method.client_streaming:
-            channel.stream_unary(path, **kwargs)(iter([payload]), timeout=DEADLINE)
+            responses = [channel.stream_unary(path, **kwargs)(iter([payload]), timeout=DEADLINE)]
         elif method.server_streaming:
-            list(channel.unary_stream(path, **kwargs)(payload, timeout=DEADLINE))
+            responses = list(channel.unary_stream(path, **kwargs)(payload, timeout=DEADLINE))
         else:
-            channel.unary_unary(path, **kwargs)(payload, timeout=DEADLINE)
-        return grpc.StatusCode.OK, "", []
+            responses = [channel.unary_unary(path, **kwargs)(payload, timeout=DEADLINE)]
+        return grpc.StatusCode.OK, "", responses
     except grpc.RpcError as err:
         return err.code(), err.details(), []
 
@@ -268,6 +283,13 @@ def judge(name, address, service):
         if payload is not None:
             code, detail, _ = call_raw(channel, service, method, payload)
             check(code == grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {method.name}(a string field that is not UTF-8) is INVALID_ARGUMENT: {code.name} {detail[:80]!r}")
+        # The same one level down: refused, by status or in band.
+        payload = nested_invalid_utf8(method.input_type)
+        if payload is not None:
+            code, detail, responses = call_raw(channel, service, method, payload, output_cls)
+            precise = code == grpc.StatusCode.INVALID_ARGUMENT or (code == grpc.StatusCode.OK and refused_in_band(responses))
+            shown = detail or "; ".join(getattr(r, "error", "") for r in responses)
+            check(precise, f"{name}: {method.name}(an element whose string is not UTF-8) is refused precisely: {code.name} {shown[:80]!r}")
     channel.close()
 
 
