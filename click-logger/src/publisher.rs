@@ -18,7 +18,7 @@ use shortfleet_common::{
     telemetry,
     trace::{self, Messaging},
 };
-use shortfleet_proto::v1::ClickEvent;
+use shortfleet_proto::{raw, v1::ClickEvent};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -180,10 +180,7 @@ impl Publisher {
         let Some((path, events)) = spool.oldest().await? else {
             return Ok(false);
         };
-        let events: Vec<Bytes> = events
-            .iter()
-            .map(|e| Bytes::from(e.encode_to_vec()))
-            .collect();
+        let events = raw::encode_clicks(&events);
         for chunk in events.chunks(REPLAY_CHUNK) {
             self.publish(chunk).await?;
         }
@@ -261,11 +258,8 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let encoded: Vec<Bytes> = events
-            .iter()
-            .map(|e| Bytes::from(e.encode_to_vec()))
-            .collect();
-        let decoded = ClickBatch::decode(encode_batch(&encoded).as_slice()).unwrap();
+        let decoded =
+            ClickBatch::decode(encode_batch(&raw::encode_clicks(&events)).as_slice()).unwrap();
         assert_eq!(decoded.events, events);
         assert_eq!(decoded.sequence, 0);
         assert!(encode_batch(&[]).is_empty());

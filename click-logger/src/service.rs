@@ -129,7 +129,7 @@ impl ClickLoggerService {
                 ),
             }
         }
-        match self.spool.append_encoded(&events).await {
+        match self.spool.append(&events).await {
             Ok(()) => Ok(accepted),
             Err(SpoolError::Full(bytes)) => {
                 metrics::counter!("shortfleet_clicks_refused_total").increment(events.len() as u64);
@@ -242,7 +242,6 @@ pub fn describe_metrics() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
 
     use shortfleet_common::time::to_proto;
 
@@ -255,16 +254,8 @@ mod tests {
         }
     }
 
-    /// Clicks as they arrive: encoded.
-    fn encoded(events: &[ClickEvent]) -> Vec<Bytes> {
-        events
-            .iter()
-            .map(|e| Bytes::from(e.encode_to_vec()))
-            .collect()
-    }
-
     fn check(events: &[ClickEvent], now: DateTime<Utc>) -> Result<(), IngestError> {
-        validate(&encoded(events), now)
+        validate(&raw::encode_clicks(events), now)
     }
 
     /// The index and field of a refused batch.
@@ -327,7 +318,7 @@ mod tests {
 
     #[test]
     fn bytes_that_are_no_click_are_refused_by_index() {
-        let mut events = encoded(&[event("a", "abc")]);
+        let mut events = raw::encode_clicks(&[event("a", "abc")]);
         events.push(Bytes::from_static(&[0xff, 0xff, 0xff]));
         let err = validate(&events, Utc::now()).unwrap_err();
         assert!(

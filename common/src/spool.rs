@@ -64,13 +64,8 @@ fn segment_seq(path: &Path) -> Option<u64> {
         .ok()
 }
 
-/// Encodes records as `u32 big-endian length` + protobuf bytes.
-pub fn encode(events: &[ClickEvent]) -> Vec<u8> {
-    let bodies: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
-    frame(bodies.iter().map(Vec::as_slice))
-}
-
-/// Records of clicks already encoded, as [`encode`] writes them.
+/// Records of clicks already encoded: each a `u32` big-endian length, then
+/// the click's protobuf bytes.
 fn frame<'a>(bodies: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
     let mut out = Vec::with_capacity(bodies.clone().map(|b| 4 + b.len()).sum());
     for body in bodies {
@@ -140,14 +135,9 @@ impl Spool {
         self.state.lock().await.bytes
     }
 
-    /// Appends a batch durably (written and fsync'd) or not at all.
-    pub async fn append(&self, events: &[ClickEvent]) -> Result<(), SpoolError> {
-        self.append_records(&encode(events), events.len()).await
-    }
-
-    /// [`Spool::append`] for clicks already encoded, each one `ClickEvent`'s
-    /// bytes (read back the same).
-    pub async fn append_encoded<C: AsRef<[u8]>>(&self, clicks: &[C]) -> Result<(), SpoolError> {
+    /// Appends a batch of clicks, each one `ClickEvent`'s bytes (read back
+    /// as the events), durably (written and fsync'd) or not at all.
+    pub async fn append<C: AsRef<[u8]>>(&self, clicks: &[C]) -> Result<(), SpoolError> {
         let record = frame(clicks.iter().map(AsRef::as_ref));
         self.append_records(&record, clicks.len()).await
     }
@@ -265,6 +255,10 @@ mod tests {
     use super::*;
     use crate::click::EncodedClick;
 
+    fn encoded(ids: &[u32]) -> Vec<EncodedClick> {
+        ids.iter().map(|&i| EncodedClick::from(&event(i))).collect()
+    }
+
     fn event(i: u32) -> ClickEvent {
         ClickEvent {
             event_id: format!("e{i}"),
@@ -276,7 +270,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
         let events: Vec<_> = (0..3).map(event).collect();
-        let mut bytes = encode(&events);
+        let mut bytes = frame(encoded(&[0, 1, 2]).iter().map(AsRef::as_ref));
         assert_eq!(decode(&bytes), (events.clone(), 0));
         bytes.truncate(bytes.len() - 2);
         let (decoded, left_over) = decode(&bytes);
@@ -289,12 +283,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sf-spool-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let spool = Spool::open(&dir, 1 << 20).await.unwrap();
-        spool.append(&[event(1), event(2)]).await.unwrap();
-        // Clicks appended already encoded read back as the same events.
-        spool
-            .append_encoded(&[EncodedClick::from(&event(3))])
-            .await
-            .unwrap();
+        spool.append(&encoded(&[1, 2])).await.unwrap();
+        spool.append(&encoded(&[3])).await.unwrap();
         assert!(spool.bytes().await > 0);
         // A restart finds what was spooled.
         assert!(
@@ -318,9 +308,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sf-spool-full-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let spool = Spool::open(&dir, 40).await.unwrap();
-        spool.append(&[event(1)]).await.unwrap();
+        spool.append(&encoded(&[1])).await.unwrap();
         assert!(matches!(
-            spool.append(&[event(2), event(3), event(4)]).await,
+            spool.append(&encoded(&[2, 3, 4])).await,
             Err(SpoolError::Full(_))
         ));
         let _ = std::fs::remove_dir_all(&dir);

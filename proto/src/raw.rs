@@ -29,14 +29,18 @@ impl From<ClickBatch> for RawClickBatch {
     /// the generated code alone).
     fn from(batch: ClickBatch) -> Self {
         Self {
-            events: batch
-                .events
-                .iter()
-                .map(|e| Bytes::from(prost::Message::encode_to_vec(e)))
-                .collect(),
+            events: encode_clicks(&batch.events),
             sequence: batch.sequence,
         }
     }
+}
+
+/// Each click's bytes, as a `RawClickBatch` holds them.
+pub fn encode_clicks(events: &[ClickEvent]) -> Vec<Bytes> {
+    events
+        .iter()
+        .map(|e| Bytes::from(prost::Message::encode_to_vec(e)))
+        .collect()
 }
 
 /// Decodes one click into `event`, all of it replaced, its strings reusing

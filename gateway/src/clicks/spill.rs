@@ -67,7 +67,7 @@ impl Spill {
         if events.is_empty() {
             return;
         }
-        match self.spool.append_encoded(events).await {
+        match self.spool.append(events).await {
             Ok(()) => {}
             Err(SpoolError::Full(bytes)) => {
                 tracing::warn!(
