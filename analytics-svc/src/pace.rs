@@ -8,8 +8,10 @@
 //! 0.52 to 2.4–2.6 ms; the same CPU as 0.4 ms every 10 ms, to 0.71
 //! (BENCHMARKS.md, thirteenth session).
 //!
-//! Users: [`crate::store`]'s rollup statements (a fold), and
-//! [`crate::consumer`]'s slices of each click message.
+//! Users: [`crate::consumer`]'s slices of each click message and the
+//! freeing of a stored batch; [`crate::store`]'s counting of a batch's
+//! rollups and its rollup statements; [`crate::fold`]'s decoding and
+//! adding up of pending rollups.
 
 use std::time::Duration;
 

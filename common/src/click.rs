@@ -45,11 +45,6 @@ const CLIENT_IP: Bound = Bound::optional("client_ip", CLIENT_IP_MAX);
 const TRACEPARENT: Bound = Bound::optional("traceparent", TRACEPARENT_MAX);
 const COUNTRY: Bound = Bound::optional("country", COUNTRY_MAX);
 
-/// Checks one click against the rule at `now`; `Ok` carries its time.
-pub fn check(event: &ClickEvent, now: DateTime<Utc>) -> Result<DateTime<Utc>, InputError> {
-    Acceptance::at(now).check(event)
-}
-
 /// The rule at one `now`, for a whole batch: the bounds on `occurred_at`
 /// are worked out once (per click, the date arithmetic was a measurable
 /// share of checking one).
@@ -274,6 +269,11 @@ impl From<&ClickEvent> for EncodedClick {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks one click against the rule at `now`.
+    fn check(event: &ClickEvent, now: DateTime<Utc>) -> Result<DateTime<Utc>, InputError> {
+        Acceptance::at(now).check(event)
+    }
 
     /// Breaks one rule of a click.
     type Breaks = fn(&mut ClickEvent);
