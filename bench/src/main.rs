@@ -38,7 +38,7 @@ use shortfleet_bench::{
         ProcessUse, cpu_model, cpu_secs, cpu_secs_named, cpu_us_per_request, machine_shares_since,
         machine_ticks, process_use,
     },
-    stats::{Summary, median, median_of, ratio, round2, round3},
+    stats::{HELD_RATE, Summary, median, median_of, rate_share, ratio, round2, round3},
     wrk,
 };
 use shortfleet_e2e::{Fleet, FleetOptions, SERVICES, api::redirects};
@@ -414,23 +414,41 @@ async fn oha_rounds(
         )
         .unwrap_or(0.0)
     };
+    let achieved = |runs: &[oha::OhaRun]| {
+        median(
+            &runs
+                .iter()
+                .map(|r| r.summary.requests_per_sec)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or(0.0)
+    };
     for (name, runs) in [("baseline", &base_runs), ("fleet", &fleet_runs)] {
         println!(
             "{:<34} {:>12} {:>12.0} {:>7} {:>9.3} {:>9.3} {:>9.3}",
             format!("oha {name} at {rate} req/s"),
             "",
-            median(
-                &runs
-                    .iter()
-                    .map(|r| r.summary.requests_per_sec)
-                    .collect::<Vec<_>>()
-            )
-            .unwrap_or(0.0),
+            achieved(runs),
             "",
             med(runs, |r| r.latency.p50),
             med(runs, |r| r.latency.p99),
             med(runs, |r| r.latency.p999),
         );
+    }
+    // A side that fell behind the rate measured its own queue: its
+    // percentiles are then no tail to compare, and the run says so.
+    let (base_share, fleet_share) = (
+        rate_share(achieved(&base_runs), rate),
+        rate_share(achieved(&fleet_runs), rate),
+    );
+    for (name, share) in [("baseline", base_share), ("fleet", fleet_share)] {
+        if let Some(share) = share.filter(|s| *s < HELD_RATE) {
+            println!(
+                "{:<34} the {name} fell behind: {:.1}% of {rate} req/s, so its latencies are a queue's, not a tail",
+                "  oha",
+                share * 100.0
+            );
+        }
     }
     let fleet_non_3xx: u64 = fleet_runs.iter().map(oha::OhaRun::non_3xx).sum();
     let (base_busy, fleet_busy) = (median(&base_busy), median(&fleet_busy));
@@ -451,6 +469,9 @@ async fn oha_rounds(
         "fleet_p99_ms": round3(med(&fleet_runs, |r| r.latency.p99)),
         "fleet_p999_ms": round3(med(&fleet_runs, |r| r.latency.p999)),
         "fleet_non_3xx": fleet_non_3xx,
+        "baseline_rate_share": base_share.map(round3),
+        "fleet_rate_share": fleet_share.map(round3),
+        "fleet_held_rate": fleet_share.map(|s| s >= HELD_RATE),
         "baseline_machine_busy_percent": base_busy.map(round2),
         "fleet_machine_busy_percent": fleet_busy.map(round2),
         "baseline_rounds": base_runs.iter().map(oha::OhaRun::to_json).collect::<Vec<_>>(),

@@ -148,6 +148,17 @@ impl MachineTicks {
     }
 }
 
+/// The share of an open-loop generator's fixed rate below which a server
+/// is taken to have fallen behind it: its requests then queued, and the
+/// latencies measured are that queue's, not the server's tail.
+pub const HELD_RATE: f64 = 0.99;
+
+/// The share of a fixed `rate` (requests per second) that was achieved;
+/// `None` for a rate of zero.
+pub fn rate_share(achieved_per_sec: f64, rate: u64) -> Option<f64> {
+    (rate > 0).then(|| achieved_per_sec / rate as f64)
+}
+
 /// The `q` quantile (in the metric's unit) of a Prometheus histogram given as
 /// text, interpolating linearly inside the bucket that holds it, as
 /// `histogram_quantile` does. `None` without samples.
@@ -265,5 +276,13 @@ mod tests {
         assert_eq!(first.shares_since(&first), None);
         assert_eq!(MachineTicks::parse("cpu  1 2 3\n"), None);
         assert_eq!(MachineTicks::parse("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn a_rate_share_is_what_was_achieved_of_what_was_asked() {
+        assert_eq!(rate_share(19_366.0, 20_000), Some(0.9683));
+        assert!(rate_share(19_366.0, 20_000).is_some_and(|s| s < HELD_RATE));
+        assert!(rate_share(19_992.0, 20_000).is_some_and(|s| s >= HELD_RATE));
+        assert_eq!(rate_share(100.0, 0), None);
     }
 }
