@@ -414,6 +414,7 @@ async fn oha_rounds(
         )
         .unwrap_or(0.0)
     };
+    // `None` for a side with no round (a single-round run).
     let achieved = |runs: &[oha::OhaRun]| {
         median(
             &runs
@@ -421,14 +422,13 @@ async fn oha_rounds(
                 .map(|r| r.summary.requests_per_sec)
                 .collect::<Vec<_>>(),
         )
-        .unwrap_or(0.0)
     };
     for (name, runs) in [("baseline", &base_runs), ("fleet", &fleet_runs)] {
         println!(
             "{:<34} {:>12} {:>12.0} {:>7} {:>9.3} {:>9.3} {:>9.3}",
             format!("oha {name} at {rate} req/s"),
             "",
-            achieved(runs),
+            achieved(runs).unwrap_or(0.0),
             "",
             med(runs, |r| r.latency.p50),
             med(runs, |r| r.latency.p99),
@@ -438,8 +438,8 @@ async fn oha_rounds(
     // A side that fell behind the rate measured its own queue: its
     // percentiles are then no tail to compare, and the run says so.
     let (base_share, fleet_share) = (
-        rate_share(achieved(&base_runs), rate),
-        rate_share(achieved(&fleet_runs), rate),
+        achieved(&base_runs).and_then(|a| rate_share(a, rate)),
+        achieved(&fleet_runs).and_then(|a| rate_share(a, rate)),
     );
     for (name, share) in [("baseline", base_share), ("fleet", fleet_share)] {
         if let Some(share) = share.filter(|s| *s < HELD_RATE) {
