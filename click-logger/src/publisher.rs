@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use lapin::Connection;
-use prost::{Message, bytes::Bytes, encoding::WireType};
+use prost::{Message, bytes::Bytes};
 use shortfleet_common::{
     amqp::{
         self, Backoff, CLICK_BATCH_TYPE, CLICK_ROUTING_KEY, ConfirmedPublisher, Outgoing, SessionUp,
@@ -193,12 +193,9 @@ impl Publisher {
 /// The body of one click message: the bytes of a `ClickBatch` holding
 /// `events` (field 1, repeated), each click's bytes as they came.
 pub fn encode_batch(events: &[Bytes]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(events.iter().map(|e| e.len() + 4).sum());
-    for event in events {
-        prost::encoding::encode_key(1, WireType::LengthDelimited, &mut body);
-        prost::encoding::encode_varint(event.len() as u64, &mut body);
-        body.extend_from_slice(event);
-    }
+    use prost::encoding::bytes;
+    let mut body = Vec::with_capacity(bytes::encoded_len_repeated(1, events));
+    bytes::encode_repeated(1, events, &mut body);
     body
 }
 
@@ -258,9 +255,18 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let decoded =
-            ClickBatch::decode(encode_batch(&raw::encode_clicks(&events)).as_slice()).unwrap();
+        let body = encode_batch(&raw::encode_clicks(&events));
+        let decoded = ClickBatch::decode(body.as_slice()).unwrap();
         assert_eq!(decoded.events, events);
+        // Byte for byte what the generated code writes for the same batch.
+        assert_eq!(
+            body,
+            ClickBatch {
+                events,
+                sequence: 0
+            }
+            .encode_to_vec()
+        );
         assert_eq!(decoded.sequence, 0);
         assert!(encode_batch(&[]).is_empty());
     }
