@@ -4,7 +4,8 @@
 //! Every click of a batch must be storable ([`shortfleet_common::click`],
 //! the rule analytics-svc applies too) before any of it is published: one
 //! bad click refuses the whole batch, INVALID_ARGUMENT naming its index and
-//! field (on a stream: an ack with `invalid` set, and the stream goes on).
+//! field, or only its index if its bytes are no `ClickEvent` at all (on a
+//! stream: an ack with `invalid` set, and the stream goes on).
 //! Whole-batch refusal keeps an ack meaning "all of these, durably", and a
 //! sender that fits its clicks to the rule (the gateway does) never sees it.
 
@@ -43,9 +44,10 @@ pub enum IngestError {
         #[source]
         source: InputError,
     },
-    /// The bytes at `index` are not a `ClickEvent` at all.
-    #[error("events[{index}]: {MALFORMED}")]
-    Malformed { index: usize },
+    /// The bytes at `index` are not a `ClickEvent` at all; `reason` is
+    /// prost's (which field, and why).
+    #[error("events[{index}]: {MALFORMED} ({reason})")]
+    Malformed { index: usize, reason: String },
     #[error("RabbitMQ is unavailable and the spool is full")]
     SpoolFull(u64),
     #[error("RabbitMQ is unavailable and the spool cannot be written")]
@@ -59,9 +61,10 @@ impl From<IngestError> for Status {
             IngestError::Invalid { index, source } => {
                 input::invalid_argument(&format!("events[{index}].{}", source.field), &source.rule)
             }
-            IngestError::Malformed { index } => {
-                input::invalid_argument(&format!("events[{index}]"), MALFORMED)
-            }
+            IngestError::Malformed { index, reason } => input::invalid_argument(
+                &format!("events[{index}]"),
+                format_args!("{MALFORMED} ({reason})"),
+            ),
             IngestError::SpoolFull(bytes) => {
                 tracing::warn!(spool_bytes = bytes, "refusing clicks: spool full");
                 Status::unavailable(err.to_string())
@@ -74,6 +77,16 @@ impl From<IngestError> for Status {
     }
 }
 
+impl IngestError {
+    /// The batch itself is at fault: sending it again cannot help.
+    pub fn is_invalid(&self) -> bool {
+        matches!(
+            self,
+            Self::TooLarge(_) | Self::Invalid { .. } | Self::Malformed { .. }
+        )
+    }
+}
+
 const MALFORMED: &str = "is not a valid ClickEvent message";
 
 /// Checks a batch before anything is published or spooled, so a click
@@ -81,17 +94,30 @@ const MALFORMED: &str = "is not a valid ClickEvent message";
 /// dead-letter the whole message it shares with other clicks. Each click is
 /// decoded into one `ClickEvent` reused for the whole batch: its strings
 /// keep their buffers from click to click.
-pub fn validate(events: &[Bytes], now: DateTime<Utc>) -> Result<(), IngestError> {
+///
+/// A click is published and spooled as the bytes it came in, so those
+/// bytes must hold no more than its fields: a decoder skips unknown fields
+/// and keeps only the last of a repeated one, and either could carry
+/// megabytes past every bound the checks apply. Bytes longer or shorter
+/// than the click's own encoding are replaced by it (the gateway encodes
+/// with prost, so its clicks never are).
+pub fn validate(events: &mut [Bytes], now: DateTime<Utc>) -> Result<(), IngestError> {
     if events.len() > MAX_BATCH {
         return Err(IngestError::TooLarge(events.len()));
     }
     let acceptance = click::Acceptance::at(now);
     let mut event = ClickEvent::default();
-    for (index, bytes) in events.iter().enumerate() {
-        raw::decode_click_into(bytes, &mut event).map_err(|_| IngestError::Malformed { index })?;
+    for (index, bytes) in events.iter_mut().enumerate() {
+        raw::decode_click_into(bytes, &mut event).map_err(|e| IngestError::Malformed {
+            index,
+            reason: e.to_string(),
+        })?;
         acceptance
             .check(&event)
             .map_err(|source| IngestError::Invalid { index, source })?;
+        if prost::Message::encoded_len(&event) != bytes.len() {
+            *bytes = Bytes::from(prost::Message::encode_to_vec(&event));
+        }
     }
     Ok(())
 }
@@ -107,8 +133,8 @@ pub struct ClickLoggerService {
 
 impl ClickLoggerService {
     /// Takes one batch, each click its `ClickEvent` bytes ([`crate::wire`]).
-    async fn ingest(&self, events: Vec<Bytes>) -> Result<u32, IngestError> {
-        validate(&events, Utc::now())?;
+    async fn ingest(&self, mut events: Vec<Bytes>) -> Result<u32, IngestError> {
+        validate(&mut events, Utc::now())?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -152,12 +178,7 @@ fn stream_ack(sequence: u64, result: Result<u32, IngestError>) -> ClickAck {
         Err(e) => ClickAck {
             accepted: 0,
             sequence,
-            invalid: matches!(
-                e,
-                IngestError::TooLarge(_)
-                    | IngestError::Invalid { .. }
-                    | IngestError::Malformed { .. }
-            ),
+            invalid: e.is_invalid(),
             error: e.to_string(),
         },
     }
@@ -184,8 +205,10 @@ impl ClickLoggerService {
                     next = batches.next() => match next {
                         Some(Ok(batch)) => batch,
                         None => break,
-                        // A message that does not decode (INVALID_ARGUMENT)
-                        // or a broken stream: end the call with that status,
+                        // A batch whose own framing does not decode
+                        // (INVALID_ARGUMENT; a click that does not is
+                        // refused in its ack) or a broken stream: end the
+                        // call with that status,
                         // so the caller learns why (a send to a caller that
                         // has gone fails, which is fine).
                         Some(Err(status)) => {
@@ -255,7 +278,7 @@ mod tests {
     }
 
     fn check(events: &[ClickEvent], now: DateTime<Utc>) -> Result<(), IngestError> {
-        validate(&raw::encode_clicks(events), now)
+        validate(&mut raw::encode_clicks(events), now)
     }
 
     /// The index and field of a refused batch.
@@ -317,21 +340,53 @@ mod tests {
     }
 
     #[test]
-    fn bytes_that_are_no_click_are_refused_by_index() {
+    fn bytes_that_are_no_click_are_refused_by_index_and_reason() {
         let mut events = raw::encode_clicks(&[event("a", "abc")]);
-        events.push(Bytes::from_static(&[0xff, 0xff, 0xff]));
-        let err = validate(&events, Utc::now()).unwrap_err();
-        assert!(
-            matches!(err, IngestError::Malformed { index: 1 }),
-            "{err:?}"
-        );
+        // Field 3 (owner), length 1, a byte that is not UTF-8.
+        events.push(Bytes::from_static(&[0x1a, 0x01, 0xff]));
+        let err = validate(&mut events, Utc::now()).unwrap_err();
+        let IngestError::Malformed { index: 1, reason } = &err else {
+            panic!("expected click 1 refused as malformed, got {err:?}");
+        };
+        assert!(reason.contains("UTF-8"), "{reason}");
+        assert!(err.is_invalid());
         let ack = stream_ack(9, Err(err));
         assert!(ack.invalid, "{ack:?}");
-        let status = Status::from(IngestError::Malformed { index: 1 });
+        assert!(ack.error.starts_with("events[1]: "), "{}", ack.error);
+        let status = Status::from(IngestError::Malformed {
+            index: 1,
+            reason: "why".into(),
+        });
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), format!("events[1]: {MALFORMED} (why)"));
         assert_eq!(
             status.metadata().get(input::FIELD_METADATA).unwrap(),
             "events[1]"
         );
+    }
+
+    /// What is published is no more than the click: an unknown field, or
+    /// an earlier copy of a field that a later one replaces, is dropped.
+    #[test]
+    fn a_click_with_bytes_beyond_its_fields_is_published_as_its_fields() {
+        let click = event("a", "abc");
+        let canonical = Bytes::from(prost::Message::encode_to_vec(&click));
+        let mut padded = Vec::new();
+        // An earlier `referrer` (field 5) of 1 MiB, which the later empty
+        // one replaces, then an unknown field 99 of 1 MiB.
+        prost::encoding::string::encode(5, &"r".repeat(1 << 20), &mut padded);
+        padded.extend_from_slice(&canonical);
+        prost::encoding::string::encode(5, &String::new(), &mut padded);
+        prost::encoding::bytes::encode(99, &vec![7u8; 1 << 20], &mut padded);
+        let mut events = vec![canonical.clone(), Bytes::from(padded)];
+        validate(&mut events, Utc::now()).unwrap();
+        assert_eq!(
+            events[0], canonical,
+            "canonical bytes are kept as they came"
+        );
+        assert!(events[0].as_ptr() == canonical.as_ptr(), "and not copied");
+        let kept = <ClickEvent as prost::Message>::decode(events[1].as_ref()).unwrap();
+        assert_eq!(kept, click);
+        assert_eq!(events[1].len(), canonical.len(), "{}", events[1].len());
     }
 }

@@ -6,9 +6,10 @@
 //! back was most of click-logger's CPU (allocation and freeing alone a
 //! quarter of it, BENCHMARKS.md, fourteenth session). So `StreamClicks`, the
 //! gateway's path, reads a batch as a `RawClickBatch`
-//! ([`shortfleet_proto::raw`]): each click a slice of the received buffer. Each click is still decoded once, into one reused
-//! `ClickEvent`, to check it ([`crate::service::validate`]), and published
-//! as the bytes it came in.
+//! ([`shortfleet_proto::raw`]): each click a slice of the received buffer.
+//! Each click is still decoded once, into one reused `ClickEvent`, to check
+//! it ([`crate::service::validate`]), and published as the bytes it came in
+//! (or as its own encoding, if those bytes hold more than its fields).
 //!
 //! The wire contract is unchanged, and reflection still describes
 //! `ClickBatch`. Every other method is served by the generated server

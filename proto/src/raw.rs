@@ -44,7 +44,8 @@ pub fn encode_clicks(events: &[ClickEvent]) -> Vec<Bytes> {
 }
 
 /// Decodes one click into `event`, all of it replaced, its strings reusing
-/// their buffers.
+/// their buffers. After an `Err`, `event` holds whatever was decoded before
+/// the fault: callers drop it (the next call clears it first).
 pub fn decode_click_into(bytes: &[u8], event: &mut ClickEvent) -> Result<(), prost::DecodeError> {
     prost::Message::clear(event);
     prost::Message::merge(event, bytes)
