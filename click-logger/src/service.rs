@@ -208,9 +208,9 @@ impl ClickLoggerService {
                         // A batch whose own framing does not decode
                         // (INVALID_ARGUMENT; a click that does not is
                         // refused in its ack) or a broken stream: end the
-                        // call with that status,
-                        // so the caller learns why (a send to a caller that
-                        // has gone fails, which is fine).
+                        // call with that status, so the caller learns why
+                        // (a send to a caller that has gone fails, which is
+                        // fine).
                         Some(Err(status)) => {
                             let _ = acks.send(Err(status)).await;
                             break;
