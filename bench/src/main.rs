@@ -39,7 +39,7 @@ use shortfleet_bench::{
         machine_ticks, process_use,
     },
     stats::{HELD_RATE, Summary, median, median_of, rate_share, ratio, round2, round3},
-    wrk,
+    targets, wrk,
 };
 use shortfleet_e2e::{Fleet, FleetOptions, SERVICES, api::redirects};
 use tokio::io::AsyncBufReadExt;
@@ -70,6 +70,10 @@ struct Args {
     /// with a generator that is not ours too (`bench/run` installs it).
     #[arg(long)]
     oha: Option<std::path::PathBuf>,
+    /// Judge an earlier run's report against the issue's targets and
+    /// exit, measuring nothing.
+    #[arg(long, value_name = "REPORT")]
+    judge: Option<std::path::PathBuf>,
 }
 
 struct Profile {
@@ -89,6 +93,14 @@ const BEFORE: &str = "gateway-before";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.judge {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let report: serde_json::Map<String, Value> = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a bench report", path.display()))?;
+        print_targets(&targets::judge(&report));
+        return Ok(());
+    }
     let profile = if args.full {
         Profile {
             rounds: 3,
@@ -941,7 +953,39 @@ async fn measure(
         json!(if args.full { "full" } else { "quick" }),
     );
     sections.insert("machine".into(), Value::Object(machine));
+    let verdicts = targets::judge(&sections);
+    print_targets(&verdicts);
+    sections.insert("targets".into(), targets::to_json(&verdicts));
     Ok(Value::Object(sections))
+}
+
+/// The issue's targets as this run measured them, last, so a run says
+/// for itself whether it meets them all.
+fn print_targets(verdicts: &[targets::Verdict]) {
+    println!();
+    println!(
+        "{:<54} {:>22} {:>14}  verdict",
+        "target (issue 17)", "measured", "asked"
+    );
+    for v in verdicts {
+        println!(
+            "{:<54} {:>22} {:>14}  {}",
+            v.name,
+            v.measured,
+            v.target,
+            v.word()
+        );
+    }
+    let missed = verdicts.iter().filter(|v| v.met == Some(false)).count();
+    let unmeasured = verdicts.iter().filter(|v| v.met.is_none()).count();
+    println!(
+        "all targets met in this run: {}",
+        match targets::all_met(verdicts) {
+            Some(true) => "yes".to_string(),
+            Some(false) => format!("no, {missed} missed"),
+            None => format!("not known, {unmeasured} not measured"),
+        }
+    );
 }
 
 /// What the run's figures depend on besides the code, printed and
