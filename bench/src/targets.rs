@@ -194,18 +194,22 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
-    fn met(verdicts: &[Verdict]) -> Vec<Option<bool>> {
-        verdicts.iter().map(|v| v.met).collect()
+    /// A committed report's verdicts, checked to be met or missed as
+    /// `expected` says, in [`judge`]'s order.
+    fn judged(file: &str, expected: [bool; 7]) -> Vec<Verdict> {
+        let verdicts = judge(&report(file));
+        let met: Vec<Option<bool>> = verdicts.iter().map(|v| v.met).collect();
+        assert_eq!(met, expected.map(Some), "{file}: {verdicts:#?}");
+        verdicts
     }
 
     /// F31, the fourteenth session's best run: every target but the p99,
     /// 2.001 / 1.314 ms = 1.52×.
     #[test]
     fn f31_meets_every_target_but_the_p99() {
-        let verdicts = judge(&report("full-session14-again.json"));
-        assert_eq!(
-            met(&verdicts),
-            [true, true, true, false, true, true, true].map(Some)
+        let verdicts = judged(
+            "full-session14-again.json",
+            [true, true, true, false, true, true, true],
         );
         assert_eq!(verdicts[3].measured, "1.52×");
         assert_eq!(all_met(&verdicts), Some(false));
@@ -216,10 +220,9 @@ mod tests {
     /// 49,689 / 110,347 = 0.450.
     #[test]
     fn f36_misses_four() {
-        let verdicts = judge(&report("full-session16-review.json"));
-        assert_eq!(
-            met(&verdicts),
-            [true, false, false, false, false, true, true].map(Some)
+        let verdicts = judged(
+            "full-session16-review.json",
+            [true, false, false, false, false, true, true],
         );
         assert_eq!(verdicts[0].measured, "0.450");
         assert!(verdicts[1].measured.ends_with("· 2.036"), "{verdicts:?}");
