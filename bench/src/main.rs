@@ -976,15 +976,9 @@ fn print_targets(verdicts: &[targets::Verdict]) {
             v.word()
         );
     }
-    let missed = verdicts.iter().filter(|v| v.met == Some(false)).count();
-    let unmeasured = verdicts.iter().filter(|v| v.met.is_none()).count();
     println!(
         "all targets met in this run: {}",
-        match targets::all_met(verdicts) {
-            Some(true) => "yes".to_string(),
-            Some(false) => format!("no, {missed} missed"),
-            None => format!("not known, {unmeasured} not measured"),
-        }
+        targets::summary(verdicts)
     );
 }
 

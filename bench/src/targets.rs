@@ -60,7 +60,8 @@ impl Verdict {
 pub fn judge(report: &Map<String, Value>) -> Vec<Verdict> {
     let figure = |section: &str, field: &str| report.get(section)?.get(field)?.as_f64();
     // A multiple of the bare server's figure; `None` if either is missing
-    // or the bare figure is not positive.
+    // or the bare figure is not positive (not `stats::ratio`, whose 0 for
+    // a zero divisor would pass every "at most" target).
     let over_bare = |section: &str, fleet: &str, bare: &str| {
         let bare = figure(section, bare).filter(|b| *b > 0.0)?;
         Some(figure(section, fleet)? / bare)
@@ -172,6 +173,17 @@ pub fn all_met(verdicts: &[Verdict]) -> Option<bool> {
     }
 }
 
+/// The run's answer in one line: whether every target was met, and if
+/// not, how many were missed or not measured.
+pub fn summary(verdicts: &[Verdict]) -> String {
+    let count = |met: Option<bool>| verdicts.iter().filter(|v| v.met == met).count();
+    match all_met(verdicts) {
+        Some(true) => "yes".into(),
+        Some(false) => format!("no, {} missed", count(Some(false))),
+        None => format!("not known, {} not measured", count(None)),
+    }
+}
+
 /// The verdicts as the report's `targets` section.
 pub fn to_json(verdicts: &[Verdict]) -> Value {
     json!({
@@ -213,6 +225,7 @@ mod tests {
         );
         assert_eq!(verdicts[3].measured, "1.52×");
         assert_eq!(all_met(&verdicts), Some(false));
+        assert_eq!(summary(&verdicts), "no, 1 missed");
     }
 
     /// F36, this machine's: the gateway under wrk (2.036×), the pipeline,
@@ -237,6 +250,7 @@ mod tests {
         assert_eq!(verdicts[3].met, None);
         assert_eq!(verdicts[4].word(), "not measured");
         assert_eq!(all_met(&verdicts), None, "none missed, two not measured");
+        assert_eq!(summary(&verdicts), "not known, 2 not measured");
         assert_eq!(all_met(&judge(&Map::new())), None);
         let json = to_json(&verdicts);
         assert!(json["all_met"].is_null());
